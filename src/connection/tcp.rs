@@ -1,0 +1,220 @@
+//! The TCP (and TLS-over-TCP) connection driver: stream framing in, batched writes out.
+//! Owns one connection's socket from admission to close; works on any futures-io stream.
+//!
+//! Reads go into the shard's scratch buffer and are framed there; only the tail of a partial
+//! frame is kept per connection. Queued packets are coalesced into one write of up to 64 KiB, so
+//! a burst of pushes to one client costs one syscall, not one per packet.
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::{CloseReason, DeadlineTimer, Inbound, IO_BUDGET, SCRATCH, WRITE_BATCH};
+use crate::liveness::Liveness;
+use crate::packet::FrameDecoder;
+use crate::session::{Conn, ConnState};
+use crate::shard::{ServerCtx, Shard};
+
+/// Serves one admitted TCP connection until it closes, then releases it.
+pub async fn serve<S>(shard: &Shard, server: &ServerCtx, conn: &Conn, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut d = TcpDriver {
+        stream,
+        decoder: FrameDecoder::new(&shard.packet, server.inbound_cap),
+        pending_in: BytesMut::new(),
+        writing: None,
+        live: Liveness::new(server.rules, Instant::now()),
+        timer: DeadlineTimer::new(),
+    };
+    let io = Inbound {
+        shard,
+        server,
+        conn,
+    };
+    let reason = std::future::poll_fn(|cx| d.poll(&io, cx)).await;
+    match &reason {
+        CloseReason::Protocol(e) | CloseReason::Io(e) => {
+            tracing::info!(cid = conn.cid, reason = %e, "connection closed")
+        }
+        r => tracing::debug!(cid = conn.cid, reason = ?r, "connection closed"),
+    }
+    drop(d);
+    shard.release(server, conn);
+}
+
+struct TcpDriver<S> {
+    stream: S,
+    decoder: FrameDecoder,
+    /// The undecoded tail of a partial frame (empty, with no allocation, most of the time).
+    pending_in: BytesMut,
+    /// The batch being written and how much of it is done.
+    writing: Option<(Bytes, usize)>,
+    live: Liveness,
+    timer: DeadlineTimer,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
+    fn poll(&mut self, io: &Inbound<'_>, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        io.conn.register_waker(cx.waker());
+        for _ in 0..IO_BUDGET {
+            let now = Instant::now();
+            if let Err(r) = io.housekeeping(&mut self.live, now) {
+                return Poll::Ready(r);
+            }
+            if self
+                .timer
+                .poll(self.live.next_deadline(), now, cx)
+                .is_ready()
+            {
+                continue;
+            }
+            let mut progress = false;
+            match self.poll_write(io.conn, cx) {
+                Poll::Ready(Err(r)) => return Poll::Ready(r),
+                Poll::Ready(Ok(wrote)) => progress |= wrote,
+                Poll::Pending => {}
+            }
+            // Graceful close completes once everything queued before it was written.
+            if io.conn.state() == ConnState::Hanged
+                && self.writing.is_none()
+                && io.conn.outbox().is_empty()
+            {
+                return match Pin::new(&mut self.stream).poll_close(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(CloseReason::Graceful),
+                };
+            }
+            match self.poll_read(io, cx) {
+                Poll::Ready(Err(r)) => return Poll::Ready(r),
+                Poll::Ready(Ok(())) => progress = true,
+                Poll::Pending => {}
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Budget spent: let the shard's other connections run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes queued packets. `Ok(true)` = something was written.
+    fn poll_write(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Poll<Result<bool, CloseReason>> {
+        let mut wrote = false;
+        loop {
+            if self.writing.is_none() {
+                let mut q = conn.outbox();
+                let Some(first) = q.pop_front() else {
+                    return Poll::Ready(Ok(wrote));
+                };
+                let batch = if q
+                    .front()
+                    .is_some_and(|b| first.len() + b.len() <= WRITE_BATCH)
+                {
+                    let mut buf = BytesMut::with_capacity(
+                        WRITE_BATCH.min(first.len() + q.iter().map(Bytes::len).sum::<usize>()),
+                    );
+                    buf.extend_from_slice(&first);
+                    while let Some(b) = q.front() {
+                        if buf.len() + b.len() > WRITE_BATCH {
+                            break;
+                        }
+                        buf.extend_from_slice(b);
+                        q.pop_front();
+                    }
+                    buf.freeze()
+                } else {
+                    first
+                };
+                self.writing = Some((batch, 0));
+            }
+            let (buf, off) = self.writing.as_mut().expect("set above");
+            match Pin::new(&mut self.stream).poll_write(cx, &buf[*off..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
+                Poll::Ready(Ok(n)) => {
+                    wrote = true;
+                    *off += n;
+                    if *off == buf.len() {
+                        self.writing = None;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(CloseReason::Io(e.to_string()))),
+                Poll::Pending => {
+                    return if wrote {
+                        Poll::Ready(Ok(true))
+                    } else {
+                        Poll::Pending
+                    }
+                }
+            }
+            // TLS buffers records: push them out once the batch is handed over.
+            if self.writing.is_none() {
+                if let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
+                    return Poll::Ready(Err(CloseReason::Io(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Reads once and handles every complete frame. `Ok(())` = bytes were read.
+    fn poll_read(
+        &mut self,
+        io: &Inbound<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), CloseReason>> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(match e.kind() {
+                        std::io::ErrorKind::ConnectionReset => CloseReason::PeerClosed,
+                        _ => CloseReason::Io(e.to_string()),
+                    }))
+                }
+            };
+            let now = Instant::now();
+            let carried = !self.pending_in.is_empty();
+            if carried {
+                self.pending_in.extend_from_slice(&scratch[..n]);
+            }
+            let data: &[u8] = if carried {
+                &self.pending_in[..]
+            } else {
+                &scratch[..n]
+            };
+            let mut off = 0;
+            loop {
+                match self.decoder.next_frame_len(&data[off..]) {
+                    Ok(Some(len)) => {
+                        let frame = &data[off..off + len];
+                        off += len;
+                        self.live.on_frame(now);
+                        io.frame(io.shard.packet.classify(frame), frame);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(cid = io.conn.cid, "{e}, closing connection");
+                        return Poll::Ready(Err(CloseReason::Protocol(e.to_string())));
+                    }
+                }
+            }
+            if carried {
+                self.pending_in.advance(off);
+                if self.pending_in.is_empty() {
+                    // Give the memory back: idle connections should cost no buffer.
+                    self.pending_in = BytesMut::new();
+                }
+            } else if off < n {
+                self.pending_in.extend_from_slice(&scratch[off..n]);
+            }
+            Poll::Ready(Ok(()))
+        })
+    }
+}

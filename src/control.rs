@@ -1,0 +1,106 @@
+//! The control thread: a plain std thread that owns slow or blocking work (the user locator now;
+//! Redis and Consul later). Shards talk to it over channels and never wait on it synchronously.
+//!
+//! Requests that need an answer carry a `flume` reply sender; a shard awaits the reply
+//! asynchronously, so a slow locator delays only the operation that asked, never the shard.
+
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+
+/// Where users are located in the cluster (due's locator, gate side).
+pub trait Locator: Send {
+    /// Name shown in the banner (`redis`, `memory`).
+    fn name(&self) -> &'static str;
+    /// Records that `uid` is connected through gate `gid`.
+    fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String>;
+    /// Removes the record only if it still names `gid`.
+    fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String>;
+}
+
+/// The embedded locator: a map in the control thread. Enough for one gate without Redis.
+#[derive(Default)]
+pub struct MemoryLocator {
+    users: HashMap<i64, String>,
+}
+
+impl Locator for MemoryLocator {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
+        self.users.insert(uid, gid.to_string());
+        Ok(())
+    }
+
+    fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
+        if self.users.get(&uid).is_some_and(|g| g == gid) {
+            self.users.remove(&uid);
+        }
+        Ok(())
+    }
+}
+
+/// Requests the control thread serves.
+pub enum ControlRequest {
+    BindUser {
+        uid: i64,
+        reply: flume::Sender<Result<(), String>>,
+    },
+    UnbindUser {
+        uid: i64,
+    },
+    Stop,
+}
+
+/// A cloneable handle to the control thread.
+#[derive(Clone)]
+pub struct Control {
+    tx: crossbeam_channel::Sender<ControlRequest>,
+}
+
+impl Control {
+    /// Starts the control thread with its locator.
+    pub fn start(gid: String, mut locator: Box<dyn Locator>) -> (Control, JoinHandle<()>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = std::thread::Builder::new()
+            .name("gatehouse-control".into())
+            .spawn(move || {
+                for req in rx {
+                    match req {
+                        ControlRequest::BindUser { uid, reply } => {
+                            let _ = reply.send(locator.bind_gate(uid, &gid));
+                        }
+                        ControlRequest::UnbindUser { uid } => {
+                            if let Err(e) = locator.unbind_gate(uid, &gid) {
+                                tracing::error!(uid, error = %e, "locator unbind failed");
+                            }
+                        }
+                        ControlRequest::Stop => break,
+                    }
+                }
+            })
+            .expect("spawn control thread");
+        (Control { tx }, handle)
+    }
+
+    /// Asks the locator to bind `uid` to this gate; resolves when it answered.
+    pub async fn bind_user(&self, uid: i64) -> Result<(), String> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx
+            .send(ControlRequest::BindUser { uid, reply })
+            .map_err(|_| "control thread stopped".to_string())?;
+        rx.recv_async()
+            .await
+            .map_err(|_| "control thread stopped".to_string())?
+    }
+
+    /// Fire-and-forget unbind of `uid` from this gate.
+    pub fn unbind_user(&self, uid: i64) {
+        let _ = self.tx.send(ControlRequest::UnbindUser { uid });
+    }
+
+    pub fn stop(&self) {
+        let _ = self.tx.send(ControlRequest::Stop);
+    }
+}

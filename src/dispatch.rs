@@ -1,0 +1,86 @@
+//! Where client data packets and session events leave the gate: the seam the cluster plugs into.
+//! Owns the `Upstream` trait, the event types and the no-node default (log and drop).
+//!
+//! Each shard holds its own `Upstream` (built by a factory on the shard's thread), so forwarding a
+//! packet is a plain method call on shard-local state — no lock, no cross-thread hop.
+
+use bytes::Bytes;
+
+/// due's cluster event numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Connect = 1,
+    Reconnect = 2,
+    Disconnect = 3,
+}
+
+/// One session event, as nodes receive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateEvent {
+    pub kind: EventKind,
+    pub cid: i64,
+    pub uid: i64,
+}
+
+/// One client data packet on its way to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub cid: i64,
+    /// The uid bound when the frame was read (0 = anonymous).
+    pub uid: i64,
+    pub route: i32,
+    pub seq: i32,
+    /// The whole frame, size prefix included, exactly as the client sent it.
+    pub frame: Bytes,
+}
+
+/// The receiver of everything a shard sends towards nodes. Called on the shard's thread.
+pub trait Upstream {
+    /// A data packet from a client, in per-connection arrival order.
+    fn deliver(&self, d: Delivery);
+    /// A session event. Connect of a connection comes before any of its deliveries.
+    fn event(&self, e: GateEvent);
+}
+
+/// Builds one `Upstream` per shard, on that shard's thread.
+pub type UpstreamFactory = std::sync::Arc<dyn Fn(usize) -> Box<dyn Upstream> + Send + Sync>;
+
+/// The gate without any node: packets are dropped ("not found route"), events only logged.
+pub struct NoNodes;
+
+impl Upstream for NoNodes {
+    fn deliver(&self, d: Delivery) {
+        tracing::debug!(
+            cid = d.cid,
+            uid = d.uid,
+            route = d.route,
+            seq = d.seq,
+            "not found route, packet dropped"
+        );
+    }
+
+    fn event(&self, e: GateEvent) {
+        tracing::debug!(kind = ?e.kind, cid = e.cid, uid = e.uid, "session event");
+    }
+}
+
+/// An `Upstream` that forwards everything to a channel: for tests and tools that observe the gate
+/// from outside its shards.
+pub struct ChannelUpstream(pub flume::Sender<Observed>);
+
+/// What a `ChannelUpstream` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Delivery(Delivery),
+    Event(GateEvent),
+}
+
+impl Upstream for ChannelUpstream {
+    fn deliver(&self, d: Delivery) {
+        let _ = self.0.send(Observed::Delivery(d));
+    }
+
+    fn event(&self, e: GateEvent) {
+        let _ = self.0.send(Observed::Event(e));
+    }
+}

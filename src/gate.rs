@@ -1,0 +1,229 @@
+//! The gate as a whole: starts the control thread and one pinned executor per shard, binds the
+//! client listeners, and drives the shutdown phases (stop accepting, close, wait).
+//!
+//! `Gate` is what `main` and the integration tests hold. Everything it does to the shards goes
+//! through channels; it never touches shard state directly.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::connection::upgrade::UpgradeRules;
+use crate::connection::ws::WsRules;
+use crate::control::{Control, MemoryLocator};
+use crate::dispatch::UpstreamFactory;
+use crate::listener;
+use crate::session::{Command, Sessions, Transport};
+use crate::shard::{ServerCtx, Shard};
+
+/// Frames larger than this are refused even in lenient mode.
+const LENIENT_INBOUND_CAP: u32 = 16 << 20;
+
+/// A running gate.
+pub struct Gate {
+    pub id: String,
+    pub sessions: Sessions,
+    /// The client servers with their bound addresses.
+    pub servers: Vec<(Arc<ServerCtx>, SocketAddr)>,
+    pub shard_count: usize,
+    pub locator_name: &'static str,
+    stop_accepting: Option<flume::Sender<()>>,
+    exit: Option<flume::Sender<()>>,
+    shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    control: Control,
+    control_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One server as handed to each shard: its context, WS rules and this shard's socket.
+struct ShardListener {
+    server: Arc<ServerCtx>,
+    ws: Option<Arc<WsRules>>,
+    fd: OwnedFd,
+}
+
+impl Gate {
+    /// Starts everything. Errors are start-up failures (bad certificate, busy port, …).
+    pub fn start(cfg: &Config, upstream: UpstreamFactory) -> Result<Gate, String> {
+        let shard_count = match cfg.gatehouse.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let cpus: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let packet = cfg.packet;
+        let cap = match (
+            cfg.gatehouse.max_inbound_frame,
+            cfg.gatehouse.lenient_inbound,
+        ) {
+            (0, false) => packet.strict_inbound_cap(),
+            (0, true) => LENIENT_INBOUND_CAP,
+            (n, _) => n,
+        };
+
+        // Bind every listener first: a busy port must fail start-up before anything runs.
+        let mut per_shard: Vec<Vec<ShardListener>> = (0..shard_count).map(|_| Vec::new()).collect();
+        let mut servers = Vec::new();
+        let tcp = cfg.tcp.clone().map(|s| (Transport::Tcp, s, None));
+        let ws = cfg.ws.clone().map(|w| {
+            let rules = WsRules {
+                upgrade: UpgradeRules {
+                    path: w.path.clone(),
+                    origins: w.origins.clone(),
+                },
+                handshake_timeout: w.handshake_timeout,
+                close_frame: cfg.gatehouse.ws_close_frame,
+                le_ts_heartbeat: cfg.gatehouse.ws_le_ts_heartbeat,
+            };
+            (Transport::Ws, w.server, Some(Arc::new(rules)))
+        });
+        for (transport, sc, ws_rules) in tcp.into_iter().chain(ws) {
+            let tls = if sc.tls() {
+                Some(crate::tls::acceptor(&sc.cert_file, &sc.key_file)?)
+            } else {
+                None
+            };
+            let (fds, bound) =
+                listener::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)?;
+            let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
+            for (i, fd) in fds.into_iter().enumerate() {
+                per_shard[i].push(ShardListener {
+                    server: server.clone(),
+                    ws: ws_rules.clone(),
+                    fd,
+                });
+            }
+            servers.push((server, bound));
+        }
+
+        let locator = Box::new(MemoryLocator::default());
+        let locator_name = crate::control::Locator::name(&*locator);
+        let (control, control_thread) = Control::start(cfg.gate.id.clone(), locator);
+        let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) =
+            (0..shard_count).map(|_| flume::unbounded()).unzip();
+        let sessions = Sessions::new(cmd_txs, control.clone());
+        let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+        let (exit_tx, exit_rx) = flume::bounded::<()>(1);
+
+        let mut shards = Vec::with_capacity(shard_count);
+        for (index, (listeners, cmd_rx)) in per_shard.into_iter().zip(cmd_rxs).enumerate() {
+            let placement = match (cfg.gatehouse.pin, cpus.get(index % cpus.len().max(1))) {
+                (true, Some(&cpu)) => Placement::Fixed(cpu),
+                _ => Placement::Unbound,
+            };
+            let (sessions, upstream, stop_rx, exit_rx) = (
+                sessions.clone(),
+                upstream.clone(),
+                stop_rx.clone(),
+                exit_rx.clone(),
+            );
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{index}"))
+                .io_memory(cfg.gatehouse.io_memory)
+                .spawn(move || async move {
+                    let shard = Rc::new(Shard::new(
+                        index,
+                        shard_count,
+                        packet,
+                        upstream(index),
+                        sessions,
+                    ));
+                    let inbox = shard.clone();
+                    glommio::spawn_local(async move {
+                        while let Ok(cmd) = cmd_rx.recv_async().await {
+                            inbox.apply(cmd);
+                            while let Ok(cmd) = cmd_rx.try_recv() {
+                                inbox.apply(cmd);
+                            }
+                        }
+                    })
+                    .detach();
+                    for l in listeners {
+                        glommio::spawn_local(listener::accept_loop(
+                            shard.clone(),
+                            l.server,
+                            l.ws,
+                            l.fd,
+                            stop_rx.clone(),
+                        ))
+                        .detach();
+                    }
+                    let _ = exit_rx.recv_async().await;
+                })
+                .map_err(|e| format!("start shard {index}: {e}"))?;
+            shards.push(handle);
+        }
+        Ok(Gate {
+            id: cfg.gate.id.clone(),
+            sessions,
+            servers,
+            shard_count,
+            locator_name,
+            stop_accepting: Some(stop_tx),
+            exit: Some(exit_tx),
+            shards,
+            control,
+            control_thread: Some(control_thread),
+        })
+    }
+
+    /// Connections currently admitted on all servers.
+    pub fn connections(&self) -> usize {
+        self.servers.iter().map(|(s, _)| s.live()).sum()
+    }
+
+    /// The bound address of the first server of `transport`.
+    pub fn addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.servers
+            .iter()
+            .find(|(s, _)| s.transport == transport)
+            .map(|(_, a)| *a)
+    }
+
+    /// Closes the listeners; connected clients keep being served.
+    pub fn stop_accepting(&mut self) {
+        self.stop_accepting.take();
+    }
+
+    /// Asks every shard to close all its connections (graceful: after their queues flush).
+    pub fn close_all(&self, graceful: bool) {
+        for shard in 0..self.shard_count {
+            self.sessions.post(shard, Command::CloseAll { graceful });
+        }
+    }
+
+    /// Waits until no connection is left, or `limit` passed (`None` = no limit).
+    /// Returns whether the gate is empty.
+    pub fn wait_idle(&self, limit: Option<Duration>) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.connections() == 0 {
+                return true;
+            }
+            if limit.is_some_and(|l| start.elapsed() >= l) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the shards and the control thread and waits for them.
+    pub fn join(mut self) {
+        self.stop_accepting.take();
+        self.exit.take();
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        self.control.stop();
+        if let Some(t) = self.control_thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! gatehouse: a thread-per-core io_uring gate that speaks due v2.4.1's client protocol.
+//! The tree follows a packet: listener → connection → session → dispatch (→ link → node) and back.
+
+pub mod banner;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod control;
+pub mod dispatch;
+pub mod gate;
+pub mod listener;
+pub mod liveness;
+pub mod logging;
+pub mod packet;
+pub mod session;
+pub mod shard;
+pub mod tls;

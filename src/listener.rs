@@ -1,0 +1,200 @@
+//! Client listeners: one SO_REUSEPORT socket per shard per server, and the accept loop that
+//! admits connections and hands each to its driver task on the accepting shard.
+//!
+//! Sockets are created with socket2 on the starting thread (so a busy port fails start-up before
+//! anything runs, and `:0` resolves to one port shared by all shards) with a 4096 backlog —
+//! glommio's own `bind` fixes it at 1024, which a connect burst overflows.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::connection::ws::WsRules;
+use crate::connection::{client_ip, tcp, ws};
+use crate::shard::{ServerCtx, Shard};
+
+/// TLS handshakes that take longer than this are dropped (due has no limit; a client that never
+/// finishes one would hold a connection slot until its heartbeat timeout).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolves due's address syntax: an empty host, `0.0.0.0` or `::` mean every interface,
+/// IPv4 and IPv6 (Go's dual-stack wildcard).
+pub fn resolve(addr: &str) -> Result<(SocketAddr, bool), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid address {addr:?}: missing port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid address {addr:?}: bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host == "0.0.0.0" || host == "::" {
+        return Ok((
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            true,
+        ));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok((SocketAddr::new(ip, port), false));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid address {addr:?}: {e}"))?
+        .next()
+        .map(|a| (a, false))
+        .ok_or_else(|| format!("invalid address {addr:?}: no address found"))
+}
+
+fn bind_one(addr: SocketAddr, dual: bool, backlog: i32) -> std::io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.set_tcp_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    Ok(sock)
+}
+
+/// Opens `count` listening sockets on `addr` sharing one port; returns them and the bound address.
+pub fn bind_shared(
+    addr: &str,
+    count: usize,
+    backlog: i32,
+) -> Result<(Vec<OwnedFd>, SocketAddr), String> {
+    let (mut sa, dual) = resolve(addr)?;
+    let first = match bind_one(sa, dual, backlog) {
+        Ok(s) => s,
+        // A host without IPv6: fall back to the IPv4 wildcard.
+        Err(_) if dual => {
+            sa = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), sa.port());
+            bind_one(sa, false, backlog).map_err(|e| format!("listen on {addr}: {e}"))?
+        }
+        Err(e) => return Err(format!("listen on {addr}: {e}")),
+    };
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or("listener has no address")?;
+    let dual = dual && sa.is_ipv6();
+    let mut fds = vec![OwnedFd::from(first)];
+    for _ in 1..count {
+        let s = bind_one(bound, dual, backlog).map_err(|e| format!("listen on {bound}: {e}"))?;
+        fds.push(OwnedFd::from(s));
+    }
+    Ok((fds, bound))
+}
+
+/// Accepts connections on one shard until `stop` is dropped.
+pub async fn accept_loop(
+    shard: Rc<Shard>,
+    server: Arc<ServerCtx>,
+    ws_rules: Option<Arc<WsRules>>,
+    fd: OwnedFd,
+    stop: flume::Receiver<()>,
+) {
+    // SAFETY: `fd` is a listening TCP socket we own (created by `bind_shared`); ownership moves
+    // into the glommio listener, which closes it exactly once when dropped.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv_async().await;
+            None
+        })
+        .await;
+        let stream = match next {
+            None => break,
+            Some(Ok(s)) => {
+                backoff = Duration::from_millis(5);
+                s
+            }
+            Some(Err(e)) => {
+                // EMFILE/ENFILE and friends: wait and try again later, never spin.
+                tracing::warn!(shard = shard.index, error = %e, delay = ?backoff, "accept failed, backing off");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let ip = match stream.peer_addr() {
+            Ok(a) => client_ip(a),
+            Err(_) => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let (shard, server, ws_rules) = (shard.clone(), server.clone(), ws_rules.clone());
+        glommio::spawn_local(async move {
+            match ws_rules {
+                Some(rules) => match &server.tls {
+                    None => ws::accept(&shard, &server, &rules, ip, stream).await,
+                    Some(tls) => {
+                        if let Some(s) = tls_handshake(tls, stream, ip).await {
+                            ws::accept(&shard, &server, &rules, ip, s).await
+                        }
+                    }
+                },
+                None => {
+                    let Some(conn) = shard.admit(&server, ip) else {
+                        tracing::warn!(%ip, "connection allocate error: too many connection");
+                        return;
+                    };
+                    match &server.tls {
+                        None => tcp::serve(&shard, &server, &conn, stream).await,
+                        Some(tls) => match tls_handshake(tls, stream, ip).await {
+                            Some(s) => tcp::serve(&shard, &server, &conn, s).await,
+                            None => shard.release(&server, &conn),
+                        },
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+async fn tls_handshake(
+    tls: &futures_rustls::TlsAcceptor,
+    stream: glommio::net::TcpStream,
+    ip: IpAddr,
+) -> Option<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
+    let r = glommio::timer::timeout(TLS_HANDSHAKE_TIMEOUT, async {
+        Ok(tls.accept(stream).await)
+    })
+    .await;
+    match r {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(%ip, error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%ip, "tls handshake timed out");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_spellings_are_dual_stack() {
+        for a in [":3553", "0.0.0.0:3553", "[::]:3553"] {
+            let (sa, dual) = resolve(a).unwrap();
+            assert!(dual, "{a}");
+            assert_eq!(sa.port(), 3553);
+        }
+        let (sa, dual) = resolve("127.0.0.1:80").unwrap();
+        assert!(!dual);
+        assert_eq!(sa, "127.0.0.1:80".parse().unwrap());
+        assert!(resolve("nonsense").is_err());
+        assert!(resolve(":99999").is_err());
+    }
+}

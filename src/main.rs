@@ -1,0 +1,175 @@
+//! The `gatehouse` binary: flags and config, logging, pid file, banner, the gate, and the
+//! signal-driven shutdown (close phase bounded by shutdownMaxWaitTime, then destroy phase).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse::banner;
+use gatehouse::config::{self, Config};
+use gatehouse::dispatch::{NoNodes, UpstreamFactory};
+use gatehouse::gate::Gate;
+use gatehouse::session::Transport;
+
+/// due's version this gate is compatible with, shown in the banner.
+const DUE_VERSION: &str = "v2.4.1";
+/// due bounds the destroy phase by a fixed 5 s.
+const DESTROY_LIMIT: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let flags = match gatehouse::cli::parse_flags(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => return fatal(&e),
+    };
+    if flags.help {
+        println!("usage: gatehouse [--etc PATH] [--mode debug|test|release]\n\nPATH is an etc directory or file (default ./etc, or $DUE_ETC).");
+        return ExitCode::SUCCESS;
+    }
+    if flags.version {
+        println!(
+            "gatehouse {} (due {DUE_VERSION} compatible)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let env_etc = std::env::var("DUE_ETC").ok();
+    let etc = config::resolve_etc_path(flags.etc.as_deref(), env_etc.as_deref());
+    let env_mode = std::env::var("DUE_MODE").ok();
+    let mode = flags.mode.clone().or(env_mode);
+    let cfg = match config::load(&etc, mode.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fatal(&format!("configuration: {e}")),
+    };
+    let _log = match gatehouse::logging::init(&cfg.log, cfg.mode) {
+        Ok(g) => g,
+        Err(e) => return fatal(&format!("logging: {e}")),
+    };
+    if let Some(pid) = &cfg.pid {
+        if let Err(e) = write_pid(pid) {
+            return fatal(&format!("pid file {}: {e}", pid.display()));
+        }
+    }
+    print_lines(&[banner::logo()]);
+    print_lines(&banner::website_box(DUE_VERSION));
+    let now = banner::format_time(banner::now_in(&cfg.timezone));
+    print_lines(&banner::global_box(
+        std::process::id(),
+        cfg.mode.as_str(),
+        &now,
+    ));
+
+    let upstream: UpstreamFactory = Arc::new(|_| Box::new(NoNodes));
+    let mut gate = match Gate::start(&cfg, upstream) {
+        Ok(g) => g,
+        Err(e) => return fatal(&format!("network server start failed: {e}")),
+    };
+    print_lines(&banner::gate_box(&gate_info(&cfg, &gate)));
+    tracing::info!(shards = gate.shard_count, "gate started");
+
+    wait_for_signal_and_drain(&cfg, &mut gate);
+    gate.join();
+    ExitCode::SUCCESS
+}
+
+/// Blocks until SIGINT/SIGTERM/SIGQUIT/SIGABRT, then runs due's two shutdown phases. A second
+/// signal terminates the process at once.
+fn wait_for_signal_and_drain(cfg: &Config, gate: &mut Gate) {
+    use signal_hook::consts::{SIGABRT, SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGABRT])
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return;
+        }
+    };
+    let Some(sig) = signals.forever().next() else {
+        return;
+    };
+    tracing::warn!("process got signal {}, gate will close", signal_name(sig));
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("gatehouse: second signal {}, exiting now", signal_name(sig));
+            std::process::exit(128 + sig);
+        }
+    });
+    // Close phase: state hang; keep serving (and accepting) until every client left.
+    let limit = (!cfg.shutdown_max_wait.is_zero()).then_some(cfg.shutdown_max_wait);
+    if !gate.wait_idle(limit) {
+        tracing::warn!(
+            connections = gate.connections(),
+            "shutdownMaxWaitTime reached, closing remaining connections"
+        );
+    }
+    // Destroy phase: stop accepting, close the rest gracefully (queued data flushed first).
+    gate.stop_accepting();
+    gate.close_all(true);
+    if !gate.wait_idle(Some(DESTROY_LIMIT)) {
+        tracing::warn!(
+            connections = gate.connections(),
+            "connections still open after the destroy limit, forcing close"
+        );
+        gate.close_all(false);
+        gate.wait_idle(Some(Duration::from_secs(1)));
+    }
+    tracing::info!("gate closed");
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    use signal_hook::consts::*;
+    match sig {
+        SIGINT => "interrupt",
+        SIGTERM => "terminated",
+        SIGQUIT => "quit",
+        SIGABRT => "aborted",
+        _ => "signal",
+    }
+}
+
+fn gate_info(cfg: &Config, gate: &Gate) -> banner::GateInfo {
+    let servers = gate
+        .servers
+        .iter()
+        .map(|(s, bound)| {
+            let name = match s.transport {
+                Transport::Tcp => "tcp",
+                Transport::Ws => "ws",
+            };
+            // A configured port 0 is shown as the port actually bound.
+            let addr = match s.config.addr.strip_suffix(":0") {
+                Some(host) => format!("{host}:{}", bound.port()),
+                None => s.config.addr.clone(),
+            };
+            (name.to_string(), addr)
+        })
+        .collect();
+    banner::GateInfo {
+        id: cfg.gate.id.clone(),
+        name: cfg.gate.name.clone(),
+        link: "-".into(),
+        servers,
+        locator: gate.locator_name.into(),
+        registry: "static".into(),
+    }
+}
+
+fn write_pid(path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, std::process::id().to_string())
+}
+
+fn print_lines(lines: &[String]) {
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    let _ = out.flush();
+}
+
+fn fatal(msg: &str) -> ExitCode {
+    eprintln!("gatehouse: {msg}");
+    ExitCode::from(1)
+}

@@ -1,0 +1,193 @@
+//! The session-visible half of one client connection: cid, uid, state, outbound queue, channels.
+//! Owned by the shard that accepted the connection; the IO driver and session operations share it.
+//!
+//! Session operations never touch the socket: they push bytes or requests here and wake the
+//! driver task, which does all IO. Everything is `Cell`/`RefCell` because a connection never
+//! leaves its shard's thread.
+
+use bytes::Bytes;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::task::Waker;
+
+use super::SessionError;
+
+/// due's connection states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Opened,
+    /// Graceful close in progress: queued data is flushed, new pushes fail, input is ignored.
+    Hanged,
+    Closed,
+}
+
+/// Which server accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Ws,
+}
+
+/// The driver's pending orders, set by session operations.
+#[derive(Debug, Default)]
+pub(crate) struct Orders {
+    /// Close without flushing.
+    pub forced_close: bool,
+    /// The authorization deadline must be re-evaluated (uid bound or cleared).
+    pub auth_changed: bool,
+    /// Waiters of a graceful close, answered once the socket is closed.
+    pub graceful_waiters: Vec<flume::Sender<Result<(), SessionError>>>,
+}
+
+/// One admitted client connection as the session table sees it.
+pub struct Conn {
+    pub cid: i64,
+    pub ip: IpAddr,
+    pub transport: Transport,
+    state: Cell<ConnState>,
+    uid: Cell<i64>,
+    outbox: RefCell<VecDeque<Bytes>>,
+    queue_limit: usize,
+    waker: RefCell<Option<Waker>>,
+    pub(crate) orders: RefCell<Orders>,
+    channels: RefCell<Vec<Box<str>>>,
+}
+
+impl Conn {
+    pub fn new(cid: i64, ip: IpAddr, transport: Transport, queue_limit: usize) -> Self {
+        Conn {
+            cid,
+            ip,
+            transport,
+            state: Cell::new(ConnState::Opened),
+            uid: Cell::new(0),
+            outbox: RefCell::new(VecDeque::new()),
+            queue_limit: queue_limit.max(1),
+            waker: RefCell::new(None),
+            orders: RefCell::new(Orders::default()),
+            channels: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.state.get()
+    }
+
+    pub(crate) fn set_state(&self, s: ConnState) {
+        self.state.set(s);
+    }
+
+    pub fn uid(&self) -> i64 {
+        self.uid.get()
+    }
+
+    /// Sets the uid and tells the driver to re-evaluate the authorization deadline.
+    pub(crate) fn set_uid(&self, uid: i64) {
+        let was = self.uid.replace(uid);
+        if (was == 0) != (uid == 0) {
+            self.orders.borrow_mut().auth_changed = true;
+            self.wake();
+        }
+    }
+
+    /// Queues one complete packet for the client, in order.
+    ///
+    /// A client that stopped reading until `writeQueueSize` packets piled up is closed (forced)
+    /// and the push fails: the reference would block the node's RPC instead, which a shard
+    /// serving thousands of other clients must never do.
+    pub fn push(&self, bytes: Bytes) -> Result<(), SessionError> {
+        match self.state.get() {
+            ConnState::Opened => {}
+            ConnState::Hanged => return Err(SessionError::Hanged),
+            ConnState::Closed => return Err(SessionError::Closed),
+        }
+        let mut q = self.outbox.borrow_mut();
+        if q.len() >= self.queue_limit {
+            drop(q);
+            tracing::warn!(
+                cid = self.cid,
+                limit = self.queue_limit,
+                "write queue full, closing connection"
+            );
+            self.close_forced();
+            return Err(SessionError::QueueFull);
+        }
+        q.push_back(bytes);
+        let first = q.len() == 1;
+        drop(q);
+        if first {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a heartbeat regardless of state and queue limit (it may overtake nothing: the
+    /// queue is FIFO, and due allows heartbeats anywhere between whole frames).
+    pub(crate) fn push_control(&self, bytes: Bytes) {
+        self.outbox.borrow_mut().push_back(bytes);
+    }
+
+    pub(crate) fn outbox(&self) -> std::cell::RefMut<'_, VecDeque<Bytes>> {
+        self.outbox.borrow_mut()
+    }
+
+    /// Starts a graceful close: pushes fail from now on; `done` is answered once every queued
+    /// packet was written and the socket closed.
+    pub fn close_graceful(&self, done: Option<flume::Sender<Result<(), SessionError>>>) {
+        if self.state.get() != ConnState::Opened {
+            if let Some(d) = done {
+                let _ = d.send(Err(SessionError::NotOpened));
+            }
+            return;
+        }
+        self.state.set(ConnState::Hanged);
+        if let Some(d) = done {
+            self.orders.borrow_mut().graceful_waiters.push(d);
+        }
+        self.wake();
+    }
+
+    /// Closes now; queued packets are dropped.
+    pub fn close_forced(&self) {
+        if self.state.get() == ConnState::Closed {
+            return;
+        }
+        self.orders.borrow_mut().forced_close = true;
+        self.wake();
+    }
+
+    pub(crate) fn register_waker(&self, w: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        match &*slot {
+            Some(old) if old.will_wake(w) => {}
+            _ => *slot = Some(w.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    pub(crate) fn add_channel(&self, name: &str) -> bool {
+        let mut ch = self.channels.borrow_mut();
+        if ch.iter().any(|c| &**c == name) {
+            return false;
+        }
+        ch.push(name.into());
+        true
+    }
+
+    pub(crate) fn remove_channel(&self, name: &str) -> bool {
+        let mut ch = self.channels.borrow_mut();
+        let before = ch.len();
+        ch.retain(|c| &**c != name);
+        ch.len() != before
+    }
+
+    pub(crate) fn take_channels(&self) -> Vec<Box<str>> {
+        std::mem::take(&mut *self.channels.borrow_mut())
+    }
+}

@@ -1,0 +1,333 @@
+//! One shard's slice of the session tables and the commands other threads send to it.
+//! Owns cid allocation, the local connection map, the home uid index and local channel members.
+
+use ahash::{AHashMap, AHashSet};
+use bytes::Bytes;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::{event, home_of_uid, Conn, ConnState, Reply, SessionError};
+use crate::dispatch::{EventKind, Upstream};
+
+/// A request to the shard that owns the data. Built by [`Sessions`]; applied by [`Table::apply`].
+pub enum Command {
+    Push {
+        cid: i64,
+        bytes: Bytes,
+        reply: Reply<Result<(), SessionError>>,
+    },
+    PushMany {
+        cids: Vec<i64>,
+        bytes: Bytes,
+        reply: Reply<usize>,
+    },
+    Broadcast {
+        users_only: bool,
+        bytes: Bytes,
+        reply: Reply<usize>,
+    },
+    /// Sets the uid of a local connection; answers the previous uid.
+    SetUid {
+        cid: i64,
+        uid: i64,
+        reply: Reply<Result<i64, SessionError>>,
+    },
+    /// Clears the uid of a local connection if it is still `uid`.
+    ClearUidIf {
+        cid: i64,
+        uid: i64,
+    },
+    /// Home index: `uid → cid`; answers the previous cid.
+    DirSet {
+        uid: i64,
+        cid: i64,
+        reply: Reply<Option<i64>>,
+    },
+    /// Home index: removes `uid` only if it still maps to `cid`.
+    DirRemoveIf {
+        uid: i64,
+        cid: i64,
+    },
+    DirRemove {
+        uid: i64,
+        reply: Reply<Option<i64>>,
+    },
+    DirGet {
+        uid: i64,
+        reply: Reply<Option<i64>>,
+    },
+    DirGetMany {
+        uids: Vec<i64>,
+        reply: Reply<Vec<i64>>,
+    },
+    /// Fires an event for a local connection; answers whether it still exists.
+    Emit {
+        cid: i64,
+        uid: i64,
+        kind: EventKind,
+        reply: Reply<bool>,
+    },
+    Membership {
+        cids: Vec<i64>,
+        channel: Arc<str>,
+        join: bool,
+        reply: Reply<usize>,
+    },
+    Publish {
+        channel: Arc<str>,
+        bytes: Bytes,
+        reply: Reply<usize>,
+    },
+    Stat {
+        users_only: bool,
+        reply: Reply<usize>,
+    },
+    IsOnline {
+        cid: i64,
+        reply: Reply<bool>,
+    },
+    GetIp {
+        cid: i64,
+        reply: Reply<Result<IpAddr, SessionError>>,
+    },
+    Disconnect {
+        cid: i64,
+        force: bool,
+        reply: Reply<Result<(), SessionError>>,
+    },
+    /// Closes every local connection (shutdown's destroy phase).
+    CloseAll {
+        graceful: bool,
+    },
+}
+
+/// The session data one shard owns.
+pub struct Table {
+    shard: usize,
+    shards: usize,
+    next_seq: i64,
+    conns: AHashMap<i64, Rc<Conn>>,
+    /// Home slice of the uid index: uids with `uid mod shards == shard`.
+    users: AHashMap<i64, i64>,
+    /// Local members of each channel.
+    channels: AHashMap<Box<str>, AHashSet<i64>>,
+}
+
+impl Table {
+    pub fn new(shard: usize, shards: usize) -> Self {
+        Table {
+            shard,
+            shards,
+            next_seq: 0,
+            conns: AHashMap::new(),
+            users: AHashMap::new(),
+            channels: AHashMap::new(),
+        }
+    }
+
+    /// A new cid, unique across all shards for the life of the process; its owner is derivable
+    /// (`(cid - 1) mod shards`). With one shard this is due's own sequence 1, 2, 3, …
+    pub fn allocate_cid(&mut self) -> i64 {
+        let cid = self.next_seq * self.shards as i64 + self.shard as i64 + 1;
+        self.next_seq += 1;
+        cid
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn get(&self, cid: i64) -> Option<&Rc<Conn>> {
+        self.conns.get(&cid)
+    }
+
+    /// Adds an admitted connection. The caller emits Connect before reading from it.
+    pub fn insert(&mut self, conn: Rc<Conn>) {
+        self.conns.insert(conn.cid, conn);
+    }
+
+    /// Removes a closed connection and its channel memberships; returns its last uid.
+    pub fn remove(&mut self, conn: &Conn) -> i64 {
+        self.conns.remove(&conn.cid);
+        for ch in conn.take_channels() {
+            if let Some(members) = self.channels.get_mut(&ch) {
+                members.remove(&conn.cid);
+                if members.is_empty() {
+                    self.channels.remove(&ch);
+                }
+            }
+        }
+        conn.uid()
+    }
+
+    fn push_to(&self, cid: i64, bytes: &Bytes) -> bool {
+        self.conns
+            .get(&cid)
+            .is_some_and(|c| c.push(bytes.clone()).is_ok())
+    }
+
+    /// Applies one command; `upstream` receives the events it fires.
+    pub fn apply(&mut self, cmd: Command, upstream: &dyn Upstream) {
+        match cmd {
+            Command::Push { cid, bytes, reply } => {
+                let r = match self.conns.get(&cid) {
+                    Some(c) => c.push(bytes),
+                    None => Err(SessionError::NotFoundSession),
+                };
+                let _ = reply.send(r);
+            }
+            Command::PushMany { cids, bytes, reply } => {
+                let n = cids.iter().filter(|c| self.push_to(**c, &bytes)).count();
+                let _ = reply.send(n);
+            }
+            Command::Broadcast {
+                users_only,
+                bytes,
+                reply,
+            } => {
+                let n = self
+                    .conns
+                    .values()
+                    .filter(|c| !users_only || c.uid() != 0)
+                    .filter(|c| c.push(bytes.clone()).is_ok())
+                    .count();
+                let _ = reply.send(n);
+            }
+            Command::SetUid { cid, uid, reply } => {
+                let r = match self.conns.get(&cid) {
+                    Some(c) => {
+                        let old = c.uid();
+                        c.set_uid(uid);
+                        Ok(old)
+                    }
+                    None => Err(SessionError::NotFoundSession),
+                };
+                let _ = reply.send(r);
+            }
+            Command::ClearUidIf { cid, uid } => {
+                if let Some(c) = self.conns.get(&cid).filter(|c| c.uid() == uid) {
+                    c.set_uid(0);
+                }
+            }
+            Command::DirSet { uid, cid, reply } => {
+                debug_assert_eq!(home_of_uid(uid, self.shards), self.shard);
+                let _ = reply.send(self.users.insert(uid, cid));
+            }
+            Command::DirRemoveIf { uid, cid } => {
+                if self.users.get(&uid) == Some(&cid) {
+                    self.users.remove(&uid);
+                }
+            }
+            Command::DirRemove { uid, reply } => {
+                let _ = reply.send(self.users.remove(&uid));
+            }
+            Command::DirGet { uid, reply } => {
+                let _ = reply.send(self.users.get(&uid).copied());
+            }
+            Command::DirGetMany { uids, reply } => {
+                let cids = uids
+                    .iter()
+                    .filter_map(|u| self.users.get(u).copied())
+                    .collect();
+                let _ = reply.send(cids);
+            }
+            Command::Emit {
+                cid,
+                uid,
+                kind,
+                reply,
+            } => {
+                let exists = self.conns.contains_key(&cid);
+                if exists {
+                    upstream.event(event(kind, cid, uid));
+                }
+                let _ = reply.send(exists);
+            }
+            Command::Membership {
+                cids,
+                channel,
+                join,
+                reply,
+            } => {
+                let mut n = 0;
+                for cid in cids {
+                    let Some(c) = self.conns.get(&cid) else {
+                        continue;
+                    };
+                    if join && c.add_channel(&channel) {
+                        self.channels
+                            .entry(Box::from(&*channel))
+                            .or_default()
+                            .insert(cid);
+                        n += 1;
+                    } else if !join && c.remove_channel(&channel) {
+                        if let Some(m) = self.channels.get_mut(&*channel) {
+                            m.remove(&cid);
+                            if m.is_empty() {
+                                self.channels.remove(&*channel);
+                            }
+                        }
+                        n += 1;
+                    }
+                }
+                let _ = reply.send(n);
+            }
+            Command::Publish {
+                channel,
+                bytes,
+                reply,
+            } => {
+                let n = self
+                    .channels
+                    .get(&*channel)
+                    .map(|m| m.iter().filter(|c| self.push_to(**c, &bytes)).count())
+                    .unwrap_or(0);
+                let _ = reply.send(n);
+            }
+            Command::Stat { users_only, reply } => {
+                let n = if users_only {
+                    self.conns.values().filter(|c| c.uid() != 0).count()
+                } else {
+                    self.conns.len()
+                };
+                let _ = reply.send(n);
+            }
+            Command::IsOnline { cid, reply } => {
+                let _ = reply.send(self.conns.contains_key(&cid));
+            }
+            Command::GetIp { cid, reply } => {
+                let r = match self.conns.get(&cid).map(|c| (c.state(), c.ip)) {
+                    Some((ConnState::Opened, ip)) => Ok(ip),
+                    Some((ConnState::Hanged, _)) => Err(SessionError::Hanged),
+                    Some((ConnState::Closed, _)) => Err(SessionError::Closed),
+                    None => Err(SessionError::NotFoundSession),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Disconnect { cid, force, reply } => match self.conns.get(&cid) {
+                None => {
+                    let _ = reply.send(Err(SessionError::NotFoundSession));
+                }
+                Some(c) if force => {
+                    c.close_forced();
+                    let _ = reply.send(Ok(()));
+                }
+                Some(c) => c.close_graceful(Some(reply)),
+            },
+            Command::CloseAll { graceful } => {
+                for c in self.conns.values() {
+                    if graceful {
+                        c.close_graceful(None);
+                    } else {
+                        c.close_forced();
+                    }
+                }
+            }
+        }
+    }
+}

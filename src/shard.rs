@@ -1,0 +1,168 @@
+//! One shard: the state a pinned executor owns (session slice, upstream, command inbox) and the
+//! admission and release of the connections it accepts.
+//!
+//! A connection is admitted, served and released on one shard. Admission registers the session
+//! and emits Connect before the first byte is read, so a node always hears Connect first.
+
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{HeartbeatMechanism, ServerConfig};
+use crate::dispatch::{EventKind, Upstream};
+use crate::liveness::LivenessRules;
+use crate::packet::PacketConfig;
+use crate::session::{event, home_of_uid, Command, Conn, ConnState, Sessions, Table, Transport};
+
+/// Settings and counters of one client-facing server (TCP or WS), shared by all shards.
+pub struct ServerCtx {
+    pub transport: Transport,
+    pub config: ServerConfig,
+    pub rules: LivenessRules,
+    /// `heartbeatMechanism = "resp"`: answer each client heartbeat.
+    pub reply_heartbeats: bool,
+    /// Largest accepted `size` field.
+    pub inbound_cap: u32,
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// Admitted and not yet released connections, across shards (maxConnNum).
+    live: AtomicUsize,
+}
+
+impl ServerCtx {
+    pub fn new(
+        transport: Transport,
+        config: ServerConfig,
+        inbound_cap: u32,
+        tls: Option<futures_rustls::TlsAcceptor>,
+    ) -> Self {
+        let rules = LivenessRules {
+            interval: config.heartbeat_interval,
+            tick_mode: config.heartbeat_mechanism == HeartbeatMechanism::Tick,
+            authorize: config.authorize_timeout,
+        };
+        ServerCtx {
+            transport,
+            reply_heartbeats: config.heartbeat_mechanism == HeartbeatMechanism::Resp,
+            rules,
+            inbound_cap,
+            tls,
+            config,
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    /// Connections currently admitted on this server.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    fn try_admit(&self) -> bool {
+        let max = self.config.max_conn_num;
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The state owned by one shard's executor thread.
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+    pub packet: PacketConfig,
+    pub table: RefCell<Table>,
+    pub upstream: Box<dyn Upstream>,
+    pub sessions: Sessions,
+    /// The heartbeat without time, built once (heartbeatTime = false).
+    heartbeat: Bytes,
+}
+
+impl Shard {
+    pub fn new(
+        index: usize,
+        count: usize,
+        packet: PacketConfig,
+        upstream: Box<dyn Upstream>,
+        sessions: Sessions,
+    ) -> Self {
+        Shard {
+            index,
+            count,
+            packet,
+            table: RefCell::new(Table::new(index, count)),
+            upstream,
+            sessions,
+            heartbeat: packet.heartbeat(0),
+        }
+    }
+
+    /// This process's heartbeat packet, with the current Unix time in ns when configured.
+    pub fn heartbeat(&self) -> Bytes {
+        if self.packet.heartbeat_time {
+            let ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_nanos() as i64;
+            self.packet.heartbeat(ns)
+        } else {
+            self.heartbeat.clone()
+        }
+    }
+
+    /// Applies a command from another thread (or from this one).
+    pub fn apply(&self, cmd: Command) {
+        self.table.borrow_mut().apply(cmd, &*self.upstream);
+    }
+
+    /// Admits a new connection if `server` has room: allocates its cid, registers the session and
+    /// emits Connect. `None` means the server is full (the caller closes the socket, no bytes).
+    pub fn admit(&self, server: &ServerCtx, ip: IpAddr) -> Option<Rc<Conn>> {
+        if !server.try_admit() {
+            return None;
+        }
+        let mut table = self.table.borrow_mut();
+        let cid = table.allocate_cid();
+        let conn = Rc::new(Conn::new(
+            cid,
+            ip,
+            server.transport,
+            server.config.write_queue_size,
+        ));
+        table.insert(conn.clone());
+        drop(table);
+        self.upstream.event(event(EventKind::Connect, cid, 0));
+        Some(conn)
+    }
+
+    /// Releases a connection whose socket is closed: removes it from the tables, unbinds its
+    /// user, emits Disconnect with the uid bound at this moment and frees its server slot.
+    pub fn release(&self, server: &ServerCtx, conn: &Conn) {
+        conn.set_state(ConnState::Closed);
+        let uid = self.table.borrow_mut().remove(conn);
+        if uid != 0 {
+            self.sessions.post(
+                home_of_uid(uid, self.count),
+                Command::DirRemoveIf { uid, cid: conn.cid },
+            );
+            self.sessions.control().unbind_user(uid);
+        }
+        self.upstream
+            .event(event(EventKind::Disconnect, conn.cid, uid));
+        for w in conn.orders.borrow_mut().graceful_waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+        server.release();
+    }
+}
+
+/// Shared handle to the per-server contexts, indexed by transport.
+pub type Servers = Vec<Arc<ServerCtx>>;
