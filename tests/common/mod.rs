@@ -1,0 +1,284 @@
+//! Test harness: starts a real gate in-process (real sockets, real shards) with a config written
+//! as TOML, observes what reaches its upstream, and speaks the due client protocol over TCP.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse::config;
+use gatehouse::dispatch::{
+    ChannelUpstream, Delivery, EventKind, GateEvent, Observed, UpstreamFactory,
+};
+use gatehouse::gate::Gate;
+use gatehouse::packet::PacketConfig;
+use gatehouse::session::{Sessions, Transport};
+
+/// A unique scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("gatehouse-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A gate running in this test process, with everything its shards send upstream captured.
+pub struct TestGate {
+    pub gate: Option<Gate>,
+    pub observed: flume::Receiver<Observed>,
+    pub packet: PacketConfig,
+    _dir: TempDir,
+}
+
+/// The settings every test gate shares: loopback, random ports, two unpinned shards.
+pub const BASE: &str = "[log]\nlevel = \"warn\"\nterminals = [\"console\"]\n";
+const SHARDS: &str = "shards = 2\npin = false\n";
+
+impl TestGate {
+    /// Starts a gate from `toml` (appended to [`BASE`]); servers should use `127.0.0.1:0`.
+    pub fn start(toml: &str) -> TestGate {
+        gatehouse::logging::init_for_tests();
+        let dir = TempDir::new("gate");
+        let file = dir.0.join("etc.toml");
+        let toml = if toml.contains("[gatehouse]") {
+            toml.replace("[gatehouse]\n", &format!("[gatehouse]\n{SHARDS}"))
+        } else {
+            format!("{toml}\n[gatehouse]\n{SHARDS}")
+        };
+        std::fs::write(&file, format!("{BASE}\n{toml}")).unwrap();
+        let cfg = config::load(&file, None).expect("test config loads");
+        let (tx, rx) = flume::unbounded();
+        let upstream: UpstreamFactory = Arc::new(move |_| Box::new(ChannelUpstream(tx.clone())));
+        let gate = Gate::start(&cfg, upstream).expect("gate starts");
+        TestGate {
+            gate: Some(gate),
+            observed: rx,
+            packet: cfg.packet,
+            _dir: dir,
+        }
+    }
+
+    /// A TCP gate with the given `[network.tcp.server]` extra lines.
+    pub fn tcp(server_extra: &str) -> TestGate {
+        Self::start(&format!(
+            "[network.tcp.server]\naddr = \"127.0.0.1:0\"\n{server_extra}\n"
+        ))
+    }
+
+    pub fn gate(&self) -> &Gate {
+        self.gate.as_ref().unwrap()
+    }
+
+    pub fn sessions(&self) -> Sessions {
+        self.gate().sessions.clone()
+    }
+
+    pub fn addr(&self, t: Transport) -> SocketAddr {
+        self.gate().addr(t).expect("server configured")
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr(Transport::Tcp), self.packet)
+    }
+
+    /// Waits for the next observation matching `pred`, skipping others.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Observed) -> bool,
+    ) -> Observed {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.observed.recv_timeout(left) {
+                Ok(o) if pred(&o) => return o,
+                Ok(_) => continue,
+                Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+    }
+
+    /// The next event of `kind` (skipping deliveries and other events).
+    pub fn event(&self, kind: EventKind) -> GateEvent {
+        match self.wait_for(
+            &format!("{kind:?} event"),
+            Duration::from_secs(5),
+            |o| matches!(o, Observed::Event(e) if e.kind == kind),
+        ) {
+            Observed::Event(e) => e,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The next delivery (skipping events).
+    pub fn delivery(&self) -> Delivery {
+        match self.wait_for("delivery", Duration::from_secs(5), |o| {
+            matches!(o, Observed::Delivery(_))
+        }) {
+            Observed::Delivery(d) => d,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Asserts that no delivery arrives within `d`.
+    pub fn no_delivery_within(&self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while let Ok(o) = self.observed.recv_deadline(deadline) {
+            assert!(
+                !matches!(o, Observed::Delivery(_)),
+                "unexpected delivery: {o:?}"
+            );
+        }
+    }
+
+    /// Connects and returns the client with its cid (from the Connect event).
+    pub fn connect_with_cid(&self) -> (Client, i64) {
+        let c = self.connect();
+        let e = self.event(EventKind::Connect);
+        (c, e.cid)
+    }
+
+    /// Runs a session operation from the test thread.
+    pub fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        futures_lite::future::block_on(f)
+    }
+}
+
+impl Drop for TestGate {
+    fn drop(&mut self) {
+        if let Some(g) = self.gate.take() {
+            g.join();
+        }
+    }
+}
+
+/// A blocking due TCP client.
+pub struct Client {
+    pub stream: TcpStream,
+    pub packet: PacketConfig,
+    buf: Vec<u8>,
+}
+
+/// What a client read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read1 {
+    Frame(Vec<u8>),
+    Closed,
+    Timeout,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, packet: PacketConfig) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            packet,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn heartbeat(&mut self) {
+        let hb = self.packet.heartbeat(0);
+        self.send(&hb);
+    }
+
+    pub fn data(&mut self, route: i32, seq: i32, payload: &[u8]) -> Vec<u8> {
+        let f = self.packet.encode(route, seq, payload).unwrap().to_vec();
+        self.send(&f);
+        f
+    }
+
+    /// Reads one frame, waiting at most `timeout`.
+    pub fn read(&mut self, timeout: Duration) -> Read1 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.buf.len() >= 4 {
+                let size = self.packet.read_size(&self.buf) as usize;
+                if self.buf.len() >= 4 + size {
+                    let rest = self.buf.split_off(4 + size);
+                    let frame = std::mem::replace(&mut self.buf, rest);
+                    return Read1::Frame(frame);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Read1::Timeout;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Read1::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Read1::Timeout
+                }
+                Err(_) => return Read1::Closed,
+            }
+        }
+    }
+
+    /// Reads one frame or panics.
+    pub fn frame(&mut self) -> Vec<u8> {
+        match self.read(Duration::from_secs(5)) {
+            Read1::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Waits until the gate closes the connection, discarding frames; returns when it happened.
+    pub fn wait_closed(&mut self, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.read(deadline.saturating_duration_since(Instant::now())) {
+                Read1::Closed => return Instant::now(),
+                Read1::Frame(_) => continue,
+                Read1::Timeout => panic!("connection still open after {timeout:?}"),
+            }
+        }
+    }
+
+    /// Asserts the connection stays open and silent for `d`.
+    pub fn silent_for(&mut self, d: Duration) {
+        match self.read(d) {
+            Read1::Timeout => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+pub fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
