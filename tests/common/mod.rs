@@ -125,6 +125,18 @@ impl TestGate {
         }
     }
 
+    /// The next event of `kind` for connection `cid`.
+    pub fn event_of(&self, kind: EventKind, cid: i64) -> GateEvent {
+        match self.wait_for(
+            &format!("{kind:?} event of cid {cid}"),
+            Duration::from_secs(5),
+            |o| matches!(o, Observed::Event(e) if e.kind == kind && e.cid == cid),
+        ) {
+            Observed::Event(e) => e,
+            _ => unreachable!(),
+        }
+    }
+
     /// The next delivery (skipping events).
     pub fn delivery(&self) -> Delivery {
         match self.wait_for("delivery", Duration::from_secs(5), |o| {
