@@ -155,12 +155,13 @@ impl Shard {
             );
             self.sessions.control().unbind_user(uid);
         }
+        // Free the slot first: whoever hears Disconnect may reconnect at once.
+        server.release();
         self.upstream
             .event(event(EventKind::Disconnect, conn.cid, uid));
         for w in conn.orders.borrow_mut().graceful_waiters.drain(..) {
             let _ = w.send(Ok(()));
         }
-        server.release();
     }
 }
 

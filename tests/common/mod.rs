@@ -54,10 +54,16 @@ impl TestGate {
         gatehouse::logging::init_for_tests();
         let dir = TempDir::new("gate");
         let file = dir.0.join("etc.toml");
+        // Two unpinned shards unless the test says otherwise.
+        let defaults: String = SHARDS
+            .lines()
+            .filter(|l| !toml.contains(l.split(' ').next().unwrap_or_default()))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let toml = if toml.contains("[gatehouse]") {
-            toml.replace("[gatehouse]\n", &format!("[gatehouse]\n{SHARDS}"))
+            toml.replace("[gatehouse]\n", &format!("[gatehouse]\n{defaults}"))
         } else {
-            format!("{toml}\n[gatehouse]\n{SHARDS}")
+            format!("{toml}\n[gatehouse]\n{defaults}")
         };
         std::fs::write(&file, format!("{BASE}\n{toml}")).unwrap();
         let cfg = config::load(&file, None).expect("test config loads");
@@ -93,6 +99,25 @@ impl TestGate {
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr(Transport::Tcp), self.packet)
+    }
+
+    /// A WS gate with the given `[network.ws.server]` extra lines.
+    pub fn ws(server_extra: &str) -> TestGate {
+        Self::start(&format!(
+            "[network.ws.server]\naddr = \"127.0.0.1:0\"\n{server_extra}\n"
+        ))
+    }
+
+    /// A WebSocket client on `/` of the WS server.
+    pub fn connect_ws(&self) -> WsClient {
+        WsClient::connect(self.addr(Transport::Ws), self.packet)
+    }
+
+    /// Connects over WS and returns the client with its cid (from the Connect event).
+    pub fn connect_ws_with_cid(&self) -> (WsClient, i64) {
+        let c = self.connect_ws();
+        let e = self.event(EventKind::Connect);
+        (c, e.cid)
     }
 
     /// Waits for the next observation matching `pred`, skipping others.
@@ -278,6 +303,151 @@ impl Client {
     pub fn silent_for(&mut self, d: Duration) {
         match self.read(d) {
             Read1::Timeout => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+/// What a WebSocket client read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsRead {
+    Binary(Vec<u8>),
+    Text(String),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// A Close frame: `(code, reason)`, `None` when it had no payload.
+    Close(Option<(u16, String)>),
+    /// The socket closed (EOF/reset) without a Close frame, or after one was read.
+    Closed,
+    Timeout,
+}
+
+/// A blocking due WebSocket client (tungstenite over a std `TcpStream`).
+pub struct WsClient {
+    pub ws: tungstenite::WebSocket<TcpStream>,
+    pub packet: PacketConfig,
+}
+
+impl WsClient {
+    /// Connects to `ws://addr/` and completes the upgrade; panics on failure.
+    pub fn connect(addr: SocketAddr, packet: PacketConfig) -> WsClient {
+        Self::connect_with(addr, "/", &[], packet).expect("websocket upgrade")
+    }
+
+    /// Connects to `ws://addr{path}` sending the extra request headers; returns the handshake
+    /// error (e.g. an HTTP status) instead of panicking.
+    pub fn connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        packet: PacketConfig,
+    ) -> Result<WsClient, tungstenite::Error> {
+        use tungstenite::client::IntoClientRequest;
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut req = format!("ws://{addr}{path}").into_client_request()?;
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                tungstenite::http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        match tungstenite::client::client(req, stream) {
+            Ok((ws, _)) => Ok(WsClient { ws, packet }),
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+            Err(tungstenite::HandshakeError::Interrupted(_)) => {
+                panic!("websocket handshake timed out")
+            }
+        }
+    }
+
+    /// Sends one message; `Err` when the connection is gone.
+    pub fn try_send(&mut self, m: tungstenite::Message) -> Result<(), tungstenite::Error> {
+        self.ws.send(m)
+    }
+
+    /// Sends one binary message or panics.
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.try_send(tungstenite::Message::binary(bytes.to_vec()))
+            .expect("send binary");
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.try_send(tungstenite::Message::text(text))
+            .expect("send text");
+    }
+
+    pub fn heartbeat(&mut self) {
+        let hb = self.packet.heartbeat(0);
+        self.send_binary(&hb);
+    }
+
+    /// Sends one data packet as one binary message and returns its bytes.
+    pub fn data(&mut self, route: i32, seq: i32, payload: &[u8]) -> Vec<u8> {
+        let f = self.packet.encode(route, seq, payload).unwrap().to_vec();
+        self.send_binary(&f);
+        f
+    }
+
+    /// Reads one message (data or control), waiting at most `timeout`.
+    pub fn read_message(&mut self, timeout: Duration) -> WsRead {
+        use tungstenite::{Error, Message};
+        let timeout = timeout.max(Duration::from_millis(1));
+        self.ws.get_mut().set_read_timeout(Some(timeout)).unwrap();
+        match self.ws.read() {
+            Ok(Message::Binary(b)) => WsRead::Binary(b.to_vec()),
+            Ok(Message::Text(t)) => WsRead::Text(t.as_str().to_owned()),
+            Ok(Message::Ping(p)) => WsRead::Ping(p.to_vec()),
+            Ok(Message::Pong(p)) => WsRead::Pong(p.to_vec()),
+            Ok(Message::Close(c)) => {
+                WsRead::Close(c.map(|c| (u16::from(c.code), c.reason.as_str().to_owned())))
+            }
+            Ok(Message::Frame(_)) => unreachable!("tungstenite never reads raw frames"),
+            Err(Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                WsRead::Timeout
+            }
+            Err(_) => WsRead::Closed,
+        }
+    }
+
+    /// Reads one binary message or panics.
+    pub fn binary(&mut self) -> Vec<u8> {
+        match self.read_message(Duration::from_secs(5)) {
+            WsRead::Binary(b) => b,
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+
+    /// Waits until the socket closes, discarding binary messages; panics on a Close frame or
+    /// anything else. Returns when it happened.
+    pub fn wait_closed(&mut self, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("connection still open after {timeout:?}");
+            }
+            match self.read_message(left) {
+                WsRead::Closed => return Instant::now(),
+                WsRead::Binary(_) => continue,
+                WsRead::Timeout => panic!("connection still open after {timeout:?}"),
+                other => panic!("expected the socket to close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts the connection stays open and silent for `d`.
+    pub fn silent_for(&mut self, d: Duration) {
+        match self.read_message(d) {
+            WsRead::Timeout => {}
             other => panic!("expected silence, got {other:?}"),
         }
     }
