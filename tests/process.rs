@@ -1,0 +1,364 @@
+//! The `gatehouse` binary as an operator runs it: config discovery, mode overrides, start-up
+//! errors, the banner, the pid file and signal-driven shutdown (items 50–56).
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+fn etc_toml(name: &str, extra: &str) -> String {
+    format!(
+        "mode = \"release\"\n[cluster.gate]\nname = \"{name}\"\n[network.tcp.server]\naddr = \"127.0.0.1:0\"\nheartbeatInterval = \"10s\"\n[log]\nlevel = \"info\"\nterminals = [\"console\"]\n[gatehouse]\nshards = 2\npin = false\n{extra}"
+    )
+}
+
+/// A running gate process with its stdout lines collected.
+struct Proc {
+    child: Child,
+    lines: flume::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(cwd)
+            .args(args)
+            .env_remove("DUE_ETC")
+            .env_remove("DUE_MODE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gatehouse");
+        let (tx, rx) = flume::unbounded();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("[stderr] {l}"));
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: vec![],
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    fn line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            match self.lines.recv_deadline(deadline) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// The TCP port from the banner's Server row (printed once the listener is up).
+    fn port(&mut self) -> u16 {
+        let l = self.line("Server: [tcp]");
+        let addr = l
+            .trim_matches('|')
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_string();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), t.elapsed());
+            }
+            std::thread::sleep(ms(20));
+        }
+        panic!("process still running after {limit:?}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(port: u16) -> Client {
+    Client::connect(
+        ([127, 0, 0, 1], port).into(),
+        gatehouse::packet::PacketConfig::default(),
+    )
+}
+
+/// Item 50: ./etc, then DUE_ETC, then --etc (the flag wins); a directory or one etc.<ext> file.
+#[test]
+fn config_discovery_precedence() {
+    let dir = TempDir::new("discover");
+    for sub in ["etc", "envdir", "flagdir"] {
+        std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+        std::fs::write(dir.0.join(sub).join("etc.toml"), etc_toml(sub, "")).unwrap();
+    }
+    let mut p = Proc::spawn(&dir.0, &[], &[]);
+    p.line("Name: etc ");
+    drop(p);
+    let mut p = Proc::spawn(&dir.0, &[], &[("DUE_ETC", "envdir")]);
+    p.line("Name: envdir ");
+    drop(p);
+    let mut p = Proc::spawn(&dir.0, &["--etc", "flagdir"], &[("DUE_ETC", "envdir")]);
+    p.line("Name: flagdir ");
+    drop(p);
+    let mut p = Proc::spawn(&dir.0, &["-etc=flagdir/etc.toml"], &[]);
+    p.line("Name: flagdir ");
+}
+
+/// Item 50: toml, yaml, yml, json and xml files all load.
+#[test]
+fn every_format_loads() {
+    let dir = TempDir::new("formats");
+    let files = [
+        ("etc.yaml", "cluster:\n  gate:\n    name: fromyaml\nnetwork:\n  tcp:\n    server:\n      addr: 127.0.0.1:0\ngatehouse:\n  shards: 1\n  pin: false\nlog:\n  terminals: [console]\n", "fromyaml"),
+        ("etc.yml", "cluster:\n  gate:\n    name: fromyml\nnetwork:\n  tcp:\n    server:\n      addr: 127.0.0.1:0\ngatehouse:\n  shards: 1\n  pin: false\nlog:\n  terminals: [console]\n", "fromyml"),
+        ("etc.json", r#"{"cluster":{"gate":{"name":"fromjson"}},"network":{"tcp":{"server":{"addr":"127.0.0.1:0"}}},"gatehouse":{"shards":1,"pin":false},"log":{"terminals":["console"]}}"#, "fromjson"),
+        ("etc.xml", "<etc><cluster><gate><name>fromxml</name></gate></cluster><network><tcp><server><addr>127.0.0.1:0</addr></server></tcp></network><gatehouse><shards>1</shards><pin>false</pin></gatehouse><log><terminals>console</terminals></log></etc>", "fromxml"),
+    ];
+    for (file, body, name) in files {
+        let f = dir.0.join(file);
+        std::fs::write(&f, body).unwrap();
+        let mut p = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+        p.line(&format!("Name: {name} "));
+    }
+}
+
+/// Item 51: DUE_MODE and --mode override the file; the flag wins.
+#[test]
+fn mode_overrides() {
+    let dir = TempDir::new("mode");
+    std::fs::create_dir_all(dir.0.join("etc")).unwrap();
+    std::fs::write(dir.0.join("etc/etc.toml"), etc_toml("m", "")).unwrap();
+    Proc::spawn(&dir.0, &[], &[]).line("Mode: release ");
+    Proc::spawn(&dir.0, &[], &[("DUE_MODE", "test")]).line("Mode: test ");
+    Proc::spawn(&dir.0, &["--mode", "debug"], &[("DUE_MODE", "test")]).line("Mode: debug ");
+}
+
+/// Items 9, 52: invalid values stop start-up with exit 1 and a message naming the key.
+/// Deviation: due reads `"10"` as 0 (heartbeats off); gatehouse refuses to start.
+#[test]
+fn invalid_values_fail_start_naming_the_key() {
+    let dir = TempDir::new("invalid");
+    for (extra, key) in [
+        ("[packet]\nrouteBytes = 3\n", "etc.packet.routeBytes"),
+        ("[packet]\nseqBytes = 3\n", "etc.packet.seqBytes"),
+        ("[packet]\nbufferBytes = -1\n", "etc.packet.bufferBytes"),
+        (
+            "[network.ws.server]\nheartbeatInterval = \"10\"\n",
+            "etc.network.ws.server.heartbeatInterval",
+        ),
+        (
+            "[network.ws.server]\nheartbeatMechanism = \"ping\"\n",
+            "etc.network.ws.server.heartbeatMechanism",
+        ),
+        (
+            "[network.ws.server]\nnoSuchKey = 1\n",
+            "etc.network.ws.server.noSuchKey",
+        ),
+    ] {
+        let f = dir.0.join("etc.toml");
+        std::fs::write(&f, etc_toml("bad", extra)).unwrap();
+        let out = Command::new(BIN).arg("--etc").arg(&f).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{key} not named in: {err}");
+    }
+    let out = Command::new(BIN).arg("---x").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bad flag syntax ends, it does not loop"
+    );
+}
+
+/// Items 53, 54, 56: v2.4.1 and v2.5.8 keys together; the banner's boxes, widths and order
+/// (the Gate box only once the listener accepts); the pid file.
+#[test]
+fn banner_keys_and_pid_file() {
+    let dir = TempDir::new("banner");
+    let body = format!(
+        "pid = \"run/gate.pid\"\n{}[network.ws.server]\naddr = \"127.0.0.1:0\"\nhandshakeTimeout = \"10s\"\nwriteQueueSize = 1024\nwriteTimeout = \"0s\"\n",
+        etc_toml("banner", "").replace(
+            "[cluster.gate]\n",
+            "[cluster.gate]\ntimeout = \"2s\"\ncallTimeout = \"2s\"\nconnNum = 5\ndialTimeout = \"3s\"\n",
+        )
+    );
+    std::fs::create_dir_all(dir.0.join("etc")).unwrap();
+    std::fs::write(dir.0.join("etc/etc.toml"), body).unwrap();
+    let mut p = Proc::spawn(&dir.0, &[], &[]);
+    let port = p.port();
+    let mut c = client(port);
+    c.heartbeat();
+    assert_eq!(
+        c.frame(),
+        hex("0000000180"),
+        "listener is up when the Gate box is printed"
+    );
+    p.line("Server: [ws] 127.0.0.1:");
+    p.line("Registry:");
+    let lines = p.seen.clone();
+    let first = lines
+        .iter()
+        .position(|l| l.starts_with("                    ____"))
+        .unwrap();
+    assert_eq!(
+        lines[first + 1],
+        "                   / __ \\/ / / / ____/\t"
+    );
+    let boxes: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with(['┌', '|', '└']))
+        .collect();
+    for l in &boxes {
+        assert_eq!(l.chars().count(), 56, "{l:?}");
+    }
+    let titles: Vec<&&String> = boxes.iter().filter(|l| l.starts_with('┌')).collect();
+    assert_eq!(titles.len(), 3);
+    assert!(!titles[0].contains(|c: char| c.is_alphabetic()));
+    assert_eq!(
+        *titles[1],
+        &format!("┌{}Global{}┐", "─".repeat(24), "─".repeat(24))
+    );
+    assert_eq!(
+        *titles[2],
+        &format!("┌{}Gate{}┐", "─".repeat(25), "─".repeat(25))
+    );
+    let text = boxes
+        .iter()
+        .map(|l| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "| [Website] https://github.com/dobyte/due",
+        "| [Version] v2.4.1",
+        "| PID: ",
+        "| Mode: release",
+        "| Time: ",
+        "| ID: ",
+        "| Name: banner",
+        "| Link: ",
+        "| Locator: ",
+        "| Registry: ",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let pid = std::fs::read_to_string(dir.0.join("run/gate.pid")).unwrap();
+    assert_eq!(pid, p.child.id().to_string());
+}
+
+/// Item 55: after SIGTERM connected clients keep being served; the process exits once they left.
+#[test]
+fn sigterm_waits_for_clients_to_leave() {
+    let dir = TempDir::new("drain");
+    let f = dir.0.join("etc.toml");
+    std::fs::write(&f, etc_toml("drain", "")).unwrap();
+    let mut p = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+    let port = p.port();
+    let mut c = client(port);
+    c.heartbeat();
+    c.frame();
+    p.signal(libc::SIGTERM);
+    p.line("got signal");
+    for _ in 0..5 {
+        std::thread::sleep(ms(100));
+        c.heartbeat();
+        assert_eq!(c.frame(), hex("0000000180"), "still served while closing");
+    }
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "waits for the client"
+    );
+    drop(c);
+    let (code, took) = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after the last client left"
+    );
+}
+
+/// Item 55: with shutdownMaxWaitTime the remaining clients are closed after it (graceful, in
+/// the ≤ 5 s destroy phase), and the process exits 0.
+#[test]
+fn sigterm_with_max_wait_closes_remaining_clients() {
+    let dir = TempDir::new("maxwait");
+    let f = dir.0.join("etc.toml");
+    std::fs::write(
+        &f,
+        etc_toml("maxwait", "").replace(
+            "mode = \"release\"\n",
+            "mode = \"release\"\nshutdownMaxWaitTime = \"600ms\"\n",
+        ),
+    )
+    .unwrap();
+    let mut p = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+    let port = p.port();
+    let mut c = client(port);
+    c.heartbeat();
+    c.frame();
+    let t = Instant::now();
+    p.signal(libc::SIGTERM);
+    let closed = c.wait_closed(Duration::from_secs(8));
+    let after = closed - t;
+    assert!(
+        after >= ms(550) && after < ms(600) + Duration::from_secs(5),
+        "closed {after:?} after SIGTERM"
+    );
+    let (code, _) = p.wait_exit(Duration::from_secs(6));
+    assert_eq!(code, Some(0));
+}
+
+/// Item 55: a second signal terminates at once.
+#[test]
+fn second_signal_exits_immediately() {
+    let dir = TempDir::new("twice");
+    let f = dir.0.join("etc.toml");
+    std::fs::write(&f, etc_toml("twice", "")).unwrap();
+    let mut p = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+    let port = p.port();
+    let mut c = client(port);
+    c.heartbeat();
+    c.frame();
+    p.signal(libc::SIGINT);
+    p.line("got signal");
+    p.signal(libc::SIGINT);
+    let (code, took) = p.wait_exit(Duration::from_secs(3));
+    assert_ne!(code, Some(0));
+    assert!(took < Duration::from_secs(1));
+}
