@@ -5,6 +5,7 @@
 //! anything runs, and `:0` resolves to one port shared by all shards) with a 4096 backlog —
 //! glommio's own `bind` fixes it at 1024, which a connect burst overflows.
 
+use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -128,41 +129,63 @@ pub async fn accept_loop(
             Err(_) => continue,
         };
         let _ = stream.set_nodelay(true);
-        let (shard, server, ws_rules) = (shard.clone(), server.clone(), ws_rules.clone());
-        glommio::spawn_local(async move {
-            match ws_rules {
-                Some(rules) => match &server.tls {
-                    None => ws::accept(&shard, &server, &rules, ip, stream).await,
-                    Some(tls) => {
-                        if let Some(s) = tls_handshake(tls, stream, ip).await {
-                            ws::accept(&shard, &server, &rules, ip, s).await
-                        }
-                    }
-                },
-                None => {
-                    let Some(conn) = shard.admit(&server, ip) else {
-                        tracing::warn!(%ip, "connection allocate error: too many connection");
-                        return;
-                    };
-                    match &server.tls {
-                        None => tcp::serve(&shard, &server, &conn, stream).await,
-                        Some(tls) => match tls_handshake(tls, stream, ip).await {
-                            Some(s) => tcp::serve(&shard, &server, &conn, s).await,
-                            None => shard.release(&server, &conn),
-                        },
-                    }
-                }
+        // One spawn per path, so each task's future is only as large as its own path needs: a
+        // plain TCP connection must not pay for TLS or WebSocket handshake state.
+        let (shard, server) = (shard.clone(), server.clone());
+        match (ws_rules.clone(), server.tls.is_some()) {
+            (None, false) => glommio::spawn_local(serve_tcp(shard, server, ip, stream)).detach(),
+            (None, true) => {
+                glommio::spawn_local(Box::pin(serve_tls(shard, server, ip, stream))).detach()
             }
-        })
-        .detach();
+            (Some(rules), _) => {
+                glommio::spawn_local(Box::pin(serve_ws(shard, server, rules, ip, stream))).detach()
+            }
+        };
+    }
+}
+
+async fn serve_tcp(shard: Rc<Shard>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {
+    let Some(conn) = shard.admit(&server, ip) else {
+        tracing::warn!(%ip, "connection allocate error: too many connection");
+        return;
+    };
+    tcp::serve(&shard, &server, &conn, stream).await
+}
+
+async fn serve_tls(shard: Rc<Shard>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {
+    let Some(conn) = shard.admit(&server, ip) else {
+        tracing::warn!(%ip, "connection allocate error: too many connection");
+        return;
+    };
+    let tls = server.tls.as_ref().expect("TLS server");
+    match tls_handshake(tls, stream, ip).await {
+        Some(s) => tcp::serve(&shard, &server, &conn, s).await,
+        None => shard.release(&server, &conn),
+    }
+}
+
+async fn serve_ws(
+    shard: Rc<Shard>,
+    server: Arc<ServerCtx>,
+    rules: Arc<WsRules>,
+    ip: IpAddr,
+    stream: TcpStream,
+) {
+    match &server.tls {
+        None => ws::accept(&shard, &server, &rules, ip, stream).await,
+        Some(tls) => {
+            if let Some(s) = tls_handshake(tls, stream, ip).await {
+                ws::accept(&shard, &server, &rules, ip, s).await
+            }
+        }
     }
 }
 
 async fn tls_handshake(
     tls: &futures_rustls::TlsAcceptor,
-    stream: glommio::net::TcpStream,
+    stream: TcpStream,
     ip: IpAddr,
-) -> Option<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
+) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
     let r = glommio::timer::timeout(TLS_HANDSHAKE_TIMEOUT, async {
         Ok(tls.accept(stream).await)
     })
