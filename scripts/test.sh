@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets -- --test-threads=2
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --all-targets -- --test-threads=2

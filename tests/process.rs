@@ -362,3 +362,31 @@ fn second_signal_exits_immediately() {
     assert_ne!(code, Some(0));
     assert!(took < Duration::from_secs(1));
 }
+
+/// The example due gate files load unchanged and start (TCP and WS variants).
+#[test]
+fn example_files_load_unchanged() {
+    for (file, row) in [
+        ("tcp.toml", "Server: [tcp] 0.0.0.0:"),
+        ("ws.toml", "Server: [ws] 0.0.0.0:"),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("etc/examples")
+            .join(file);
+        let cfg = gatehouse::config::load(&path, None).unwrap_or_else(|e| panic!("{file}: {e}"));
+        // Start it on a free port: same file, only the listen address and logging swapped.
+        let dir = TempDir::new("examples");
+        let body = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("addr = \":3553\"", "addr = \":0\"")
+            .replace(
+                "terminals = [\"console\", \"file\"]",
+                "terminals = [\"console\"]",
+            )
+            .replace("pid = \"./run/gate.pid\"", "pid = \"\"");
+        std::fs::write(dir.0.join("etc.toml"), body).unwrap();
+        let mut p = Proc::spawn(&dir.0, &["--etc", "etc.toml"], &[]);
+        p.line(row);
+        p.line(&format!("Name: {}", cfg.gate.name));
+    }
+}

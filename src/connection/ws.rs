@@ -7,7 +7,7 @@
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_util::{Sink, Stream};
@@ -162,6 +162,22 @@ struct WsDriver<S> {
     closing: bool,
 }
 
+/// Classifies a read error: a client vanishing without a Close frame is an ordinary close, not
+/// a protocol violation worth an INFO line per connection.
+fn read_error(e: WsError) -> CloseReason {
+    use async_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::PeerClosed,
+        WsError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset => {
+            CloseReason::PeerClosed
+        }
+        WsError::Io(io) => CloseReason::Io(io.to_string()),
+        other => CloseReason::Protocol(other.to_string()),
+    }
+}
+
 /// The heartbeat due-client-ts always sends, whatever the configured byte order.
 const TS_HEARTBEAT: [u8; 5] = [0, 0, 0, 1, 0x80];
 
@@ -202,9 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
                         progress = true;
                         self.on_message(io, msg, now);
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(CloseReason::Protocol(e.to_string()));
-                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(read_error(e)),
                     Poll::Ready(None) => return Poll::Ready(CloseReason::PeerClosed),
                     Poll::Pending => {}
                 }
