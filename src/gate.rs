@@ -17,6 +17,7 @@ use crate::connection::upgrade::UpgradeRules;
 use crate::connection::ws::WsRules;
 use crate::control::{Control, MemoryLocator};
 use crate::dispatch::UpstreamFactory;
+use crate::link::server::{self as link_server, LinkShared};
 use crate::listener;
 use crate::session::{Command, Sessions, Transport};
 use crate::shard::{ServerCtx, Shard};
@@ -32,7 +33,11 @@ pub struct Gate {
     pub servers: Vec<(Arc<ServerCtx>, SocketAddr)>,
     pub shard_count: usize,
     pub locator_name: &'static str,
+    /// The link address nodes dial (`host:port`), as advertised to the registry.
+    pub link_addr: String,
+    pub link: Arc<LinkShared>,
     stop_accepting: Option<flume::Sender<()>>,
+    stop_link: Option<flume::Sender<()>>,
     exit: Option<flume::Sender<()>>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Control,
@@ -103,6 +108,22 @@ impl Gate {
             servers.push((server, bound));
         }
 
+        // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
+        let (link_fds, link_bound) = listener::bind_shared(
+            if cfg.gate.addr.is_empty() {
+                ":0"
+            } else {
+                &cfg.gate.addr
+            },
+            shard_count,
+            cfg.gatehouse.listen_backlog,
+        )?;
+        let link_addr = listener::advertised(&cfg.gate.addr, link_bound);
+        let link = Arc::new(LinkShared {
+            state: std::sync::atomic::AtomicU8::new(1),
+            publish_v25: false, // PENDING-CONFIG
+        });
+
         let locator = Box::new(MemoryLocator::default());
         let locator_name = crate::control::Locator::name(&*locator);
         let (control, control_thread) = Control::start(cfg.gate.id.clone(), locator);
@@ -111,18 +132,23 @@ impl Gate {
         let sessions = Sessions::new(cmd_txs, control.clone());
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         let (exit_tx, exit_rx) = flume::bounded::<()>(1);
+        // The link keeps serving nodes until the very end (after clients are gone).
+        let (link_stop_tx, link_stop_rx) = flume::bounded::<()>(1);
 
         let mut shards = Vec::with_capacity(shard_count);
-        for (index, (listeners, cmd_rx)) in per_shard.into_iter().zip(cmd_rxs).enumerate() {
+        let shard_inputs = per_shard.into_iter().zip(cmd_rxs).zip(link_fds);
+        for (index, ((listeners, cmd_rx), link_fd)) in shard_inputs.enumerate() {
             let placement = match (cfg.gatehouse.pin, cpus.get(index % cpus.len().max(1))) {
                 (true, Some(&cpu)) => Placement::Fixed(cpu),
                 _ => Placement::Unbound,
             };
-            let (sessions, upstream, stop_rx, exit_rx) = (
+            let (sessions, upstream, stop_rx, exit_rx, link, link_stop) = (
                 sessions.clone(),
                 upstream.clone(),
                 stop_rx.clone(),
                 exit_rx.clone(),
+                link.clone(),
+                link_stop_rx.clone(),
             );
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
@@ -155,6 +181,13 @@ impl Gate {
                         ))
                         .detach();
                     }
+                    glommio::spawn_local(link_server::accept_loop(
+                        shard.clone(),
+                        link,
+                        link_fd,
+                        link_stop,
+                    ))
+                    .detach();
                     let _ = exit_rx.recv_async().await;
                 })
                 .map_err(|e| format!("start shard {index}: {e}"))?;
@@ -166,7 +199,10 @@ impl Gate {
             servers,
             shard_count,
             locator_name,
+            link_addr,
+            link,
             stop_accepting: Some(stop_tx),
+            stop_link: Some(link_stop_tx),
             exit: Some(exit_tx),
             shards,
             control,
@@ -199,6 +235,14 @@ impl Gate {
         }
     }
 
+    /// Replaces every shard's view of the nodes (registry watch or static list).
+    pub fn set_nodes(&self, nodes: Vec<crate::registry::ServiceInstance>) {
+        let nodes = Arc::new(nodes);
+        for shard in 0..self.shard_count {
+            self.sessions.post(shard, Command::Nodes(nodes.clone()));
+        }
+    }
+
     /// Waits until no connection is left, or `limit` passed (`None` = no limit).
     /// Returns whether the gate is empty.
     pub fn wait_idle(&self, limit: Option<Duration>) -> bool {
@@ -217,6 +261,7 @@ impl Gate {
     /// Stops the shards and the control thread and waits for them.
     pub fn join(mut self) {
         self.stop_accepting.take();
+        self.stop_link.take();
         self.exit.take();
         for h in self.shards.drain(..) {
             let _ = h.join();

@@ -203,6 +203,44 @@ async fn tls_handshake(
     }
 }
 
+/// The address a listener on `configured` advertises to the cluster (due's rule): a concrete
+/// host as given; for a wildcard host, the first private 192.168.x.x address of an interface
+/// that is up, else the first other RFC 1918 address. due refuses to start without one; we fall
+/// back to 127.0.0.1 (a single-machine cluster) and log it.
+pub fn advertised(configured: &str, bound: SocketAddr) -> String {
+    let host = configured
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or("");
+    let port = bound.port();
+    if !(host.is_empty() || host == "0.0.0.0" || host == "::") {
+        return match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+            _ => format!("{host}:{port}"),
+        };
+    }
+    let private: Vec<std::net::Ipv4Addr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .filter_map(|i| match i.ip() {
+            IpAddr::V4(v4) if v4.is_private() => Some(v4),
+            _ => None,
+        })
+        .collect();
+    let pick = private
+        .iter()
+        .find(|ip| ip.octets()[..2] == [192, 168])
+        .or(private.first());
+    match pick {
+        Some(ip) => format!("{ip}:{port}"),
+        None => {
+            tracing::warn!("no private IPv4 address found for the link; advertising 127.0.0.1");
+            format!("127.0.0.1:{port}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,7 +147,7 @@ fn gate_info(cfg: &Config, gate: &Gate) -> banner::GateInfo {
     banner::GateInfo {
         id: cfg.gate.id.clone(),
         name: cfg.gate.name.clone(),
-        link: "-".into(),
+        link: gate.link_addr.clone(),
         servers,
         locator: gate.locator_name.into(),
         registry: "static".into(),

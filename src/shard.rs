@@ -120,7 +120,9 @@ impl Shard {
 
     /// Applies a command from another thread (or from this one).
     pub fn apply(&self, cmd: Command) {
-        self.table.borrow_mut().apply(cmd, &*self.upstream);
+        self.table
+            .borrow_mut()
+            .apply(cmd, &self.sessions, &*self.upstream);
     }
 
     /// Admits a new connection if `server` has room: allocates its cid, registers the session and

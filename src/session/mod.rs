@@ -225,23 +225,53 @@ impl Sessions {
         Ok(())
     }
 
-    /// Queues `bytes` (a complete packet) for one connection.
+    /// Queues `bytes` (a complete packet) for one connection. A push to a uid that is not
+    /// connected here also clears a stale locator entry naming this gate.
     pub async fn push(&self, kind: Kind, target: i64, bytes: Bytes) -> Result<(), SessionError> {
-        let res = match self.target_cid(kind, target).await {
-            Ok(cid) => {
-                self.ask(self.cid_shard(cid), |r| Command::Push {
-                    cid,
-                    bytes,
-                    reply: r,
-                })
-                .await?
+        let (tx, rx) = reply();
+        self.push_with(kind, target, bytes, Some(tx))?;
+        rx.recv_async()
+            .await
+            .map_err(|_| SessionError::Unavailable)?
+    }
+
+    /// Fire-and-forget push (the link's seq-0 pushes): same path and order as [`Self::push`].
+    pub fn push_nowait(&self, kind: Kind, target: i64, bytes: Bytes) -> Result<(), SessionError> {
+        self.push_with(kind, target, bytes, None)
+    }
+
+    fn push_with(
+        &self,
+        kind: Kind,
+        target: i64,
+        bytes: Bytes,
+        reply: Option<Reply<Result<(), SessionError>>>,
+    ) -> Result<(), SessionError> {
+        let fail = |reply: Option<Reply<Result<(), SessionError>>>| {
+            if let Some(r) = reply {
+                let _ = r.send(Err(SessionError::NotFoundSession));
             }
-            Err(e) => Err(e),
+            Ok(())
         };
-        if kind == Kind::User && res == Err(SessionError::NotFoundSession) && target > 0 {
-            self.control.unbind_user(target);
+        match kind {
+            Kind::Conn if target > 0 => self.send(
+                self.cid_shard(target),
+                Command::Push {
+                    cid: target,
+                    bytes,
+                    reply,
+                },
+            ),
+            Kind::User if target > 0 => self.send(
+                self.uid_home(target),
+                Command::PushUser {
+                    uid: target,
+                    bytes,
+                    reply,
+                },
+            ),
+            _ => fail(reply),
         }
-        res
     }
 
     async fn resolve(&self, kind: Kind, targets: &[i64]) -> Result<Vec<i64>, SessionError> {

@@ -7,15 +7,23 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{event, home_of_uid, Conn, ConnState, Reply, SessionError};
+use super::{event, home_of_uid, shard_of_cid, Conn, ConnState, Reply, SessionError, Sessions};
 use crate::dispatch::{EventKind, Upstream};
 
 /// A request to the shard that owns the data. Built by [`Sessions`]; applied by [`Table::apply`].
 pub enum Command {
+    /// Queues a packet for a local connection; `reply` is `None` for fire-and-forget pushes.
     Push {
         cid: i64,
         bytes: Bytes,
-        reply: Reply<Result<(), SessionError>>,
+        reply: Option<Reply<Result<(), SessionError>>>,
+    },
+    /// At the uid's home: resolves the uid and forwards a `Push` to the owning shard, so pushes
+    /// to one uid keep their order and cost one hop more than pushes by cid.
+    PushUser {
+        uid: i64,
+        bytes: Bytes,
+        reply: Option<Reply<Result<(), SessionError>>>,
     },
     PushMany {
         cids: Vec<i64>,
@@ -100,6 +108,8 @@ pub enum Command {
     CloseAll {
         graceful: bool,
     },
+    /// The registry's node list changed: hand it to the shard's upstream.
+    Nodes(Arc<Vec<crate::registry::ServiceInstance>>),
 }
 
 /// The session data one shard owns.
@@ -171,16 +181,31 @@ impl Table {
             .is_some_and(|c| c.push(bytes.clone()).is_ok())
     }
 
-    /// Applies one command; `upstream` receives the events it fires.
-    pub fn apply(&mut self, cmd: Command, upstream: &dyn Upstream) {
+    /// Applies one command; `sessions` reaches other shards, `upstream` receives events.
+    pub fn apply(&mut self, cmd: Command, sessions: &Sessions, upstream: &dyn Upstream) {
         match cmd {
             Command::Push { cid, bytes, reply } => {
                 let r = match self.conns.get(&cid) {
                     Some(c) => c.push(bytes),
                     None => Err(SessionError::NotFoundSession),
                 };
-                let _ = reply.send(r);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
             }
+            Command::PushUser { uid, bytes, reply } => match self.users.get(&uid) {
+                Some(&cid) => sessions.post(
+                    shard_of_cid(cid, self.shards),
+                    Command::Push { cid, bytes, reply },
+                ),
+                None => {
+                    // A stale location may still name this gate: clean it up (due does too).
+                    sessions.control().unbind_user(uid);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(SessionError::NotFoundSession));
+                    }
+                }
+            },
             Command::PushMany { cids, bytes, reply } => {
                 let n = cids.iter().filter(|c| self.push_to(**c, &bytes)).count();
                 let _ = reply.send(n);
@@ -319,6 +344,7 @@ impl Table {
                 }
                 Some(c) => c.close_graceful(Some(reply)),
             },
+            Command::Nodes(nodes) => upstream.update_nodes(&nodes),
             Command::CloseAll { graceful } => {
                 for c in self.conns.values() {
                     if graceful {

@@ -51,6 +51,16 @@ const SHARDS: &str = "shards = 2\npin = false\n";
 impl TestGate {
     /// Starts a gate from `toml` (appended to [`BASE`]); servers should use `127.0.0.1:0`.
     pub fn start(toml: &str) -> TestGate {
+        Self::start_inner(toml, None)
+    }
+
+    /// Like [`TestGate::start`] with the shards' upstream built by `upstream` (deliveries and
+    /// events then go there instead of to `observed`).
+    pub fn start_with(toml: &str, upstream: UpstreamFactory) -> TestGate {
+        Self::start_inner(toml, Some(upstream))
+    }
+
+    fn start_inner(toml: &str, custom: Option<UpstreamFactory>) -> TestGate {
         gatehouse::logging::init_for_tests();
         let dir = TempDir::new("gate");
         let file = dir.0.join("etc.toml");
@@ -68,7 +78,8 @@ impl TestGate {
         std::fs::write(&file, format!("{BASE}\n{toml}")).unwrap();
         let cfg = config::load(&file, None).expect("test config loads");
         let (tx, rx) = flume::unbounded();
-        let upstream: UpstreamFactory = Arc::new(move |_| Box::new(ChannelUpstream(tx.clone())));
+        let upstream: UpstreamFactory =
+            custom.unwrap_or_else(|| Arc::new(move |_| Box::new(ChannelUpstream(tx.clone()))));
         let gate = Gate::start(&cfg, upstream).expect("gate starts");
         TestGate {
             gate: Some(gate),

@@ -4,6 +4,9 @@
 //! Each shard holds its own `Upstream` (built by a factory on the shard's thread), so forwarding a
 //! packet is a plain method call on shard-local state — no lock, no cross-thread hop.
 
+pub mod cluster;
+pub mod routes;
+
 use bytes::Bytes;
 
 /// due's cluster event numbers.
@@ -40,6 +43,8 @@ pub trait Upstream {
     fn deliver(&self, d: Delivery);
     /// A session event. Connect of a connection comes before any of its deliveries.
     fn event(&self, e: GateEvent);
+    /// The registry's view of the nodes changed (the full list, in registry order).
+    fn update_nodes(&self, _nodes: &std::sync::Arc<Vec<crate::registry::ServiceInstance>>) {}
 }
 
 /// Builds one `Upstream` per shard, on that shard's thread.

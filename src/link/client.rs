@@ -1,0 +1,276 @@
+//! The gate's link client: per shard, one connection to each node's link server, carrying
+//! deliver and trigger frames (seq 0), handshaken as kind 1 with the gate's id.
+//!
+//! Because a client connection is used only by the shard that owns it, and a cid's packets are
+//! all read on the cid's shard, per-client order is kept without pinning tables: one shard, one
+//! connection, one FIFO. Frames are appended to a byte queue and written in batches. A node that
+//! cannot be reached is marked faulty for 3 s (due's window) and frames for it are dropped.
+
+use ahash::AHashMap;
+use bytes::BytesMut;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::codec::{self, Head};
+use super::server::LINK_HEARTBEAT;
+
+/// due's dial rules: 500 ms per attempt, 3 attempts, 5 ms then 10 ms between them.
+const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
+const DIAL_ATTEMPTS: u32 = 3;
+/// How long a node that failed every dial is skipped.
+const FAULT_WINDOW: Duration = Duration::from_secs(3);
+/// How long the handshake answer may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Queued bytes beyond which frames for a stalled node are dropped rather than buffered.
+const MAX_QUEUED: usize = 8 << 20;
+/// Instance kind "gate" in the handshake.
+const KIND_GATE: u8 = 1;
+
+/// The link connections of one shard, by node link address.
+pub struct NodeLinks {
+    gid: Rc<str>,
+    nodes: RefCell<AHashMap<String, Rc<NodeLink>>>,
+}
+
+impl NodeLinks {
+    pub fn new(gid: &str) -> Self {
+        NodeLinks {
+            gid: gid.into(),
+            nodes: RefCell::new(AHashMap::new()),
+        }
+    }
+
+    /// Queues a frame for the node at `addr`, connecting on first use. Returns false (and drops
+    /// the frame) while the node is in its fault window or its queue is full.
+    pub fn send(&self, addr: &str, write: impl FnOnce(&mut BytesMut)) -> bool {
+        let link = {
+            let mut nodes = self.nodes.borrow_mut();
+            if let Some(l) = nodes.get(addr) {
+                l.clone()
+            } else {
+                let l = Rc::new(NodeLink::new(addr));
+                nodes.insert(addr.to_string(), l.clone());
+                glommio::spawn_local(run(l.clone(), self.gid.clone())).detach();
+                l
+            }
+        };
+        link.enqueue(write)
+    }
+
+    /// Forgets nodes no longer in the registry view; their connections close.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.nodes.borrow_mut().retain(|addr, l| {
+            let k = keep(addr);
+            if !k {
+                l.closed.set(true);
+                l.wake();
+            }
+            k
+        });
+    }
+}
+
+/// One node's connection state on this shard.
+struct NodeLink {
+    addr: String,
+    queue: RefCell<BytesMut>,
+    waker: RefCell<Option<Waker>>,
+    faulty_until: Cell<Option<Instant>>,
+    closed: Cell<bool>,
+}
+
+impl NodeLink {
+    fn new(addr: &str) -> Self {
+        NodeLink {
+            addr: addr.to_string(),
+            queue: RefCell::new(BytesMut::new()),
+            waker: RefCell::new(None),
+            faulty_until: Cell::new(None),
+            closed: Cell::new(false),
+        }
+    }
+
+    fn enqueue(&self, write: impl FnOnce(&mut BytesMut)) -> bool {
+        if self.faulty_until.get().is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let mut q = self.queue.borrow_mut();
+        if q.len() > MAX_QUEUED {
+            return false;
+        }
+        let was_empty = q.is_empty();
+        write(&mut q);
+        drop(q);
+        if was_empty {
+            self.wake();
+        }
+        true
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves when frames are queued or the link is closed.
+    async fn wait_work(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.queue.borrow().is_empty() || self.closed.get() {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+async fn dial(addr: &str) -> Option<glommio::net::TcpStream> {
+    let sa: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            // Host names: resolve once per dial (rare; registries publish IPs).
+            std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .ok()?
+                .next()?
+        }
+    };
+    let mut pause = Duration::from_millis(5);
+    for attempt in 1..=DIAL_ATTEMPTS {
+        match glommio::net::TcpStream::connect_timeout(sa, DIAL_TIMEOUT).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Some(s);
+            }
+            Err(e) => {
+                tracing::debug!(addr, attempt, error = %e, "link dial failed");
+                if attempt < DIAL_ATTEMPTS {
+                    glommio::timer::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Sends the handshake and waits for its answer (any frame with seq 1; the code is not checked,
+/// as in due).
+async fn handshake(stream: &mut glommio::net::TcpStream, gid: &str) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    codec::put_handshake(&mut out, 1, KIND_GATE, gid.as_bytes());
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::new();
+    let r = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            let mut chunk = [0u8; 256];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(glommio::GlommioError::IoError(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(Some(len)) = codec::frame_len(&buf, 1 << 20) {
+                let frame = buf.split_to(len);
+                if let Ok(Head::Data { seq: 1, .. }) = codec::peek(&frame) {
+                    return Ok(());
+                }
+            }
+        }
+    })
+    .await;
+    r.map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The connection task of one node on one shard: dial, handshake, then write queued frames and
+/// heartbeats until the connection fails; re-dial; after failing every attempt, sit out the
+/// fault window with the queue dropped.
+async fn run(link: Rc<NodeLink>, gid: Rc<str>) {
+    while !link.closed.get() {
+        let Some(mut stream) = dial(&link.addr).await else {
+            let dropped = std::mem::take(&mut *link.queue.borrow_mut()).len();
+            tracing::warn!(addr = %link.addr, dropped_bytes = dropped, "node unreachable, skipping it for 3 s");
+            link.faulty_until.set(Some(Instant::now() + FAULT_WINDOW));
+            glommio::timer::sleep(FAULT_WINDOW).await;
+            link.faulty_until.set(None);
+            // Dial again only when there is something to send.
+            link.wait_work().await;
+            continue;
+        };
+        if let Err(e) = handshake(&mut stream, &gid).await {
+            tracing::warn!(addr = %link.addr, error = %e, "link handshake failed");
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        tracing::debug!(addr = %link.addr, "link connected");
+        let reason = pump(&link, &mut stream).await;
+        tracing::info!(addr = %link.addr, %reason, "link connection lost, re-dialling");
+    }
+}
+
+/// Writes queued frames in batches, heartbeats every 10 s, and reads (and discards) whatever the
+/// node sends back. Returns why the connection ended.
+async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
+    let mut next_heartbeat = Instant::now() + LINK_HEARTBEAT;
+    let mut last_recv = Instant::now();
+    let mut echoes_seen = false;
+    let mut chunk = vec![0u8; 4096];
+    let mut out = BytesMut::new();
+    loop {
+        if link.closed.get() {
+            return "node left the registry".into();
+        }
+        enum Event {
+            Work,
+            Read(std::io::Result<usize>),
+            Tick,
+        }
+        let until_tick = next_heartbeat.saturating_duration_since(Instant::now());
+        let ev = futures_lite::future::or(
+            async {
+                link.wait_work().await;
+                Event::Work
+            },
+            futures_lite::future::or(
+                async { Event::Read(stream.read(&mut chunk).await) },
+                async {
+                    glommio::timer::sleep(until_tick).await;
+                    Event::Tick
+                },
+            ),
+        )
+        .await;
+        match ev {
+            Event::Read(Ok(0)) => return "closed by node".into(),
+            Event::Read(Err(e)) => return e.to_string(),
+            Event::Read(Ok(_)) => {
+                // Heartbeat echoes (v2.4.1 nodes) or answers we did not ask for: liveness only.
+                last_recv = Instant::now();
+                echoes_seen = true;
+            }
+            Event::Tick => {
+                // v2.5.3+ nodes never echo: only hold a node to the 20 s rule once it has.
+                if echoes_seen && last_recv.elapsed() > LINK_HEARTBEAT * 2 {
+                    return "no frame from node for 20 s".into();
+                }
+                codec::put_heartbeat(&mut link.queue.borrow_mut());
+                next_heartbeat = Instant::now() + LINK_HEARTBEAT;
+            }
+            Event::Work => {}
+        }
+        std::mem::swap(&mut out, &mut *link.queue.borrow_mut());
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                return e.to_string();
+            }
+            out.clear();
+        }
+    }
+}
