@@ -4,42 +4,8 @@
 //! Requests that need an answer carry a `flume` reply sender; a shard awaits the reply
 //! asynchronously, so a slow locator delays only the operation that asked, never the shard.
 
-use std::collections::HashMap;
+pub use crate::locator::{Locator, MemoryLocator};
 use std::thread::JoinHandle;
-
-/// Where users are located in the cluster (due's locator, gate side).
-pub trait Locator: Send {
-    /// Name shown in the banner (`redis`, `memory`).
-    fn name(&self) -> &'static str;
-    /// Records that `uid` is connected through gate `gid`.
-    fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String>;
-    /// Removes the record only if it still names `gid`.
-    fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String>;
-}
-
-/// The embedded locator: a map in the control thread. Enough for one gate without Redis.
-#[derive(Default)]
-pub struct MemoryLocator {
-    users: HashMap<i64, String>,
-}
-
-impl Locator for MemoryLocator {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
-    fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
-        self.users.insert(uid, gid.to_string());
-        Ok(())
-    }
-
-    fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
-        if self.users.get(&uid).is_some_and(|g| g == gid) {
-            self.users.remove(&uid);
-        }
-        Ok(())
-    }
-}
 
 /// Requests the control thread serves.
 pub enum ControlRequest {
@@ -49,6 +15,11 @@ pub enum ControlRequest {
     },
     UnbindUser {
         uid: i64,
+    },
+    LocateNode {
+        uid: i64,
+        name: String,
+        reply: flume::Sender<Result<Option<String>, String>>,
     },
     Stop,
 }
@@ -76,6 +47,9 @@ impl Control {
                                 tracing::error!(uid, error = %e, "locator unbind failed");
                             }
                         }
+                        ControlRequest::LocateNode { uid, name, reply } => {
+                            let _ = reply.send(locator.locate_node(uid, &name));
+                        }
                         ControlRequest::Stop => break,
                     }
                 }
@@ -89,6 +63,21 @@ impl Control {
         let (reply, rx) = flume::bounded(1);
         self.tx
             .send(ControlRequest::BindUser { uid, reply })
+            .map_err(|_| "control thread stopped".to_string())?;
+        rx.recv_async()
+            .await
+            .map_err(|_| "control thread stopped".to_string())?
+    }
+
+    /// The node of name `name` serving `uid` (stateful routes); resolves when the locator answered.
+    pub async fn locate_node(&self, uid: i64, name: &str) -> Result<Option<String>, String> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx
+            .send(ControlRequest::LocateNode {
+                uid,
+                name: name.to_string(),
+                reply,
+            })
             .map_err(|_| "control thread stopped".to_string())?;
         rx.recv_async()
             .await

@@ -11,6 +11,7 @@ pub mod gate;
 pub mod link;
 pub mod listener;
 pub mod liveness;
+pub mod locator;
 pub mod logging;
 pub mod packet;
 pub mod registry;

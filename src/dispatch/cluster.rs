@@ -5,35 +5,55 @@
 //! packet touches only shard-local state. Stateful routes need the user's node from the locator;
 //! that lookup goes to the control thread and the packet follows when the answer comes back.
 
+use ahash::AHashMap;
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::routes::{RouteTable, Strategy};
 use super::{Delivery, EventKind, GateEvent, Upstream};
+use crate::control::Control;
 use crate::link::client::NodeLinks;
 use crate::link::codec;
 use crate::registry::ServiceInstance;
 
 /// Routes client packets to nodes through this shard's link connections.
 pub struct ClusterUpstream {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
     table: RefCell<RouteTable>,
     strategy: Strategy,
     links: NodeLinks,
+    /// Asks the locator for a user's node on stateful routes; `None` without a locator that
+    /// knows node bindings.
+    control: Option<Control>,
+    /// Connections waiting for a locator answer, with the packets that arrived meanwhile: they
+    /// are routed in arrival order once the answer is in.
+    waiting: RefCell<AHashMap<i64, VecDeque<Delivery>>>,
     /// xorshift state for the `random` strategy (no lock, no syscall per pick).
     rng: Cell<u64>,
 }
 
 impl ClusterUpstream {
-    pub fn new(gid: &str, strategy: Strategy, shard: usize) -> Self {
+    pub fn new(gid: &str, strategy: Strategy, shard: usize, control: Option<Control>) -> Self {
         ClusterUpstream {
-            table: RefCell::new(RouteTable::build(&[], strategy)),
-            strategy,
-            links: NodeLinks::new(gid),
-            rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ ((shard as u64 + 1) << 32) ^ seed()),
+            inner: Rc::new(Inner {
+                table: RefCell::new(RouteTable::build(&[], strategy)),
+                strategy,
+                links: NodeLinks::new(gid),
+                control,
+                waiting: RefCell::new(AHashMap::new()),
+                rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ ((shard as u64 + 1) << 32) ^ seed()),
+            }),
         }
     }
+}
 
+impl Inner {
     fn next_rand(&self) -> u64 {
         let mut x = self.rng.get();
         x ^= x << 13;
@@ -57,6 +77,104 @@ impl ClusterUpstream {
             );
         }
     }
+
+    /// Routes one packet. `Some(group)` = a stateful route whose node must be looked up first.
+    fn route(&self, d: &Delivery) -> Option<String> {
+        let table = self.table.borrow();
+        let Some(entry) = table.route(d.route) else {
+            tracing::debug!(
+                route = d.route,
+                cid = d.cid,
+                "not found route, packet dropped"
+            );
+            return None;
+        };
+        if entry.internal() {
+            tracing::warn!(
+                route = d.route,
+                cid = d.cid,
+                "illegal request: internal route"
+            );
+            return None;
+        }
+        if d.uid == 0 && (entry.stateful() || entry.authorized()) {
+            tracing::warn!(
+                route = d.route,
+                cid = d.cid,
+                "illegal request: route needs a bound user"
+            );
+            return None;
+        }
+        if entry.stateful() {
+            if self.control.is_none() {
+                tracing::debug!(
+                    route = d.route,
+                    uid = d.uid,
+                    "no user location, packet dropped"
+                );
+                return None;
+            }
+            return Some(entry.group().to_string());
+        }
+        match table.pick_stateless(d.route, self.next_rand()) {
+            Some(ep) => {
+                drop(table);
+                self.send_deliver(&ep.address, d);
+            }
+            None => tracing::warn!(route = d.route, "not found endpoint, packet dropped"),
+        }
+        None
+    }
+
+    /// Sends a stateful packet to the node the locator named, if it serves the route.
+    fn deliver_located(&self, d: &Delivery, nid: Option<String>) {
+        let Some(nid) = nid else {
+            tracing::debug!(
+                route = d.route,
+                uid = d.uid,
+                "not found user location, packet dropped"
+            );
+            return;
+        };
+        let ep = self.table.borrow().find_in_route(d.route, &nid);
+        match ep {
+            Some(ep) => self.send_deliver(&ep.address, d),
+            None => tracing::warn!(route = d.route, nid, "not found endpoint, packet dropped"),
+        }
+    }
+}
+
+/// Looks up the node of a stateful packet, sends it, then routes the packets of the same
+/// connection that queued up meanwhile (looking up again when one of them is stateful too).
+async fn locate_then_drain(inner: Rc<Inner>, first: Delivery, group: String) {
+    let mut next = Some((first, group));
+    while let Some((d, group)) = next.take() {
+        let control = inner
+            .control
+            .as_ref()
+            .expect("stateful lookups need a locator");
+        match control.locate_node(d.uid, &group).await {
+            Ok(nid) => inner.deliver_located(&d, nid),
+            Err(e) => {
+                tracing::error!(uid = d.uid, error = %e, "locate node failed, packet dropped")
+            }
+        }
+        loop {
+            let queued = inner
+                .waiting
+                .borrow_mut()
+                .get_mut(&d.cid)
+                .and_then(VecDeque::pop_front);
+            let Some(q) = queued else {
+                inner.waiting.borrow_mut().remove(&d.cid);
+                break;
+            };
+            if let Some(g) = inner.route(&q) {
+                next = Some((q, g));
+                break;
+            }
+        }
+    }
 }
 
 fn seed() -> u64 {
@@ -68,66 +186,32 @@ fn seed() -> u64 {
 
 impl Upstream for ClusterUpstream {
     fn deliver(&self, d: Delivery) {
-        let table = self.table.borrow();
-        let Some(entry) = table.route(d.route) else {
-            tracing::debug!(
-                route = d.route,
-                cid = d.cid,
-                "not found route, packet dropped"
-            );
-            return;
-        };
-        if entry.internal() {
-            tracing::warn!(
-                route = d.route,
-                cid = d.cid,
-                "illegal request: internal route"
-            );
+        let inner = &self.inner;
+        if let Some(q) = inner.waiting.borrow_mut().get_mut(&d.cid) {
+            q.push_back(d);
             return;
         }
-        if d.uid == 0 && (entry.stateful() || entry.authorized()) {
-            tracing::warn!(
-                route = d.route,
-                cid = d.cid,
-                "illegal request: route needs a bound user"
-            );
-            return;
-        }
-        if entry.stateful() {
-            // The user's node comes from the locator; without one (embedded default) there is
-            // no binding to follow, and due drops such packets silently.
-            tracing::debug!(
-                route = d.route,
-                uid = d.uid,
-                "no user location, packet dropped"
-            );
-            return;
-        }
-        let rand = self.next_rand();
-        match table.pick_stateless(d.route, rand) {
-            Some(ep) => {
-                let addr = ep.address.clone();
-                drop(table);
-                self.send_deliver(&addr, &d);
-            }
-            None => tracing::warn!(route = d.route, "not found endpoint, packet dropped"),
+        if let Some(group) = inner.route(&d) {
+            inner.waiting.borrow_mut().insert(d.cid, VecDeque::new());
+            glommio::spawn_local(locate_then_drain(inner.clone(), d, group)).detach();
         }
     }
 
     fn event(&self, e: GateEvent) {
-        let table = self.table.borrow();
+        let inner = &self.inner;
+        let table = inner.table.borrow();
         let targets = table.event_targets(e.kind as u8);
         if targets.is_empty() {
             tracing::debug!(kind = ?e.kind, "not found event");
             return;
         }
+        let uid = if e.kind == EventKind::Connect {
+            0
+        } else {
+            e.uid
+        };
         for ep in targets {
-            let uid = if e.kind == EventKind::Connect {
-                0
-            } else {
-                e.uid
-            };
-            if !self.links.send(&ep.address, |out| {
+            if !inner.links.send(&ep.address, |out| {
                 codec::put_trigger(out, 0, e.kind as u8, e.cid, uid)
             }) {
                 tracing::warn!(addr = %ep.address, kind = ?e.kind, cid = e.cid, "node unavailable, event dropped");
@@ -136,12 +220,13 @@ impl Upstream for ClusterUpstream {
     }
 
     fn update_nodes(&self, nodes: &Arc<Vec<ServiceInstance>>) {
-        let table = RouteTable::build(nodes, self.strategy);
+        let inner = &self.inner;
+        let table = RouteTable::build(nodes, inner.strategy);
         let keep: std::collections::HashSet<String> = nodes
             .iter()
             .filter_map(|n| crate::registry::endpoint_address(&n.endpoint))
             .collect();
-        self.links.retain(|addr| keep.contains(addr));
-        *self.table.borrow_mut() = table;
+        inner.links.retain(|addr| keep.contains(addr));
+        *inner.table.borrow_mut() = table;
     }
 }

@@ -1,0 +1,385 @@
+//! due's Redis locator, gate side: the same keys (with the doubled `locate`), scripts, KEEPTTL,
+//! event channels and JSON payloads, and a watcher of the node channel that keeps a cache.
+//!
+//! Calls run on the control thread with 3 s socket timeouts; a lost Redis fails the call (the
+//! caller logs it) and the next call reconnects. The watcher runs on its own thread with its own
+//! connection and re-subscribes after a reconnect; events missed meanwhile are lost, as in due.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::Locator;
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Deletes the gate key only if it still names this gate.
+const UNBIND_GATE: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current == false or current == '' or current ~= ARGV[1] then
+  return {'NO'}
+end
+redis.call('DEL', KEYS[1])
+return {'OK'}
+"#;
+
+/// Event types on the locator channels.
+const BIND_GATE: u8 = 1;
+const BIND_NODE: u8 = 2;
+const UNBIND_GATE_EVENT: u8 = 3;
+const UNBIND_NODE: u8 = 4;
+
+/// Where the locator connects and which key prefix it uses (`[locate.redis]`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `host:port` (the first of `addrs`; clusters are not supported).
+    pub addr: String,
+    pub db: i64,
+    pub username: String,
+    pub password: String,
+    /// Default `due:locate`; keys then read `due:locate:locate:user:<uid>:gate`.
+    pub prefix: String,
+}
+
+impl RedisSettings {
+    fn info(&self) -> Result<redis::ConnectionInfo, String> {
+        let (host, port) = self
+            .addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("redis address {:?} has no port", self.addr))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("redis address {:?} has a bad port", self.addr))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut redis = redis::RedisConnectionInfo::default().set_db(self.db);
+        if !self.username.is_empty() {
+            redis = redis.set_username(&self.username);
+        }
+        if !self.password.is_empty() {
+            redis = redis.set_password(&self.password);
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info((host.to_string(), port))
+            .map_err(|e| e.to_string())?;
+        Ok(info.set_redis_settings(redis))
+    }
+
+    pub fn gate_key(&self, uid: i64) -> String {
+        format!("{}:locate:user:{uid}:gate", self.prefix)
+    }
+
+    pub fn node_key(&self, uid: i64) -> String {
+        format!("{}:locate:user:{uid}:node", self.prefix)
+    }
+
+    pub fn gate_channel(&self) -> String {
+        format!("{}:locate:cluster:gate:event", self.prefix)
+    }
+
+    pub fn node_channel(&self) -> String {
+        format!("{}:locate:cluster:node:event", self.prefix)
+    }
+}
+
+/// due's event payload; fields in due's order.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocationEvent {
+    pub uid: i64,
+    #[serde(rename = "type")]
+    pub kind: u8,
+    #[serde(rename = "insID")]
+    pub ins_id: String,
+    #[serde(rename = "insKind")]
+    pub ins_kind: String,
+    #[serde(rename = "insName")]
+    pub ins_name: String,
+}
+
+/// uid → node name → node id, filled by lookups and the node-channel watcher.
+type NodeCache = Arc<Mutex<HashMap<i64, HashMap<String, String>>>>;
+
+/// The Redis locator.
+pub struct RedisLocator {
+    settings: RedisSettings,
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    unbind_gate: redis::Script,
+    cache: NodeCache,
+    stop: Arc<AtomicBool>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl RedisLocator {
+    /// Connects (failure is a start-up error, as in due) and starts the node-channel watcher.
+    pub fn start(settings: RedisSettings) -> Result<RedisLocator, String> {
+        let client = redis::Client::open(settings.info()?).map_err(|e| e.to_string())?;
+        let mut me = RedisLocator {
+            client,
+            conn: None,
+            unbind_gate: redis::Script::new(UNBIND_GATE),
+            cache: NodeCache::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            watcher: None,
+            settings,
+        };
+        me.connection()?;
+        let (client, channel, cache, stop) = (
+            me.client.clone(),
+            me.settings.node_channel(),
+            me.cache.clone(),
+            me.stop.clone(),
+        );
+        me.watcher = Some(
+            std::thread::Builder::new()
+                .name("gatehouse-locator-watch".into())
+                .spawn(move || watch(client, channel, cache, stop))
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(me)
+    }
+
+    fn connection(&mut self) -> Result<&mut redis::Connection, String> {
+        if self.conn.is_none() {
+            let c = self
+                .client
+                .get_connection_with_timeout(TIMEOUT)
+                .map_err(|e| format!("redis {}: {e}", self.settings.addr))?;
+            c.set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            c.set_write_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+
+    /// Runs `f` on a connection; on a connection-level failure drops it and retries once on a
+    /// fresh one (Redis restarted), so one lost connection costs one call at most.
+    fn with_conn<T>(
+        &mut self,
+        f: impl Fn(&mut redis::Connection, &RedisSettings, &redis::Script) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        for attempt in 0..2 {
+            let settings = self.settings.clone();
+            let script = self.unbind_gate.clone();
+            let conn = self.connection()?;
+            match f(conn, &settings, &script) {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
+                    self.conn = None;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Err("redis unavailable".into())
+    }
+
+    fn publish(&mut self, channel: &str, ev: &LocationEvent) -> Result<(), String> {
+        let payload = serde_json::to_string(ev).map_err(|e| e.to_string())?;
+        let channel = channel.to_string();
+        self.with_conn(|c, _, _| {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&payload)
+                .query::<i64>(c)
+        })
+        .map(|_| ())
+    }
+}
+
+impl Drop for RedisLocator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Locator for RedisLocator {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
+        let gid_s = gid.to_string();
+        self.with_conn(|c, s, _| {
+            redis::cmd("SET")
+                .arg(s.gate_key(uid))
+                .arg(&gid_s)
+                .arg("KEEPTTL")
+                .query::<()>(c)
+        })?;
+        let ev = LocationEvent {
+            uid,
+            kind: BIND_GATE,
+            ins_id: gid.into(),
+            ins_kind: "gate".into(),
+            ins_name: String::new(),
+        };
+        if let Err(e) = self.publish(&self.settings.gate_channel(), &ev) {
+            tracing::warn!(uid, error = %e, "locator: bind event not published");
+        }
+        Ok(())
+    }
+
+    fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
+        let gid_s = gid.to_string();
+        let reply: Vec<String> =
+            self.with_conn(|c, s, script| script.key(s.gate_key(uid)).arg(&gid_s).invoke(c))?;
+        if reply.first().map(String::as_str) == Some("OK") {
+            let ev = LocationEvent {
+                uid,
+                kind: UNBIND_GATE_EVENT,
+                ins_id: gid.into(),
+                ins_kind: "gate".into(),
+                ins_name: String::new(),
+            };
+            if let Err(e) = self.publish(&self.settings.gate_channel(), &ev) {
+                tracing::warn!(uid, error = %e, "locator: unbind event not published");
+            }
+        }
+        Ok(())
+    }
+
+    fn locate_node(&mut self, uid: i64, name: &str) -> Result<Option<String>, String> {
+        if let Some(nid) = self
+            .cache
+            .lock()
+            .expect("cache lock")
+            .get(&uid)
+            .and_then(|m| m.get(name))
+        {
+            return Ok(Some(nid.clone()));
+        }
+        let name_s = name.to_string();
+        let nid: Option<String> = self.with_conn(|c, s, _| {
+            redis::cmd("HGET")
+                .arg(s.node_key(uid))
+                .arg(&name_s)
+                .query(c)
+        })?;
+        let nid = nid.filter(|n| !n.is_empty());
+        if let Some(n) = &nid {
+            self.cache
+                .lock()
+                .expect("cache lock")
+                .entry(uid)
+                .or_default()
+                .insert(name.to_string(), n.clone());
+        }
+        Ok(nid)
+    }
+}
+
+/// Follows the node channel: BindNode fills the cache, UnbindNode removes the entry if it still
+/// names that node. Reconnects (every second) until `stop`.
+fn watch(client: redis::Client, channel: String, cache: NodeCache, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut conn = match client.get_connection_with_timeout(TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "locator watcher: redis unavailable, retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut pubsub = conn.as_pubsub();
+        if let Err(e) = pubsub.subscribe(&channel) {
+            tracing::warn!(error = %e, "locator watcher: subscribe failed");
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let msg = match pubsub.get_message() {
+                Ok(m) => m,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "locator watcher: connection lost, re-subscribing");
+                    break;
+                }
+            };
+            let payload: String = match msg.get_payload() {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let ev: LocationEvent = match serde_json::from_str(&payload) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, payload, "locator watcher: bad event skipped");
+                    continue;
+                }
+            };
+            let mut cache = cache.lock().expect("cache lock");
+            match ev.kind {
+                BIND_NODE => {
+                    cache
+                        .entry(ev.uid)
+                        .or_default()
+                        .insert(ev.ins_name, ev.ins_id);
+                }
+                UNBIND_NODE => {
+                    if let Some(m) = cache.get_mut(&ev.uid) {
+                        if m.get(&ev.ins_name) == Some(&ev.ins_id) {
+                            m.remove(&ev.ins_name);
+                        }
+                        if m.is_empty() {
+                            cache.remove(&ev.uid);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RedisSettings {
+        RedisSettings {
+            addr: "127.0.0.1:6379".into(),
+            db: 0,
+            username: String::new(),
+            password: String::new(),
+            prefix: "due:locate".into(),
+        }
+    }
+
+    #[test]
+    fn keys_and_channels_have_the_doubled_locate() {
+        let s = settings();
+        assert_eq!(s.gate_key(3), "due:locate:locate:user:3:gate");
+        assert_eq!(s.node_key(3), "due:locate:locate:user:3:node");
+        assert_eq!(s.gate_channel(), "due:locate:locate:cluster:gate:event");
+        assert_eq!(s.node_channel(), "due:locate:locate:cluster:node:event");
+    }
+
+    #[test]
+    fn event_json_matches_due() {
+        let ev = LocationEvent {
+            uid: 3,
+            kind: 1,
+            ins_id: "3f9e5c1a-8b2d-11f0-a1b2-0242ac110002".into(),
+            ins_kind: "gate".into(),
+            ins_name: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"uid":3,"type":1,"insID":"3f9e5c1a-8b2d-11f0-a1b2-0242ac110002","insKind":"gate","insName":""}"#
+        );
+        let back: LocationEvent = serde_json::from_str(
+            r#"{"insName":"mahjong","type":2,"uid":3,"insKind":"node","insID":"n1","extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!((back.kind, back.ins_name.as_str()), (2, "mahjong"));
+    }
+}
