@@ -94,6 +94,7 @@ fn cluster_gate(extra: &str) -> TestGate {
             "gate-test",
             Strategy::RoundRobin,
             shard,
+            None,
         ))
     });
     TestGate::start_with(
