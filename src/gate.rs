@@ -13,12 +13,19 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
+use crate::config::{LocatorConfig, RegistryConfig};
 use crate::connection::upgrade::UpgradeRules;
 use crate::connection::ws::WsRules;
-use crate::control::{Control, MemoryLocator};
+use crate::control::Control;
+use crate::dispatch::cluster::ClusterUpstream;
+use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
 use crate::link::server::{self as link_server, LinkShared};
 use crate::listener;
+use crate::locator::redis::{RedisLocator, RedisSettings};
+use crate::locator::{Locator, MemoryLocator};
+use crate::registry::consul::{ConsulClient, ConsulSettings, Registrar};
+use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
 use crate::session::{Command, Sessions, Transport};
 use crate::shard::{ServerCtx, Shard};
 
@@ -36,6 +43,10 @@ pub struct Gate {
     /// The link address nodes dial (`host:port`), as advertised to the registry.
     pub link_addr: String,
     pub link: Arc<LinkShared>,
+    name: String,
+    metadata: std::collections::BTreeMap<String, String>,
+    /// Consul registration, TTL and node watch (none with a static registry).
+    registrar: Option<Registrar>,
     stop_accepting: Option<flume::Sender<()>>,
     stop_link: Option<flume::Sender<()>>,
     exit: Option<flume::Sender<()>>,
@@ -52,8 +63,15 @@ struct ShardListener {
 }
 
 impl Gate {
-    /// Starts everything. Errors are start-up failures (bad certificate, busy port, …).
-    pub fn start(cfg: &Config, upstream: UpstreamFactory) -> Result<Gate, String> {
+    /// Starts everything as configured. Errors are start-up failures (bad certificate, busy
+    /// port, unreachable Redis, …).
+    pub fn start(cfg: &Config) -> Result<Gate, String> {
+        Self::start_with(cfg, None)
+    }
+
+    /// Like [`Gate::start`], with the shards' upstream built by `upstream` instead of the
+    /// cluster upstream (tests observe the gate this way).
+    pub fn start_with(cfg: &Config, upstream: Option<UpstreamFactory>) -> Result<Gate, String> {
         let shard_count = match cfg.gatehouse.shards {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -121,12 +139,40 @@ impl Gate {
         let link_addr = listener::advertised(&cfg.gate.addr, link_bound);
         let link = Arc::new(LinkShared {
             state: std::sync::atomic::AtomicU8::new(1),
-            publish_v25: false, // PENDING-CONFIG
+            publish_v25: cfg.gatehouse.publish_v25,
         });
 
-        let locator = Box::new(MemoryLocator::default());
-        let locator_name = crate::control::Locator::name(&*locator);
+        let locator: Box<dyn Locator> = match &cfg.locator {
+            LocatorConfig::Memory => Box::new(MemoryLocator::default()),
+            LocatorConfig::Redis(r) => {
+                if r.addrs.len() > 1 || r.tls() {
+                    tracing::warn!("locate.redis: only the first address is used, without TLS");
+                }
+                let settings = RedisSettings {
+                    addr: r
+                        .addrs
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "127.0.0.1:6379".into()),
+                    db: r.db,
+                    username: r.username.clone(),
+                    password: r.password.clone(),
+                    prefix: r.prefix.clone(),
+                };
+                Box::new(RedisLocator::start(settings).map_err(|e| format!("locator: {e}"))?)
+            }
+        };
+        let locator_name = locator.name();
         let (control, control_thread) = Control::start(cfg.gate.id.clone(), locator);
+        let upstream = upstream.unwrap_or_else(|| {
+            let gid = cfg.gate.id.clone();
+            let strategy = Strategy::parse(&cfg.gate.dispatch);
+            // Only a locator that knows node bindings can serve stateful routes.
+            let lookups = matches!(cfg.locator, LocatorConfig::Redis(_)).then(|| control.clone());
+            Arc::new(move |shard| {
+                Box::new(ClusterUpstream::new(&gid, strategy, shard, lookups.clone()))
+            })
+        });
         let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) =
             (0..shard_count).map(|_| flume::unbounded()).unzip();
         let sessions = Sessions::new(cmd_txs, control.clone());
@@ -193,7 +239,8 @@ impl Gate {
                 .map_err(|e| format!("start shard {index}: {e}"))?;
             shards.push(handle);
         }
-        Ok(Gate {
+        let mut gate = Gate {
+            registrar: None,
             id: cfg.gate.id.clone(),
             sessions,
             servers,
@@ -207,7 +254,57 @@ impl Gate {
             shards,
             control,
             control_thread: Some(control_thread),
-        })
+            name: cfg.gate.name.clone(),
+            metadata: cfg.gate.metadata.clone(),
+        };
+        match &cfg.registry {
+            RegistryConfig::Static => {
+                gate.set_nodes(cfg.gatehouse.nodes.iter().map(static_instance).collect());
+            }
+            RegistryConfig::Consul(c) => {
+                let settings = ConsulSettings {
+                    health_check: c.health_check,
+                    health_check_interval: c.health_check_interval,
+                    health_check_timeout: c.health_check_timeout,
+                    heartbeat_check: c.heartbeat_check,
+                    heartbeat_check_interval: c.heartbeat_check_interval,
+                    deregister_critical_service_after: c.deregister_critical_service_after,
+                    ..ConsulSettings::default()
+                };
+                let client = ConsulClient::new(&c.addr).map_err(|e| format!("registry: {e}"))?;
+                let (sessions, shards) = (gate.sessions.clone(), gate.shard_count);
+                let on_nodes = move |nodes: Vec<ServiceInstance>| {
+                    tracing::info!(nodes = nodes.len(), "registry: node list changed");
+                    let nodes = Arc::new(nodes);
+                    for shard in 0..shards {
+                        sessions.post(shard, Command::Nodes(nodes.clone()));
+                    }
+                };
+                let registrar = Registrar::start(
+                    client,
+                    gate.instance(InstanceState::Work),
+                    settings,
+                    on_nodes,
+                )
+                .map_err(|e| format!("registry: {e}"))?;
+                gate.registrar = Some(registrar);
+            }
+        }
+        Ok(gate)
+    }
+
+    /// This gate's registry record in `state` (due: name and kind `gate`, alias = its name).
+    pub fn instance(&self, state: InstanceState) -> ServiceInstance {
+        ServiceInstance {
+            id: self.id.clone(),
+            name: "gate".into(),
+            kind: "gate".into(),
+            alias: self.name.clone(),
+            state,
+            endpoint: endpoint_url(&self.link_addr),
+            metadata: self.metadata.clone(),
+            ..Default::default()
+        }
     }
 
     /// Connections currently admitted on all servers.
@@ -221,6 +318,20 @@ impl Gate {
             .iter()
             .find(|(s, _)| s.transport == transport)
             .map(|(_, a)| *a)
+    }
+
+    /// Shutdown begins: state `hang` (link getstate and the registry record), so new users can be
+    /// steered elsewhere; everything keeps being served.
+    pub fn hang(&self) {
+        self.link.state.store(
+            InstanceState::Hang.as_byte(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Some(r) = &self.registrar {
+            if let Err(e) = r.set_state(InstanceState::Hang) {
+                tracing::error!(error = %e, "registry: could not register state hang");
+            }
+        }
     }
 
     /// Closes the listeners; connected clients keep being served.
@@ -258,8 +369,11 @@ impl Gate {
         }
     }
 
-    /// Stops the shards and the control thread and waits for them.
+    /// Deregisters, then stops the shards and the control thread and waits for them.
     pub fn join(mut self) {
+        if let Some(r) = self.registrar.take() {
+            r.stop();
+        }
         self.stop_accepting.take();
         self.stop_link.take();
         self.exit.take();
@@ -270,5 +384,21 @@ impl Gate {
         if let Some(t) = self.control_thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The record a static `[[gatehouse.nodes]]` entry stands for.
+fn static_instance(n: &crate::config::StaticNode) -> ServiceInstance {
+    ServiceInstance {
+        id: n.id.clone(),
+        name: "node".into(),
+        kind: "node".into(),
+        alias: n.name.clone(),
+        state: n.state,
+        events: n.events.clone(),
+        routes: n.routes.clone(),
+        endpoint: endpoint_url(&n.addr),
+        weight: n.weight,
+        ..Default::default()
     }
 }

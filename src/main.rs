@@ -3,12 +3,10 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse::banner;
 use gatehouse::config::{self, Config};
-use gatehouse::dispatch::{NoNodes, UpstreamFactory};
 use gatehouse::gate::Gate;
 use gatehouse::session::Transport;
 
@@ -59,8 +57,7 @@ fn main() -> ExitCode {
         &now,
     ));
 
-    let upstream: UpstreamFactory = Arc::new(|_| Box::new(NoNodes));
-    let mut gate = match Gate::start(&cfg, upstream) {
+    let mut gate = match Gate::start(&cfg) {
         Ok(g) => g,
         Err(e) => return fatal(&format!("network server start failed: {e}")),
     };
@@ -88,6 +85,7 @@ fn wait_for_signal_and_drain(cfg: &Config, gate: &mut Gate) {
         return;
     };
     tracing::warn!("process got signal {}, gate will close", signal_name(sig));
+    gate.hang();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             eprintln!("gatehouse: second signal {}, exiting now", signal_name(sig));
@@ -150,7 +148,10 @@ fn gate_info(cfg: &Config, gate: &Gate) -> banner::GateInfo {
         link: gate.link_addr.clone(),
         servers,
         locator: gate.locator_name.into(),
-        registry: "static".into(),
+        registry: match cfg.registry {
+            gatehouse::config::RegistryConfig::Static => "static".into(),
+            gatehouse::config::RegistryConfig::Consul(_) => "consul".into(),
+        },
     }
 }
 

@@ -7,14 +7,16 @@
 //! and carries on with defaults (or zero values). A missing path still means "all defaults".
 
 use super::convert::{
-    kind, parse_bool, value_to_duration, value_to_int, value_to_size, value_to_string,
-    value_to_string_list,
+    kind, parse_bool, parse_duration, value_to_duration, value_to_int, value_to_size,
+    value_to_string, value_to_string_list,
 };
 use super::{
-    Config, GateConfig, GatehouseConfig, HeartbeatMechanism, LogConfig, LogFormat, LogLevel, Mode,
-    Rotate, ServerConfig, WsConfig,
+    Config, ConsulConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, LocatorConfig,
+    LogConfig, LogFormat, LogLevel, Mode, RedisConfig, RegistryConfig, Rotate, ServerConfig,
+    StaticNode, WsConfig,
 };
 use crate::packet::{ByteOrder, PacketConfig};
+use crate::registry::{InstanceState, RouteInfo};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -572,14 +574,141 @@ impl<'a> Section<'a> {
 
     /// An integer in `0..=max`.
     fn bounded_int(&self, name: &str, default: i64, max: i64) -> Result<i64> {
+        self.ranged_int(name, default, 0, max)
+    }
+
+    /// An integer in `min..=max`.
+    fn ranged_int(&self, name: &str, default: i64, min: i64, max: i64) -> Result<i64> {
         let v = self.int(name, default)?;
-        if !(0..=max).contains(&v) {
+        if !(min..=max).contains(&v) {
             return Err(ConfigError::invalid(
                 self.key(name),
-                format!("{v} is out of range (0 to {max})"),
+                format!("{v} is out of range ({min} to {max})"),
             ));
         }
         Ok(v)
+    }
+
+    /// A duration where an integer is seconds (due's Consul keys); duration strings such as
+    /// `"10s"` work too. Negative is an error, and so is zero when `positive`.
+    fn seconds(&self, name: &str, default_secs: u64, positive: bool) -> Result<Duration> {
+        let ns = self
+            .get(name, value_to_seconds)?
+            .unwrap_or(i128::from(default_secs) * 1_000_000_000);
+        if ns < 0 || (positive && ns == 0) {
+            let rule = if positive {
+                "must be positive"
+            } else {
+                "must not be negative"
+            };
+            return Err(ConfigError::invalid(self.key(name), rule));
+        }
+        Ok(nanos(ns))
+    }
+
+    /// The elements of the list `name`; empty when absent. In XML a string is a one-element
+    /// list and an empty element the empty list; elsewhere a scalar is an error.
+    fn list(&self, name: &str) -> Result<Vec<&'a Value>> {
+        let Some(v) = self.raw(name) else {
+            return Ok(Vec::new());
+        };
+        match v {
+            Value::Array(items) => Ok(items.iter().collect()),
+            Value::String(s) if self.xml => Ok(if s.is_empty() { Vec::new() } else { vec![v] }),
+            other => Err(ConfigError::invalid(
+                self.key(name),
+                format!("expected a list, found {}", kind(other)),
+            )),
+        }
+    }
+
+    /// Converts every element of the list `name`, naming the key and the element in errors.
+    fn list_of<T>(
+        &self,
+        name: &str,
+        mut convert: impl FnMut(&Value) -> std::result::Result<T, String>,
+    ) -> Result<Vec<T>> {
+        self.list(name)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                convert(v).map_err(|reason| {
+                    ConfigError::invalid(self.key(name), format!("element {i}: {reason}"))
+                })
+            })
+            .collect()
+    }
+
+    /// An array of tables (TOML `[[name]]`, a JSON/YAML list of objects); empty when absent.
+    /// Element `i` is the section `<path>.name[i]`. XML: repeated elements form the list, a
+    /// single element is a one-element list and an empty element (`<nodes/>`) the empty list.
+    fn tables(&self, name: &str) -> Result<Vec<Section<'a>>> {
+        let path = self.key(name);
+        let items: Vec<&'a Value> = match self.raw(name) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items.iter().collect(),
+            Some(Value::String(s)) if self.xml && s.is_empty() => return Ok(Vec::new()),
+            Some(v @ Value::Object(_)) if self.xml => vec![v],
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("expected a list of tables, found {}", kind(other)),
+                ))
+            }
+        };
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let item_path = format!("{path}[{i}]");
+                match table_of(Some(v), self.xml, &item_path)? {
+                    Some(map) => Ok(Section {
+                        path: item_path,
+                        map: Some(map),
+                        xml: self.xml,
+                    }),
+                    None => Err(ConfigError::invalid(
+                        item_path,
+                        "expected a table, found nothing",
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A seconds-or-duration value (due's Consul keys are integer seconds): an integer or an
+/// integer string is seconds, any other string a duration (`"10s"`, `"1m30s"`).
+fn value_to_seconds(v: &Value) -> std::result::Result<i128, String> {
+    const NS: i128 = 1_000_000_000;
+    match v {
+        Value::Number(_) => value_to_int(v)
+            .map(|s| i128::from(s) * NS)
+            .map_err(|e| format!("{e} (use whole seconds or a duration such as \"10s\")")),
+        Value::String(s) => match s.trim().parse::<i64>() {
+            Ok(secs) => Ok(i128::from(secs) * NS),
+            Err(_) => parse_duration(s),
+        },
+        other => Err(format!(
+            "expected seconds or a duration such as \"10s\", found {}",
+            kind(other)
+        )),
+    }
+}
+
+/// Checks a `host:port` address: a non-empty host (IPv6 in brackets) and a numeric port.
+fn check_host_port(addr: &str) -> std::result::Result<(), String> {
+    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+            && port.parse::<u16>().is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr:?} is not a host:port address (e.g. \"10.0.0.5:3553\" or \"[fd00::5]:3553\")"
+        ))
     }
 }
 
@@ -667,6 +796,47 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "wsLittleEndianTsHeartbeat",
     "ioMemory",
     "listenBacklog",
+    "nodes",
+    "linkConns",
+    "publishResponseV25",
+];
+
+/// `[[gatehouse.nodes]]` keys.
+const NODE_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "addr",
+    "routes",
+    "stateful",
+    "authorized",
+    "internal",
+    "events",
+    "weight",
+    "state",
+];
+
+/// `[locate.redis]` keys (due v2.4.1 `locate/redis/options.go`).
+const REDIS_KEYS: &[&str] = &[
+    "addrs",
+    "db",
+    "username",
+    "password",
+    "maxRetries",
+    "prefix",
+    "certFile",
+    "keyFile",
+    "caFile",
+];
+
+/// `[registry.consul]` keys (due v2.4.1 `registry/consul/options.go`).
+const CONSUL_KEYS: &[&str] = &[
+    "addr",
+    "healthCheck",
+    "healthCheckInterval",
+    "healthCheckTimeout",
+    "heartbeatCheck",
+    "heartbeatCheckInterval",
+    "deregisterCriticalServiceAfter",
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -704,7 +874,167 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
         },
         log: log(&root.table("log")?)?,
         gatehouse: gatehouse(&root.table("gatehouse")?)?,
+        locator: locator(&root.table("locate")?.table("redis")?)?,
+        registry: registry(&root.table("registry")?.table("consul")?)?,
     })
+}
+
+/// `[locate.redis]`: its presence selects the Redis locator. Other `[locate.*]` sections
+/// (etcd, …) belong to other backends and are not read.
+fn locator(r: &Section) -> Result<LocatorConfig> {
+    if !r.exists() {
+        return Ok(LocatorConfig::Memory);
+    }
+    r.deny_unknown(REDIS_KEYS)?;
+    let default = RedisConfig::default();
+    let mut addrs = r.list_of("addrs", |v| {
+        let addr = value_to_string(v)?;
+        check_host_port(&addr)?;
+        Ok(addr)
+    })?;
+    if addrs.is_empty() {
+        // go-redis dials 127.0.0.1:6379 when given no address.
+        addrs = default.addrs;
+    }
+    let max_retries = r.int("maxRetries", default.max_retries)?;
+    if max_retries < -1 {
+        return Err(ConfigError::invalid(
+            r.key("maxRetries"),
+            format!("{max_retries} is out of range (-1 = no retries, 0 = the default 3)"),
+        ));
+    }
+    Ok(LocatorConfig::Redis(RedisConfig {
+        addrs,
+        db: r.bounded_int("db", default.db, i32::MAX.into())?,
+        username: r.string("username", "")?,
+        password: r.string("password", "")?,
+        max_retries,
+        prefix: r.string("prefix", &default.prefix)?,
+        cert_file: r.string("certFile", "")?,
+        key_file: r.string("keyFile", "")?,
+        ca_file: r.string("caFile", "")?,
+    }))
+}
+
+/// `[registry.consul]`: its presence selects the Consul registry (otherwise the static node
+/// list). Other `[registry.*]` sections (etcd, nacos) are not read.
+fn registry(c: &Section) -> Result<RegistryConfig> {
+    if !c.exists() {
+        return Ok(RegistryConfig::Static);
+    }
+    c.deny_unknown(CONSUL_KEYS)?;
+    let health_check = c.bool("healthCheck", true)?;
+    let heartbeat_check = c.bool("heartbeatCheck", true)?;
+    Ok(RegistryConfig::Consul(ConsulConfig {
+        addr: c.non_empty_string("addr", "127.0.0.1:8500")?,
+        health_check,
+        // A zero interval is refused by Consul (TCP check) or a panic in due (TTL ticker).
+        health_check_interval: c.seconds("healthCheckInterval", 10, health_check)?,
+        health_check_timeout: c.seconds("healthCheckTimeout", 5, false)?,
+        heartbeat_check,
+        heartbeat_check_interval: c.seconds("heartbeatCheckInterval", 10, heartbeat_check)?,
+        deregister_critical_service_after: c.seconds(
+            "deregisterCriticalServiceAfter",
+            30,
+            false,
+        )?,
+    }))
+}
+
+/// One `[[gatehouse.nodes]]` entry, the `index`-th (0-based).
+fn static_node(n: &Section, index: usize) -> Result<StaticNode> {
+    n.deny_unknown(NODE_KEYS)?;
+
+    let addr = n.string("addr", "")?;
+    if addr.is_empty() {
+        let reason = if n.raw("addr").is_none() {
+            "missing: every static node needs its link address host:port"
+        } else {
+            "must not be empty (the node's link address host:port)"
+        };
+        return Err(ConfigError::invalid(n.key("addr"), reason));
+    }
+    check_host_port(&addr).map_err(|reason| ConfigError::invalid(n.key("addr"), reason))?;
+
+    // One route per id in order of first mention, with the flags of every list naming it.
+    let mut routes: Vec<RouteInfo> = Vec::new();
+    type SetFlag = fn(&mut RouteInfo);
+    let lists: [(&str, SetFlag); 4] = [
+        ("routes", |_| {}),
+        ("stateful", |r| r.stateful = true),
+        ("authorized", |r| r.authorized = true),
+        ("internal", |r| r.internal = true),
+    ];
+    for (key, set_flag) in lists {
+        let ids = n.list_of(key, |v| {
+            let id = value_to_int(v)?;
+            i32::try_from(id).map_err(|_| format!("route {id} is out of range"))
+        })?;
+        for id in ids {
+            let route = match routes.iter().position(|r| r.id == id) {
+                Some(i) => &mut routes[i],
+                None => {
+                    routes.push(RouteInfo {
+                        id,
+                        ..RouteInfo::default()
+                    });
+                    routes.last_mut().expect("just pushed")
+                }
+            };
+            set_flag(route);
+        }
+    }
+
+    let mut events: Vec<i32> = Vec::new();
+    for event in n.list_of("events", event_number)? {
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+
+    let state = n
+        .get("state", |v| {
+            let s = value_to_string(v)?;
+            match s.as_str() {
+                "work" | "busy" | "hang" | "shut" => Ok(InstanceState::from_text(&s)),
+                _ => Err(format!(
+                    "{s:?} is not an instance state (use work, busy, hang or shut)"
+                )),
+            }
+        })?
+        .unwrap_or(InstanceState::Work);
+
+    Ok(StaticNode {
+        id: n.non_empty_string("id", &format!("static-{index}"))?,
+        name: n.non_empty_string("name", "node")?,
+        addr,
+        routes,
+        events,
+        weight: n.bounded_int("weight", 1, i32::MAX.into())? as i32,
+        state,
+    })
+}
+
+/// An event: 1/`connect`, 2/`reconnect` or 3/`disconnect` (names in any case).
+fn event_number(v: &Value) -> std::result::Result<i32, String> {
+    if let Value::String(s) = v {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "connect" => return Ok(1),
+            "reconnect" => return Ok(2),
+            "disconnect" => return Ok(3),
+            _ => {}
+        }
+    }
+    let bad = || {
+        format!(
+            "{} is not an event (use 1/\"connect\", 2/\"reconnect\" or 3/\"disconnect\")",
+            v
+        )
+    };
+    match value_to_int(v) {
+        Ok(n @ 1..=3) => Ok(n as i32),
+        _ => Err(bad()),
+    }
 }
 
 /// `mode`: the override (already merged `DUE_MODE`/`--mode`) beats the file; empty is `debug`.
@@ -996,6 +1326,18 @@ fn format(s: &Section) -> Result<LogFormat> {
 fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
     g.deny_unknown(GATEHOUSE_KEYS)?;
     let io_memory = g.size("ioMemory", 64 << 10)?;
+
+    let mut nodes: Vec<StaticNode> = Vec::new();
+    for (i, section) in g.tables("nodes")?.iter().enumerate() {
+        let node = static_node(section, i)?;
+        if let Some(j) = nodes.iter().position(|other| other.id == node.id) {
+            return Err(ConfigError::invalid(
+                section.key("id"),
+                format!("{:?} is already the id of nodes[{j}]", node.id),
+            ));
+        }
+        nodes.push(node);
+    }
     Ok(GatehouseConfig {
         shards: g.bounded_int("shards", 0, 65_536)? as usize,
         pin: g.bool("pin", true)?,
@@ -1007,6 +1349,9 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
             ConfigError::invalid(g.key("ioMemory"), format!("{io_memory} is too large"))
         })?,
         listen_backlog: g.bounded_int("listenBacklog", 4096, i32::MAX.into())? as i32,
+        nodes,
+        link_conns: g.ranged_int("linkConns", 1, 1, 20)? as usize,
+        publish_v25: g.bool("publishResponseV25", false)?,
     })
 }
 
@@ -1747,6 +2092,429 @@ log:
             ("[gatehouse]\npin = [true]", "etc.gatehouse.pin"),
         ] {
             assert_eq!(err_key(from_toml(toml)), key, "{toml}");
+        }
+    }
+
+    #[test]
+    fn control_plane_defaults() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.locator, LocatorConfig::Memory);
+        assert_eq!(c.registry, RegistryConfig::Static);
+        let g = &c.gatehouse;
+        assert!(g.nodes.is_empty());
+        assert_eq!((g.link_conns, g.publish_v25), (1, false));
+
+        // Other backends' sections select nothing and are not checked.
+        let c = from_toml(
+            "[locate.etcd]\naddrs = [\"x\"]\nwhatever = 1\n[registry.etcd]\nfoo = 1\n[registry.nacos]\nbar = 2",
+        )
+        .unwrap();
+        assert_eq!(c.locator, LocatorConfig::Memory);
+        assert_eq!(c.registry, RegistryConfig::Static);
+
+        // An empty section selects the backend with due's defaults.
+        let c = from_toml("[locate.redis]\n[registry.consul]\n").unwrap();
+        assert_eq!(c.locator, LocatorConfig::Redis(RedisConfig::default()));
+        assert_eq!(c.registry, RegistryConfig::Consul(ConsulConfig::default()));
+        let LocatorConfig::Redis(r) = c.locator else {
+            unreachable!()
+        };
+        assert_eq!(r.addrs, vec!["127.0.0.1:6379"]);
+        assert_eq!(
+            (r.db, r.max_retries, r.prefix.as_str()),
+            (0, 3, "due:locate")
+        );
+        assert!(r.username.is_empty() && r.password.is_empty() && !r.tls());
+        let RegistryConfig::Consul(k) = c.registry else {
+            unreachable!()
+        };
+        assert_eq!(k.addr, "127.0.0.1:8500");
+        assert!(k.health_check && k.heartbeat_check);
+        assert_eq!(
+            (
+                k.health_check_interval,
+                k.health_check_timeout,
+                k.heartbeat_check_interval,
+                k.deregister_critical_service_after
+            ),
+            (10 * S, 5 * S, 10 * S, 30 * S)
+        );
+    }
+
+    #[test]
+    fn full_redis_and_consul_sections() {
+        let c = from_toml(
+            r#"
+            [locate.redis]
+            addrs = ["10.0.0.1:6379", "10.0.0.2:6380", "[fd00::5]:6379"]
+            db = 2
+            username = "gate"
+            password = "secret"
+            maxRetries = -1
+            prefix = "game"
+            certFile = "c.pem"
+            keyFile = "k.pem"
+            caFile = "ca.pem"
+            [registry.consul]
+            addr = "consul.local:8500"
+            healthCheck = false
+            healthCheckInterval = 0
+            healthCheckTimeout = "1500ms"
+            heartbeatCheck = true
+            heartbeatCheckInterval = "4s"
+            deregisterCriticalServiceAfter = "2m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.locator,
+            LocatorConfig::Redis(RedisConfig {
+                addrs: vec![
+                    "10.0.0.1:6379".into(),
+                    "10.0.0.2:6380".into(),
+                    "[fd00::5]:6379".into()
+                ],
+                db: 2,
+                username: "gate".into(),
+                password: "secret".into(),
+                max_retries: -1,
+                prefix: "game".into(),
+                cert_file: "c.pem".into(),
+                key_file: "k.pem".into(),
+                ca_file: "ca.pem".into(),
+            })
+        );
+        let LocatorConfig::Redis(r) = &c.locator else {
+            unreachable!()
+        };
+        assert!(r.tls());
+        assert_eq!(
+            c.registry,
+            RegistryConfig::Consul(ConsulConfig {
+                addr: "consul.local:8500".into(),
+                health_check: false,
+                // A disabled check may have a zero interval.
+                health_check_interval: Duration::ZERO,
+                health_check_timeout: Duration::from_millis(1500),
+                heartbeat_check: true,
+                heartbeat_check_interval: 4 * S,
+                deregister_critical_service_after: 120 * S,
+            })
+        );
+
+        // Integers (and integer strings) are seconds; an empty list / addr means the default.
+        let c = from_toml(
+            "[locate.redis]\naddrs = []\nprefix = \"\"\n[registry.consul]\naddr = \"\"\n\
+             healthCheckInterval = 3\nheartbeatCheckInterval = \"7\"",
+        )
+        .unwrap();
+        let LocatorConfig::Redis(r) = c.locator else {
+            unreachable!()
+        };
+        assert_eq!(r.addrs, vec!["127.0.0.1:6379"]);
+        assert_eq!(r.prefix, "", "an explicit empty prefix is kept, as in due");
+        let RegistryConfig::Consul(k) = c.registry else {
+            unreachable!()
+        };
+        assert_eq!(k.addr, "127.0.0.1:8500");
+        assert_eq!(
+            (k.health_check_interval, k.heartbeat_check_interval),
+            (3 * S, 7 * S)
+        );
+    }
+
+    #[test]
+    fn control_plane_errors_name_the_key() {
+        for (toml, key) in [
+            ("[locate.redis]\naddr = \"x:1\"", "etc.locate.redis.addr"),
+            ("[locate.redis]\nPrefix = \"x\"", "etc.locate.redis.Prefix"),
+            (
+                "[registry.consul]\nhealthcheck = true",
+                "etc.registry.consul.healthcheck",
+            ),
+            ("[registry.consul]\naddrs = []", "etc.registry.consul.addrs"),
+            ("[gatehouse]\nnode = []", "etc.gatehouse.node"),
+            (
+                "[locate.redis]\naddrs = \"127.0.0.1:6379\"",
+                "etc.locate.redis.addrs",
+            ),
+            (
+                "[locate.redis]\naddrs = [\"redis\"]",
+                "etc.locate.redis.addrs",
+            ),
+            (
+                "[locate.redis]\naddrs = [\"fd00::5:6379\"]",
+                "etc.locate.redis.addrs",
+            ),
+            ("[locate.redis]\ndb = -1", "etc.locate.redis.db"),
+            (
+                "[locate.redis]\nmaxRetries = -2",
+                "etc.locate.redis.maxRetries",
+            ),
+            ("[locate]\nredis = 1", "etc.locate.redis"),
+            (
+                "[registry.consul]\nhealthCheckInterval = 0",
+                "etc.registry.consul.healthCheckInterval",
+            ),
+            (
+                "[registry.consul]\nheartbeatCheckInterval = \"0s\"",
+                "etc.registry.consul.heartbeatCheckInterval",
+            ),
+            (
+                "[registry.consul]\nhealthCheckTimeout = -1",
+                "etc.registry.consul.healthCheckTimeout",
+            ),
+            (
+                "[registry.consul]\nderegisterCriticalServiceAfter = \"soon\"",
+                "etc.registry.consul.deregisterCriticalServiceAfter",
+            ),
+            (
+                "[registry.consul]\nhealthCheckInterval = 1.5",
+                "etc.registry.consul.healthCheckInterval",
+            ),
+            ("[gatehouse]\nlinkConns = 0", "etc.gatehouse.linkConns"),
+            ("[gatehouse]\nlinkConns = 21", "etc.gatehouse.linkConns"),
+            (
+                "[gatehouse]\npublishResponseV25 = []",
+                "etc.gatehouse.publishResponseV25",
+            ),
+        ] {
+            assert_eq!(err_key(from_toml(toml)), key, "{toml}");
+        }
+        let e = from_toml("[locate.redis]\nprefx = \"x\"").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::UnknownKey { known, .. } if *known == REDIS_KEYS),
+            "{e}"
+        );
+        assert!(e.to_string().contains("prefix"), "{e}");
+
+        let c = from_toml("[gatehouse]\nlinkConns = 20\npublishResponseV25 = true").unwrap();
+        assert_eq!(
+            (c.gatehouse.link_conns, c.gatehouse.publish_v25),
+            (20, true)
+        );
+    }
+
+    #[test]
+    fn static_nodes() {
+        let c = from_toml(
+            r#"
+            [gatehouse]
+            shards = 1
+            [[gatehouse.nodes]]
+            id = "n1"
+            name = "game"
+            addr = "10.0.0.5:40123"
+            routes = [1, 2, 3]
+            stateful = [2, 10]
+            authorized = [2, 3]
+            internal = [4]
+            events = ["connect", 3, "Reconnect", "connect"]
+            weight = 5
+            state = "busy"
+            [[gatehouse.nodes]]
+            addr = "[fd00::7]:40000"
+            routes = [7]
+            "#,
+        )
+        .unwrap();
+        let nodes = &c.gatehouse.nodes;
+        assert_eq!(nodes.len(), 2);
+        let route = |id, stateful, authorized, internal| RouteInfo {
+            id,
+            internal,
+            stateful,
+            authorized,
+        };
+        assert_eq!(
+            nodes[0],
+            StaticNode {
+                id: "n1".into(),
+                name: "game".into(),
+                addr: "10.0.0.5:40123".into(),
+                routes: vec![
+                    route(1, false, false, false),
+                    route(2, true, true, false),
+                    route(3, false, true, false),
+                    route(10, true, false, false),
+                    route(4, false, false, true),
+                ],
+                events: vec![1, 3, 2],
+                weight: 5,
+                state: InstanceState::Busy,
+            }
+        );
+        assert_eq!(
+            nodes[1],
+            StaticNode {
+                id: "static-1".into(),
+                name: "node".into(),
+                addr: "[fd00::7]:40000".into(),
+                routes: vec![route(7, false, false, false)],
+                events: vec![],
+                weight: 1,
+                state: InstanceState::Work,
+            }
+        );
+        assert_eq!(c.registry, RegistryConfig::Static);
+        assert_eq!(c.gatehouse.shards, 1);
+
+        // The same list from JSON and YAML trees.
+        let json = load_one(
+            "etc.json",
+            r#"{"gatehouse": {"nodes": [
+                {"id": "n1", "name": "game", "addr": "10.0.0.5:40123", "routes": [1, 2, 3],
+                 "stateful": [2, 10], "authorized": [2, 3], "internal": [4],
+                 "events": ["connect", 3, "Reconnect", "connect"], "weight": 5, "state": "busy"},
+                {"addr": "[fd00::7]:40000", "routes": [7]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(&json.gatehouse.nodes, nodes);
+        let yaml = load_one(
+            "etc.yaml",
+            "gatehouse:\n  nodes:\n    - id: n1\n      name: game\n      addr: 10.0.0.5:40123\n      \
+             routes: [1, 2, 3]\n      stateful: [2, 10]\n      authorized: [2, 3]\n      internal: [4]\n      \
+             events: [connect, 3, Reconnect, connect]\n      weight: 5\n      state: busy\n    \
+             - addr: \"[fd00::7]:40000\"\n      routes: [7]\n",
+        )
+        .unwrap();
+        assert_eq!(&yaml.gatehouse.nodes, nodes);
+
+        // XML: repeated <nodes> elements; repeated <routes> elements form the lists.
+        let xml = load_one(
+            "etc.xml",
+            "<etc><gatehouse>\
+               <nodes><id>n1</id><name>game</name><addr>10.0.0.5:40123</addr>\
+                 <routes>1</routes><routes>2</routes><routes>3</routes>\
+                 <stateful>2</stateful><stateful>10</stateful>\
+                 <authorized>2</authorized><authorized>3</authorized><internal>4</internal>\
+                 <events>connect</events><events>3</events><events>Reconnect</events>\
+                 <events>connect</events><weight>5</weight><state>busy</state></nodes>\
+               <nodes><addr>[fd00::7]:40000</addr><routes>7</routes><events/></nodes>\
+             </gatehouse></etc>",
+        )
+        .unwrap();
+        assert_eq!(&xml.gatehouse.nodes, nodes);
+        let one = load_one(
+            "etc.xml",
+            "<etc><gatehouse><nodes><addr>h:1</addr></nodes></gatehouse></etc>",
+        )
+        .unwrap();
+        assert_eq!(one.gatehouse.nodes.len(), 1);
+        let none = load_one("etc.xml", "<etc><gatehouse><nodes/></gatehouse></etc>").unwrap();
+        assert!(none.gatehouse.nodes.is_empty());
+
+        // An empty id or name means the default; "shut" is a valid state.
+        let c = from_toml(
+            "[[gatehouse.nodes]]\nid = \"\"\nname = \"\"\naddr = \"h:1\"\nstate = \"shut\"",
+        )
+        .unwrap();
+        let n = &c.gatehouse.nodes[0];
+        assert_eq!((n.id.as_str(), n.name.as_str()), ("static-0", "node"));
+        assert_eq!(n.state, InstanceState::Shut);
+    }
+
+    #[test]
+    fn static_node_errors_name_the_key() {
+        let e = from_toml("[[gatehouse.nodes]]\nroutes = [1]").unwrap_err();
+        assert_eq!(e.key(), Some("etc.gatehouse.nodes[0].addr"));
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert_eq!(
+            err_key(load_one(
+                "etc.json",
+                r#"{"gatehouse": {"nodes": [{"routes": [1]}]}}"#
+            )),
+            "etc.gatehouse.nodes[0].addr"
+        );
+
+        let node = |body: &str| from_toml(&format!("[[gatehouse.nodes]]\naddr = \"h:1\"\n{body}"));
+        for (body, key) in [
+            ("rout = [1]", "etc.gatehouse.nodes[0].rout"),
+            ("routes = 1", "etc.gatehouse.nodes[0].routes"),
+            ("routes = [\"one\"]", "etc.gatehouse.nodes[0].routes"),
+            ("stateful = [2147483648]", "etc.gatehouse.nodes[0].stateful"),
+            ("authorized = [[1]]", "etc.gatehouse.nodes[0].authorized"),
+            ("internal = [1.5]", "etc.gatehouse.nodes[0].internal"),
+            ("events = [4]", "etc.gatehouse.nodes[0].events"),
+            ("events = [\"open\"]", "etc.gatehouse.nodes[0].events"),
+            ("weight = -1", "etc.gatehouse.nodes[0].weight"),
+            ("state = \"Work\"", "etc.gatehouse.nodes[0].state"),
+            ("id = [1]", "etc.gatehouse.nodes[0].id"),
+            (
+                "[[gatehouse.nodes]]\naddr = \"h:2\"\nid = \"static-0\"",
+                "etc.gatehouse.nodes[1].id",
+            ),
+            (
+                "[[gatehouse.nodes]]\naddr = \"\"",
+                "etc.gatehouse.nodes[1].addr",
+            ),
+            (
+                "[[gatehouse.nodes]]\naddr = \"h\"",
+                "etc.gatehouse.nodes[1].addr",
+            ),
+            (
+                "[[gatehouse.nodes]]\naddr = \":1\"",
+                "etc.gatehouse.nodes[1].addr",
+            ),
+        ] {
+            assert_eq!(err_key(node(body)), key, "{body}");
+        }
+        assert!(node("events = [4]")
+            .unwrap_err()
+            .to_string()
+            .contains("element 0"));
+        // Not a list of tables.
+        assert_eq!(
+            err_key(from_toml("[gatehouse.nodes]\naddr = \"h:1\"")),
+            "etc.gatehouse.nodes"
+        );
+        assert_eq!(
+            err_key(from_toml("[gatehouse]\nnodes = [1]")),
+            "etc.gatehouse.nodes[0]"
+        );
+        assert_eq!(
+            err_key(load_one("etc.yaml", "gatehouse:\n  nodes:\n    -\n")),
+            "etc.gatehouse.nodes[0]"
+        );
+    }
+
+    #[test]
+    fn shipped_configurations_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc");
+        // etc/etc.toml starts a gate with no external service.
+        let c = load(&root.join("etc.toml"), None).unwrap();
+        assert_eq!(c.locator, LocatorConfig::Memory);
+        assert_eq!(c.registry, RegistryConfig::Static);
+        assert!(c.gatehouse.nodes.is_empty());
+        assert_eq!(
+            (c.gatehouse.link_conns, c.gatehouse.publish_v25),
+            (1, false)
+        );
+        // So does the directory (the examples in it load as `tcp` and `ws`, not as `etc`).
+        let dir = load(&root, None).unwrap();
+        assert_eq!(normalized(dir), normalized(c));
+
+        let mut examples: Vec<PathBuf> = std::fs::read_dir(root.join("examples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        examples.sort();
+        assert!(!examples.is_empty());
+        for path in examples {
+            // The examples are named after their server, not `etc`: load them as etc.toml.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = load_one("etc.toml", &text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            assert!(
+                matches!(&c.locator, LocatorConfig::Redis(r) if r.prefix == "due"),
+                "{path:?}: {:?}",
+                c.locator
+            );
+            assert!(
+                matches!(&c.registry, RegistryConfig::Consul(k) if k.addr == "127.0.0.1:8500"),
+                "{path:?}: {:?}",
+                c.registry
+            );
         }
     }
 

@@ -8,6 +8,7 @@ pub use convert::{parse_bool, parse_duration, parse_size};
 pub use load::{load, resolve_etc_path, ConfigError};
 
 use crate::packet::PacketConfig;
+use crate::registry::{InstanceState, RouteInfo};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +50,133 @@ pub struct Config {
     pub ws: Option<WsConfig>,
     pub log: LogConfig,
     pub gatehouse: GatehouseConfig,
+    /// Where user locations live: `[locate.redis]` when that section exists, else in memory.
+    pub locator: LocatorConfig,
+    /// How instances find each other: `[registry.consul]` when that section exists, else the
+    /// static node list `[[gatehouse.nodes]]`.
+    pub registry: RegistryConfig,
+}
+
+/// The locator backend (user → gate / node bindings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocatorConfig {
+    /// No `[locate.redis]`: bindings live in this process only (a gate with no external service).
+    Memory,
+    /// `[locate.redis]` (spec §6.5). Other `[locate.*]` sections (etcd, …) are not read.
+    Redis(RedisConfig),
+}
+
+/// `[locate.redis]`, due's keys and defaults (spec §6.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `addrs`: `host:port` list, default `["127.0.0.1:6379"]` (an empty list means the default,
+    /// as in go-redis); several addresses mean a cluster client in due.
+    pub addrs: Vec<String>,
+    /// `db`, default 0.
+    pub db: i64,
+    /// `username`, default empty (no ACL user).
+    pub username: String,
+    /// `password`, default empty.
+    pub password: String,
+    /// `maxRetries`, default 3 (go-redis: 0 = its default 3, -1 = no retries).
+    pub max_retries: i64,
+    /// `prefix`, default `due:locate`; keys then read `<prefix>:locate:user:<uid>:gate`. Kept as
+    /// given, even empty (due does the same).
+    pub prefix: String,
+    /// `certFile`, `keyFile`, `caFile`: TLS only when all three are set (see [`RedisConfig::tls`]).
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: String,
+}
+
+impl RedisConfig {
+    /// due connects with TLS only when cert, key and CA files are all set.
+    pub fn tls(&self) -> bool {
+        !self.cert_file.is_empty() && !self.key_file.is_empty() && !self.ca_file.is_empty()
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            addrs: vec!["127.0.0.1:6379".to_string()],
+            db: 0,
+            username: String::new(),
+            password: String::new(),
+            max_retries: 3,
+            prefix: "due:locate".to_string(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+/// The registry backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryConfig {
+    /// No `[registry.consul]`: the nodes are the static list `gatehouse.nodes` and the gate
+    /// registers nowhere.
+    Static,
+    /// `[registry.consul]` (spec §5.6); `gatehouse.nodes` is then ignored.
+    Consul(ConsulConfig),
+}
+
+/// `[registry.consul]`, due's keys and defaults (spec §5.6). Integers are seconds, as in due;
+/// duration strings (`"10s"`, `"1m"`) are accepted too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulConfig {
+    /// `addr`: the agent's `host:port`, default `127.0.0.1:8500`.
+    pub addr: String,
+    /// `healthCheck`: register a TCP check on the link address, default true.
+    pub health_check: bool,
+    /// `healthCheckInterval`, default 10 s (positive when `health_check`).
+    pub health_check_interval: Duration,
+    /// `healthCheckTimeout`, default 5 s.
+    pub health_check_timeout: Duration,
+    /// `heartbeatCheck`: register a TTL check kept passing by the gate, default true.
+    pub heartbeat_check: bool,
+    /// `heartbeatCheckInterval`: the TTL, default 10 s (positive when `heartbeat_check`); the
+    /// check is updated every half of it.
+    pub heartbeat_check_interval: Duration,
+    /// `deregisterCriticalServiceAfter`, default 30 s (Consul enforces at least a minute).
+    pub deregister_critical_service_after: Duration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            addr: "127.0.0.1:8500".to_string(),
+            health_check: true,
+            health_check_interval: Duration::from_secs(10),
+            health_check_timeout: Duration::from_secs(5),
+            heartbeat_check: true,
+            heartbeat_check_interval: Duration::from_secs(10),
+            deregister_critical_service_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One `[[gatehouse.nodes]]` entry: a node the gate links to when no registry is configured,
+/// standing in for the instance record the node would have registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticNode {
+    /// `id`: the node id (nid) used in link handshakes; default `static-<index>` (0-based).
+    /// Unique within the list.
+    pub id: String,
+    /// `name`: the node alias (the group of its stateful routes), default `node`.
+    pub name: String,
+    /// `addr`: the node's link address `host:port` (required).
+    pub addr: String,
+    /// From `routes` (plain), `stateful`, `authorized` and `internal` (route id lists): one entry
+    /// per id, in order of first mention, with the flags of every list naming it.
+    pub routes: Vec<RouteInfo>,
+    /// `events`: 1 connect, 2 reconnect, 3 disconnect (numbers or names), without duplicates.
+    pub events: Vec<i32>,
+    /// `weight` for `wrr` dispatch, default 1.
+    pub weight: i32,
+    /// `state`: `work` (default), `busy`, `hang` or `shut`.
+    pub state: InstanceState,
 }
 
 /// `[cluster.gate]` (v2.4.1 keys, v2.5.8 keys accepted too).
@@ -179,4 +307,11 @@ pub struct GatehouseConfig {
     pub io_memory: usize,
     /// `listenBacklog`.
     pub listen_backlog: i32,
+    /// `[[gatehouse.nodes]]`: the static node list, used when no registry is configured.
+    pub nodes: Vec<StaticNode>,
+    /// `linkConns`: link connections per shard to each node, 1 to 20 (default 1).
+    pub link_conns: usize,
+    /// `publishResponseV25`: answer node publish requests in the v2.5.5+ form (with a code);
+    /// false (default) = the v2.4.1 form.
+    pub publish_v25: bool,
 }

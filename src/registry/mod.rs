@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub mod consul;
 pub mod consul_meta;
 
 /// One registered instance — a gate, a node or a mesh — as the registry publishes it.

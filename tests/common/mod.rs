@@ -80,7 +80,7 @@ impl TestGate {
         let (tx, rx) = flume::unbounded();
         let upstream: UpstreamFactory =
             custom.unwrap_or_else(|| Arc::new(move |_| Box::new(ChannelUpstream(tx.clone()))));
-        let gate = Gate::start(&cfg, upstream).expect("gate starts");
+        let gate = Gate::start_with(&cfg, Some(upstream)).expect("gate starts");
         TestGate {
             gate: Some(gate),
             observed: rx,
