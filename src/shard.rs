@@ -16,7 +16,10 @@ use crate::config::{HeartbeatMechanism, ServerConfig};
 use crate::dispatch::{EventKind, Upstream};
 use crate::liveness::LivenessRules;
 use crate::packet::PacketConfig;
-use crate::session::{event, home_of_uid, Command, Conn, ConnState, Sessions, Table, Transport};
+use crate::session::{
+    event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, SessionError, Sessions,
+    Table, Transport,
+};
 
 /// Settings and counters of one client-facing server (TCP or WS), shared by all shards.
 pub struct ServerCtx {
@@ -123,6 +126,18 @@ impl Shard {
         self.table
             .borrow_mut()
             .apply(cmd, &self.sessions, &*self.upstream);
+    }
+
+    /// A fire-and-forget push; applied here directly when this shard owns the connection (no
+    /// channel hop), otherwise posted to the owner like [`Sessions::push_nowait`].
+    pub fn push_nowait(&self, kind: Kind, target: i64, bytes: Bytes) -> Result<(), SessionError> {
+        if kind == Kind::Conn && target > 0 && shard_of_cid(target, self.count) == self.index {
+            if let Some(conn) = self.table.borrow().get(target) {
+                return conn.push(bytes);
+            }
+            return Err(SessionError::NotFoundSession);
+        }
+        self.sessions.push_nowait(kind, target, bytes)
     }
 
     /// Admits a new connection if `server` has room: allocates its cid, registers the session and

@@ -78,16 +78,14 @@ async fn serve(shard: Rc<Shard>, link: Arc<LinkShared>, mut stream: glommio::net
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
     let mut out = BytesMut::new();
     let mut peer = Peer::default();
     let mut last_seen = Instant::now();
     let reason = loop {
-        inbuf.reserve(16 * 1024);
-        let read = glommio::timer::timeout(LINK_HEARTBEAT, async {
-            let n = read_into(&mut stream, &mut inbuf).await;
-            Ok(n)
-        })
-        .await;
+        let read =
+            glommio::timer::timeout(LINK_HEARTBEAT, async { Ok(stream.read(&mut chunk).await) })
+                .await;
         match read {
             Err(_) => {
                 if last_seen.elapsed() > LINK_HEARTBEAT * 2 {
@@ -96,7 +94,10 @@ async fn serve(shard: Rc<Shard>, link: Arc<LinkShared>, mut stream: glommio::net
                 continue;
             }
             Ok(Ok(0)) => break "closed by peer".to_string(),
-            Ok(Ok(_)) => last_seen = Instant::now(),
+            Ok(Ok(n)) => {
+                inbuf.extend_from_slice(&chunk[..n]);
+                last_seen = Instant::now();
+            }
             Ok(Err(e)) => break e.to_string(),
         }
         let mut failed = None;
@@ -135,19 +136,6 @@ async fn serve(shard: Rc<Shard>, link: Arc<LinkShared>, mut stream: glommio::net
         }
     };
     tracing::debug!(%remote, kind = peer.kind, id = %peer.id, %reason, "link connection closed");
-}
-
-async fn read_into(
-    stream: &mut glommio::net::TcpStream,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    let start = buf.len();
-    let cap = buf.capacity();
-    buf.resize(cap, 0);
-    let r = stream.read(&mut buf[start..]).await;
-    let n = *r.as_ref().unwrap_or(&0);
-    buf.truncate(start + n);
-    r
 }
 
 fn kind_of(k: u8) -> Result<Kind, SessionError> {
@@ -252,7 +240,7 @@ async fn handle(
             message,
         } => {
             let r = match kind_of(kind) {
-                Ok(k) if seq == 0 && !disconnect_after => s.push_nowait(k, target, message),
+                Ok(k) if seq == 0 && !disconnect_after => shard.push_nowait(k, target, message),
                 Ok(k) => {
                     let r = s.push(k, target, message).await;
                     if r.is_ok() && disconnect_after {
