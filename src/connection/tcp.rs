@@ -88,6 +88,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
                     Poll::Ready(_) => Poll::Ready(CloseReason::Graceful),
                 };
             }
+            // Back-pressure: while a node is not keeping up, leave client bytes in the kernel.
+            if io.shard.upstream.poll_ready(cx).is_pending() {
+                if progress {
+                    continue;
+                }
+                return Poll::Pending;
+            }
             match self.poll_read(io, cx) {
                 Poll::Ready(Err(r)) => return Poll::Ready(r),
                 Poll::Ready(Ok(())) => progress = true,

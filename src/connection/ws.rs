@@ -212,6 +212,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
             if io.conn.state() == ConnState::Hanged && flushed && io.conn.outbox().is_empty() {
                 return self.end(CloseReason::Graceful, cx);
             }
+            // Back-pressure: while a node is not keeping up, leave client bytes in the kernel.
+            if !self.peer_closed && io.shard.upstream.poll_ready(cx).is_pending() {
+                if progress {
+                    continue;
+                }
+                return Poll::Pending;
+            }
             if !self.peer_closed {
                 match Pin::new(&mut self.ws).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => {

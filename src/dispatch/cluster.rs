@@ -219,6 +219,10 @@ impl Upstream for ClusterUpstream {
         }
     }
 
+    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.inner.links.poll_ready(cx)
+    }
+
     fn update_nodes(&self, nodes: &Arc<Vec<ServiceInstance>>) {
         let inner = &self.inner;
         let table = RouteTable::build(nodes, inner.strategy);

@@ -43,6 +43,12 @@ pub trait Upstream {
     fn deliver(&self, d: Delivery);
     /// A session event. Connect of a connection comes before any of its deliveries.
     fn event(&self, e: GateEvent);
+    /// `Pending` while the upstream cannot take more packets (a node is not keeping up): the
+    /// connection drivers then stop reading clients and are woken when it drains.
+    fn poll_ready(&self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
+
     /// The registry's view of the nodes changed (the full list, in registry order).
     fn update_nodes(&self, _nodes: &std::sync::Arc<Vec<crate::registry::ServiceInstance>>) {}
 }

@@ -25,8 +25,12 @@ const DIAL_ATTEMPTS: u32 = 3;
 const FAULT_WINDOW: Duration = Duration::from_secs(3);
 /// How long the handshake answer may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Queued bytes beyond which frames for a stalled node are dropped rather than buffered.
-const MAX_QUEUED: usize = 8 << 20;
+/// Queued bytes beyond which the shard stops reading client packets until the node catches up
+/// (due's gate blocks the client's reader on a slow node; this is the same back-pressure).
+const HIGH_WATER: usize = 4 << 20;
+/// Queued bytes beyond which frames are dropped: a node that does not read at all must not
+/// grow the gate's memory without bound (reached only by traffic already read, e.g. events).
+const MAX_QUEUED: usize = 64 << 20;
 /// Instance kind "gate" in the handshake.
 const KIND_GATE: u8 = 1;
 
@@ -34,6 +38,25 @@ const KIND_GATE: u8 = 1;
 pub struct NodeLinks {
     gid: Rc<str>,
     nodes: RefCell<AHashMap<String, Rc<NodeLink>>>,
+    pressure: Rc<Pressure>,
+}
+
+/// Which of this shard's node queues are over the high-water mark, and who waits for them.
+#[derive(Default)]
+struct Pressure {
+    congested: Cell<usize>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Pressure {
+    fn relieve(&self) {
+        self.congested.set(self.congested.get() - 1);
+        if self.congested.get() == 0 {
+            for w in self.waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
 }
 
 impl NodeLinks {
@@ -41,7 +64,21 @@ impl NodeLinks {
         NodeLinks {
             gid: gid.into(),
             nodes: RefCell::new(AHashMap::new()),
+            pressure: Rc::default(),
         }
+    }
+
+    /// `Pending` while a node's queue is over the high-water mark: client drivers then stop
+    /// reading until it drains (they are woken).
+    pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.pressure.congested.get() == 0 {
+            return Poll::Ready(());
+        }
+        let mut w = self.pressure.waiters.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Queues a frame for the node at `addr`, connecting on first use. Returns false (and drops
@@ -52,7 +89,7 @@ impl NodeLinks {
             if let Some(l) = nodes.get(addr) {
                 l.clone()
             } else {
-                let l = Rc::new(NodeLink::new(addr));
+                let l = Rc::new(NodeLink::new(addr, self.pressure.clone()));
                 nodes.insert(addr.to_string(), l.clone());
                 glommio::spawn_local(run(l.clone(), self.gid.clone())).detach();
                 l
@@ -67,6 +104,7 @@ impl NodeLinks {
             let k = keep(addr);
             if !k {
                 l.closed.set(true);
+                l.set_congested(false);
                 l.wake();
             }
             k
@@ -77,6 +115,8 @@ impl NodeLinks {
 /// One node's connection state on this shard.
 struct NodeLink {
     addr: String,
+    pressure: Rc<Pressure>,
+    congested: Cell<bool>,
     queue: RefCell<BytesMut>,
     waker: RefCell<Option<Waker>>,
     faulty_until: Cell<Option<Instant>>,
@@ -84,9 +124,11 @@ struct NodeLink {
 }
 
 impl NodeLink {
-    fn new(addr: &str) -> Self {
+    fn new(addr: &str, pressure: Rc<Pressure>) -> Self {
         NodeLink {
             addr: addr.to_string(),
+            pressure,
+            congested: Cell::new(false),
             queue: RefCell::new(BytesMut::new()),
             waker: RefCell::new(None),
             faulty_until: Cell::new(None),
@@ -104,11 +146,27 @@ impl NodeLink {
         }
         let was_empty = q.is_empty();
         write(&mut q);
+        let over = q.len() > HIGH_WATER;
         drop(q);
+        if over {
+            self.set_congested(true);
+        }
         if was_empty {
             self.wake();
         }
         true
+    }
+
+    fn set_congested(&self, on: bool) {
+        if self.congested.replace(on) != on {
+            if on {
+                self.pressure
+                    .congested
+                    .set(self.pressure.congested.get() + 1);
+            } else {
+                self.pressure.relieve();
+            }
+        }
     }
 
     fn wake(&self) {
@@ -196,6 +254,7 @@ async fn run(link: Rc<NodeLink>, gid: Rc<str>) {
     while !link.closed.get() {
         let Some(mut stream) = dial(&link.addr).await else {
             let dropped = std::mem::take(&mut *link.queue.borrow_mut()).len();
+            link.set_congested(false);
             tracing::warn!(addr = %link.addr, dropped_bytes = dropped, "node unreachable, skipping it for 3 s");
             link.faulty_until.set(Some(Instant::now() + FAULT_WINDOW));
             glommio::timer::sleep(FAULT_WINDOW).await;
@@ -266,6 +325,7 @@ async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
             Event::Work => {}
         }
         std::mem::swap(&mut out, &mut *link.queue.borrow_mut());
+        link.set_congested(false);
         if !out.is_empty() {
             if let Err(e) = stream.write_all(&out).await {
                 return e.to_string();
