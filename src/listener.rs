@@ -92,13 +92,14 @@ pub fn bind_shared(
     Ok((fds, bound))
 }
 
-/// Accepts connections on one shard until `stop` is dropped.
-pub async fn accept_loop(
-    shard: Rc<Shard>,
-    server: Arc<ServerCtx>,
-    ws_rules: Option<Arc<WsRules>>,
+/// Accepts on `fd` until `stop` is dropped, handing each connection to `on_accept`. Accept
+/// errors (EMFILE/ENFILE when the fd limit is reached, …) back off from 5 ms doubling to 1 s:
+/// the shard keeps serving its connections and tries again later, never spinning.
+pub async fn accept_each(
     fd: OwnedFd,
     stop: flume::Receiver<()>,
+    what: &'static str,
+    mut on_accept: impl FnMut(TcpStream),
 ) {
     // SAFETY: `fd` is a listening TCP socket we own (created by `bind_shared`); ownership moves
     // into the glommio listener, which closes it exactly once when dropped.
@@ -110,25 +111,34 @@ pub async fn accept_loop(
             None
         })
         .await;
-        let stream = match next {
+        match next {
             None => break,
-            Some(Ok(s)) => {
+            Some(Ok(stream)) => {
                 backoff = Duration::from_millis(5);
-                s
+                let _ = stream.set_nodelay(true);
+                on_accept(stream);
             }
             Some(Err(e)) => {
-                // EMFILE/ENFILE and friends: wait and try again later, never spin.
-                tracing::warn!(shard = shard.index, error = %e, delay = ?backoff, "accept failed, backing off");
+                tracing::warn!(listener = what, error = %e, delay = ?backoff, "accept failed, backing off");
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
             }
+        }
+    }
+}
+
+/// Accepts client connections on one shard until `stop` is dropped.
+pub async fn accept_loop(
+    shard: Rc<Shard>,
+    server: Arc<ServerCtx>,
+    ws_rules: Option<Arc<WsRules>>,
+    fd: OwnedFd,
+    stop: flume::Receiver<()>,
+) {
+    accept_each(fd, stop, "client", |stream| {
+        let Ok(ip) = stream.peer_addr().map(client_ip) else {
+            return;
         };
-        let ip = match stream.peer_addr() {
-            Ok(a) => client_ip(a),
-            Err(_) => continue,
-        };
-        let _ = stream.set_nodelay(true);
         // One spawn per path, so each task's future is only as large as its own path needs: a
         // plain TCP connection must not pay for TLS or WebSocket handshake state.
         let (shard, server) = (shard.clone(), server.clone());
@@ -141,7 +151,8 @@ pub async fn accept_loop(
                 glommio::spawn_local(Box::pin(serve_ws(shard, server, rules, ip, stream))).detach()
             }
         };
-    }
+    })
+    .await
 }
 
 async fn serve_tcp(shard: Rc<Shard>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {

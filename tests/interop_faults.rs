@@ -41,14 +41,6 @@ fn available() -> bool {
     ok
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn script(name: &str, args: &[&str]) {
     let st = Command::new("bash")
         .arg(Path::new(REPO).join("scripts").join(name))

@@ -79,14 +79,6 @@ impl Drop for Redis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A redis-cli SUBSCRIBE running in the background, collecting messages.
 struct Subscriber {
     child: std::process::Child,

@@ -8,7 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -38,31 +38,11 @@ pub async fn accept_loop(
     fd: OwnedFd,
     stop: flume::Receiver<()>,
 ) {
-    // SAFETY: `fd` is a listening TCP socket created by `listener::bind_shared` and owned here;
-    // the glommio listener takes over ownership and closes it once.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = stop.recv_async().await;
-            None
-        })
-        .await;
-        match next {
-            None => break,
-            Some(Ok(stream)) => {
-                backoff = Duration::from_millis(5);
-                let _ = stream.set_nodelay(true);
-                let (shard, link) = (shard.clone(), link.clone());
-                glommio::spawn_local(async move { serve(shard, link, stream).await }).detach();
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, delay = ?backoff, "link accept failed, backing off");
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    crate::listener::accept_each(fd, stop, "link", |stream| {
+        let (shard, link) = (shard.clone(), link.clone());
+        glommio::spawn_local(serve(shard, link, stream)).detach();
+    })
+    .await
 }
 
 /// The peer as its handshake described it.

@@ -475,3 +475,12 @@ pub fn hex(s: &str) -> Vec<u8> {
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// A loopback port nobody listens on right now (the kernel picks it; racy only in theory).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
