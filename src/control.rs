@@ -13,8 +13,10 @@ pub enum ControlRequest {
         uid: i64,
         reply: flume::Sender<Result<(), String>>,
     },
+    /// Unbinds; answers on `reply` when given (errors are logged either way).
     UnbindUser {
         uid: i64,
+        reply: Option<flume::Sender<Result<(), String>>>,
     },
     LocateNode {
         uid: i64,
@@ -42,9 +44,13 @@ impl Control {
                         ControlRequest::BindUser { uid, reply } => {
                             let _ = reply.send(locator.bind_gate(uid, &gid));
                         }
-                        ControlRequest::UnbindUser { uid } => {
-                            if let Err(e) = locator.unbind_gate(uid, &gid) {
+                        ControlRequest::UnbindUser { uid, reply } => {
+                            let r = locator.unbind_gate(uid, &gid);
+                            if let Err(e) = &r {
                                 tracing::error!(uid, error = %e, "locator unbind failed");
+                            }
+                            if let Some(reply) = reply {
+                                let _ = reply.send(r);
                             }
                         }
                         ControlRequest::LocateNode { uid, name, reply } => {
@@ -86,7 +92,23 @@ impl Control {
 
     /// Fire-and-forget unbind of `uid` from this gate.
     pub fn unbind_user(&self, uid: i64) {
-        let _ = self.tx.send(ControlRequest::UnbindUser { uid });
+        let _ = self
+            .tx
+            .send(ControlRequest::UnbindUser { uid, reply: None });
+    }
+
+    /// Unbinds `uid` from this gate and resolves when the locator answered.
+    pub async fn unbind_user_wait(&self, uid: i64) -> Result<(), String> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx
+            .send(ControlRequest::UnbindUser {
+                uid,
+                reply: Some(reply),
+            })
+            .map_err(|_| "control thread stopped".to_string())?;
+        rx.recv_async()
+            .await
+            .map_err(|_| "control thread stopped".to_string())?
     }
 
     pub fn stop(&self) {

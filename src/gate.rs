@@ -235,6 +235,12 @@ impl Gate {
                     ))
                     .detach();
                     let _ = exit_rx.recv_async().await;
+                    // Let queued events and packets reach the nodes before the shard stops
+                    // (bounded: an unreachable node must not hold the exit).
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    while !shard.upstream.idle() && Instant::now() < deadline {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
                 })
                 .map_err(|e| format!("start shard {index}: {e}"))?;
             shards.push(handle);

@@ -32,7 +32,7 @@ pub struct ServerCtx {
     pub inbound_cap: u32,
     pub tls: Option<futures_rustls::TlsAcceptor>,
     /// Admitted and not yet released connections, across shards (maxConnNum).
-    live: AtomicUsize,
+    live: Arc<AtomicUsize>,
 }
 
 impl ServerCtx {
@@ -54,7 +54,7 @@ impl ServerCtx {
             inbound_cap,
             tls,
             config,
-            live: AtomicUsize::new(0),
+            live: Arc::default(),
         }
     }
 
@@ -72,8 +72,9 @@ impl ServerCtx {
             .is_ok()
     }
 
-    fn release(&self) {
-        self.live.fetch_sub(1, Ordering::AcqRel);
+    /// The counter to decrement when a released connection's last work is done.
+    fn slot(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
     }
 }
 
@@ -83,7 +84,7 @@ pub struct Shard {
     pub count: usize,
     pub packet: PacketConfig,
     pub table: RefCell<Table>,
-    pub upstream: Box<dyn Upstream>,
+    pub upstream: Rc<dyn Upstream>,
     pub sessions: Sessions,
     /// The heartbeat without time, built once (heartbeatTime = false).
     heartbeat: Bytes,
@@ -102,7 +103,7 @@ impl Shard {
             count,
             packet,
             table: RefCell::new(Table::new(index, count)),
-            upstream,
+            upstream: Rc::from(upstream),
             sessions,
             heartbeat: packet.heartbeat(0),
         }
@@ -165,17 +166,27 @@ impl Shard {
     pub fn release(&self, server: &ServerCtx, conn: &Conn) {
         conn.set_state(ConnState::Closed);
         let uid = self.table.borrow_mut().remove(conn);
-        if uid != 0 {
+        let slot = server.slot();
+        let disconnect = event(EventKind::Disconnect, conn.cid, uid);
+        if uid == 0 {
+            // Free the slot first: whoever hears Disconnect may reconnect at once.
+            slot.fetch_sub(1, Ordering::AcqRel);
+            self.upstream.event(disconnect);
+        } else {
             self.sessions.post(
                 home_of_uid(uid, self.count),
                 Command::DirRemoveIf { uid, cid: conn.cid },
             );
-            self.sessions.control().unbind_user(uid);
+            // due: the locator forgets the user before nodes hear Disconnect. The slot is held
+            // until then, so a draining gate does not exit with the event still unsent.
+            let (control, upstream) = (self.sessions.control().clone(), self.upstream.clone());
+            glommio::spawn_local(async move {
+                let _ = control.unbind_user_wait(uid).await;
+                upstream.event(disconnect);
+                slot.fetch_sub(1, Ordering::AcqRel);
+            })
+            .detach();
         }
-        // Free the slot first: whoever hears Disconnect may reconnect at once.
-        server.release();
-        self.upstream
-            .event(event(EventKind::Disconnect, conn.cid, uid));
         for w in conn.orders.borrow_mut().graceful_waiters.drain(..) {
             let _ = w.send(Ok(()));
         }

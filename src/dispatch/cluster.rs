@@ -223,6 +223,10 @@ impl Upstream for ClusterUpstream {
         self.inner.links.poll_ready(cx)
     }
 
+    fn idle(&self) -> bool {
+        self.inner.waiting.borrow().is_empty() && self.inner.links.idle()
+    }
+
     fn update_nodes(&self, nodes: &Arc<Vec<ServiceInstance>>) {
         let inner = &self.inner;
         let table = RouteTable::build(nodes, inner.strategy);

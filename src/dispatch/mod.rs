@@ -49,6 +49,11 @@ pub trait Upstream {
         std::task::Poll::Ready(())
     }
 
+    /// Whether everything handed over so far has been written (used before a shard exits).
+    fn idle(&self) -> bool {
+        true
+    }
+
     /// The registry's view of the nodes changed (the full list, in registry order).
     fn update_nodes(&self, _nodes: &std::sync::Arc<Vec<crate::registry::ServiceInstance>>) {}
 }

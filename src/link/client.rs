@@ -98,6 +98,14 @@ impl NodeLinks {
         link.enqueue(write)
     }
 
+    /// Whether every queued frame has been written (or dropped with its unreachable node).
+    pub fn idle(&self) -> bool {
+        self.nodes
+            .borrow()
+            .values()
+            .all(|l| l.queue.borrow().is_empty() && !l.writing.get())
+    }
+
     /// Forgets nodes no longer in the registry view; their connections close.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.nodes.borrow_mut().retain(|addr, l| {
@@ -117,6 +125,8 @@ struct NodeLink {
     addr: String,
     pressure: Rc<Pressure>,
     congested: Cell<bool>,
+    /// A batch taken from `queue` is being written.
+    writing: Cell<bool>,
     queue: RefCell<BytesMut>,
     waker: RefCell<Option<Waker>>,
     faulty_until: Cell<Option<Instant>>,
@@ -129,6 +139,7 @@ impl NodeLink {
             addr: addr.to_string(),
             pressure,
             congested: Cell::new(false),
+            writing: Cell::new(false),
             queue: RefCell::new(BytesMut::new()),
             waker: RefCell::new(None),
             faulty_until: Cell::new(None),
@@ -327,7 +338,10 @@ async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
         std::mem::swap(&mut out, &mut *link.queue.borrow_mut());
         link.set_congested(false);
         if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
+            link.writing.set(true);
+            let r = stream.write_all(&out).await;
+            link.writing.set(false);
+            if let Err(e) = r {
                 return e.to_string();
             }
             out.clear();

@@ -221,8 +221,11 @@ impl Sessions {
             .await?
             .ok_or(SessionError::NotFoundSession)?;
         self.send(self.cid_shard(cid), Command::ClearUidIf { cid, uid })?;
-        self.control.unbind_user(uid);
-        Ok(())
+        // A locator failure is reported (code 2); the local unbind stands, as in due.
+        self.control
+            .unbind_user_wait(uid)
+            .await
+            .map_err(SessionError::Locator)
     }
 
     /// Queues `bytes` (a complete packet) for one connection. A push to a uid that is not
