@@ -158,6 +158,7 @@ impl Gate {
                     username: r.username.clone(),
                     password: r.password.clone(),
                     prefix: r.prefix.clone(),
+                    timeout: cfg.gate.timeout,
                 };
                 Box::new(RedisLocator::start(settings).map_err(|e| format!("locator: {e}"))?)
             }
@@ -169,8 +170,15 @@ impl Gate {
             let strategy = Strategy::parse(&cfg.gate.dispatch);
             // Only a locator that knows node bindings can serve stateful routes.
             let lookups = matches!(cfg.locator, LocatorConfig::Redis(_)).then(|| control.clone());
+            let conns = cfg.gatehouse.link_conns;
             Arc::new(move |shard| {
-                Box::new(ClusterUpstream::new(&gid, strategy, shard, lookups.clone()))
+                Box::new(ClusterUpstream::new(
+                    &gid,
+                    strategy,
+                    shard,
+                    conns,
+                    lookups.clone(),
+                ))
             })
         });
         let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) =

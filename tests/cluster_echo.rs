@@ -94,6 +94,7 @@ fn cluster_gate(extra: &str) -> TestGate {
             "gate-test",
             Strategy::RoundRobin,
             shard,
+            2,
             None,
         ))
     });

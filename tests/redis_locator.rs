@@ -69,6 +69,7 @@ impl Redis {
             username: String::new(),
             password: String::new(),
             prefix: "due:locate".into(),
+            timeout: Duration::from_secs(3),
         }
     }
 }

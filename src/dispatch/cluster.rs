@@ -39,12 +39,18 @@ struct Inner {
 }
 
 impl ClusterUpstream {
-    pub fn new(gid: &str, strategy: Strategy, shard: usize, control: Option<Control>) -> Self {
+    pub fn new(
+        gid: &str,
+        strategy: Strategy,
+        shard: usize,
+        conns_per_node: usize,
+        control: Option<Control>,
+    ) -> Self {
         ClusterUpstream {
             inner: Rc::new(Inner {
                 table: RefCell::new(RouteTable::build(&[], strategy)),
                 strategy,
-                links: NodeLinks::new(gid),
+                links: NodeLinks::new(gid, conns_per_node),
                 control,
                 waiting: RefCell::new(AHashMap::new()),
                 rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ ((shard as u64 + 1) << 32) ^ seed()),
@@ -67,7 +73,7 @@ impl Inner {
         let (cid, uid, frame): (i64, i64, &Bytes) = (d.cid, d.uid, &d.frame);
         if !self
             .links
-            .send(addr, |out| codec::put_deliver(out, 0, cid, uid, frame))
+            .send(addr, cid, |out| codec::put_deliver(out, 0, cid, uid, frame))
         {
             tracing::warn!(
                 addr,
@@ -211,7 +217,7 @@ impl Upstream for ClusterUpstream {
             e.uid
         };
         for ep in targets {
-            if !inner.links.send(&ep.address, |out| {
+            if !inner.links.send(&ep.address, e.cid, |out| {
                 codec::put_trigger(out, 0, e.kind as u8, e.cid, uid)
             }) {
                 tracing::warn!(addr = %ep.address, kind = ?e.kind, cid = e.cid, "node unavailable, event dropped");

@@ -37,7 +37,9 @@ const KIND_GATE: u8 = 1;
 /// The link connections of one shard, by node link address.
 pub struct NodeLinks {
     gid: Rc<str>,
-    nodes: RefCell<AHashMap<String, Rc<NodeLink>>>,
+    /// Each node's connections from this shard (`linkConns` of them).
+    nodes: RefCell<AHashMap<String, Vec<Rc<NodeLink>>>>,
+    conns_per_node: usize,
     pressure: Rc<Pressure>,
 }
 
@@ -60,10 +62,11 @@ impl Pressure {
 }
 
 impl NodeLinks {
-    pub fn new(gid: &str) -> Self {
+    pub fn new(gid: &str, conns_per_node: usize) -> Self {
         NodeLinks {
             gid: gid.into(),
             nodes: RefCell::new(AHashMap::new()),
+            conns_per_node: conns_per_node.max(1),
             pressure: Rc::default(),
         }
     }
@@ -83,17 +86,20 @@ impl NodeLinks {
 
     /// Queues a frame for the node at `addr`, connecting on first use. Returns false (and drops
     /// the frame) while the node is in its fault window or its queue is full.
-    pub fn send(&self, addr: &str, write: impl FnOnce(&mut BytesMut)) -> bool {
+    pub fn send(&self, addr: &str, pin: i64, write: impl FnOnce(&mut BytesMut)) -> bool {
         let link = {
             let mut nodes = self.nodes.borrow_mut();
-            if let Some(l) = nodes.get(addr) {
-                l.clone()
-            } else {
-                let l = Rc::new(NodeLink::new(addr, self.pressure.clone()));
-                nodes.insert(addr.to_string(), l.clone());
-                glommio::spawn_local(run(l.clone(), self.gid.clone())).detach();
-                l
-            }
+            let links = nodes.entry(addr.to_string()).or_insert_with(|| {
+                (0..self.conns_per_node)
+                    .map(|_| {
+                        let l = Rc::new(NodeLink::new(addr, self.pressure.clone()));
+                        glommio::spawn_local(run(l.clone(), self.gid.clone())).detach();
+                        l
+                    })
+                    .collect()
+            });
+            // A client's frames always take the same connection: their order is kept.
+            links[(pin as u64 % links.len() as u64) as usize].clone()
         };
         link.enqueue(write)
     }
@@ -103,17 +109,20 @@ impl NodeLinks {
         self.nodes
             .borrow()
             .values()
+            .flatten()
             .all(|l| l.queue.borrow().is_empty() && !l.writing.get())
     }
 
     /// Forgets nodes no longer in the registry view; their connections close.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.nodes.borrow_mut().retain(|addr, l| {
+        self.nodes.borrow_mut().retain(|addr, links| {
             let k = keep(addr);
             if !k {
-                l.closed.set(true);
-                l.set_congested(false);
-                l.wake();
+                for l in links {
+                    l.closed.set(true);
+                    l.set_congested(false);
+                    l.wake();
+                }
             }
             k
         });

@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use super::Locator;
 
-const TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Deletes the gate key only if it still names this gate.
 const UNBIND_GATE: &str = r#"
 local current = redis.call('GET', KEYS[1])
@@ -42,6 +40,8 @@ pub struct RedisSettings {
     pub password: String,
     /// Default `due:locate`; keys then read `due:locate:locate:user:<uid>:gate`.
     pub prefix: String,
+    /// Connect, read and write timeout of every call (`[cluster.gate] timeout`, due's 3 s).
+    pub timeout: Duration,
 }
 
 impl RedisSettings {
@@ -125,16 +125,17 @@ impl RedisLocator {
             settings,
         };
         me.connection()?;
-        let (client, channel, cache, stop) = (
+        let (client, channel, cache, stop, timeout) = (
             me.client.clone(),
             me.settings.node_channel(),
             me.cache.clone(),
             me.stop.clone(),
+            me.settings.timeout,
         );
         me.watcher = Some(
             std::thread::Builder::new()
                 .name("gatehouse-locator-watch".into())
-                .spawn(move || watch(client, channel, cache, stop))
+                .spawn(move || watch(client, channel, cache, stop, timeout))
                 .map_err(|e| e.to_string())?,
         );
         Ok(me)
@@ -279,9 +280,15 @@ impl Locator for RedisLocator {
 
 /// Follows the node channel: BindNode fills the cache, UnbindNode removes the entry if it still
 /// names that node. Reconnects (every second) until `stop`.
-fn watch(client: redis::Client, channel: String, cache: NodeCache, stop: Arc<AtomicBool>) {
+fn watch(
+    client: redis::Client,
+    channel: String,
+    cache: NodeCache,
+    stop: Arc<AtomicBool>,
+    timeout: Duration,
+) {
     while !stop.load(Ordering::Relaxed) {
-        let mut conn = match client.get_connection_with_timeout(TIMEOUT) {
+        let mut conn = match client.get_connection_with_timeout(timeout) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "locator watcher: redis unavailable, retrying");
@@ -351,6 +358,7 @@ mod tests {
             username: String::new(),
             password: String::new(),
             prefix: "due:locate".into(),
+            timeout: Duration::from_secs(3),
         }
     }
 
