@@ -145,12 +145,11 @@ impl RedisLocator {
         if self.conn.is_none() {
             let c = self
                 .client
-                .get_connection_with_timeout(TIMEOUT)
+                .get_connection_with_timeout(self.settings.timeout)
                 .map_err(|e| format!("redis {}: {e}", self.settings.addr))?;
-            c.set_read_timeout(Some(TIMEOUT))
-                .map_err(|e| e.to_string())?;
-            c.set_write_timeout(Some(TIMEOUT))
-                .map_err(|e| e.to_string())?;
+            let t = Some(self.settings.timeout);
+            c.set_read_timeout(t).map_err(|e| e.to_string())?;
+            c.set_write_timeout(t).map_err(|e| e.to_string())?;
             self.conn = Some(c);
         }
         Ok(self.conn.as_mut().expect("set above"))
