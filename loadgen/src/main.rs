@@ -37,6 +37,8 @@ struct Args {
     route: i32,
     route_bytes: u8,
     seq_bytes: u8,
+    /// idle over WebSocket: the upgrade path (None = plain TCP).
+    ws: Option<String>,
     json: bool,
 }
 
@@ -56,6 +58,7 @@ fn usage() -> ! {
          --route R          route of the requests (1)\n\
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
          --seq-bytes N      [packet] seqBytes of the cluster (2)\n\
+         --ws PATH          idle only: connect over WebSocket (upgrade on PATH)\n\
          --json             print the summary as one JSON object"
     );
     std::process::exit(2)
@@ -80,6 +83,7 @@ fn parse_args() -> Args {
         route: 1,
         route_bytes: 2,
         seq_bytes: 2,
+        ws: None,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -103,6 +107,7 @@ fn parse_args() -> Args {
             "--route" => a.route = num(&v),
             "--route-bytes" => a.route_bytes = num(&v),
             "--seq-bytes" => a.seq_bytes = num(&v),
+            "--ws" => a.ws = Some(v),
             _ => usage(),
         }
     }
@@ -213,16 +218,70 @@ async fn read_frames(run: &Run, mut r: Stream, mut on_frame: impl FnMut(bool) ->
     }
 }
 
-async fn idle_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
-    let hb = run.packet.heartbeat(0);
+/// Upgrades to WebSocket; returns false if the gate refused.
+async fn ws_upgrade(w: &mut Stream, r: &mut Stream, path: &str, host: SocketAddr) -> bool {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    if w.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = Vec::new();
+    let mut b = [0u8; 512];
+    while !head.windows(4).any(|x| x == b"\r\n\r\n") && head.len() < 4096 {
+        match r.read(&mut b).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&b[..n]),
+        }
+    }
+    head.starts_with(b"HTTP/1.1 101")
+}
+
+/// One masked binary WebSocket frame carrying `payload` (client frames must be masked).
+fn ws_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x82, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+async fn idle_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
+    let mut hb = run.packet.heartbeat(0).to_vec();
+    if let Some(path) = &run.a.ws {
+        if !ws_upgrade(&mut w, &mut r, path, run.a.addr).await {
+            run.stats
+                .connect_errors
+                .set(run.stats.connect_errors.get() + 1);
+            return;
+        }
+        hb = ws_frame(&hb);
+    }
     let reader = {
         let run = run.clone();
         glommio::spawn_local(async move {
-            read_frames(&run, r, |_| {
-                Stats::bump(&run.stats.heartbeats);
-                true
-            })
-            .await
+            if run.a.ws.is_some() {
+                // WS frames around the packets: count reads, not frames.
+                let mut r = r;
+                let mut b = [0u8; 256];
+                while let Ok(n) = r.read(&mut b).await {
+                    if n == 0 {
+                        if run.running() {
+                            run.stats
+                                .closed_by_gate
+                                .set(run.stats.closed_by_gate.get() + 1);
+                        }
+                        break;
+                    }
+                    Stats::bump(&run.stats.heartbeats);
+                }
+            } else {
+                read_frames(&run, r, |_| {
+                    Stats::bump(&run.stats.heartbeats);
+                    true
+                })
+                .await
+            }
         })
     };
     while run.running() {
