@@ -1,0 +1,1393 @@
+//! Harness of the interop suite (`tests/interop.rs`): real Redis, a real Consul agent, the real
+//! due v2.4.1 Go node and Go clients (tests/interop/bin, built by scripts/build-interop.sh), and
+//! one of two gates — gatehouse (this crate's binary) or due's own Go gate — started as processes
+//! from the sample configuration tests/interop/etc, with only ports and ids substituted.
+//!
+//! Isolation: every test starts its own Redis and Consul agent on free loopback ports inside its
+//! own temp directory, so tests can run in parallel without sharing keys, services or node names.
+//! Every process is killed when its handle drops (also on panic; and, as a net, by
+//! `PR_SET_PDEATHSIG` when the spawning test thread ends). Every wait is bounded.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub const GATEHOUSE_BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// Default bound for "this must happen" waits (processes on a loaded 2-core machine).
+pub const WAIT: Duration = Duration::from_secs(8);
+/// Bound for start-up and registry convergence.
+pub const START: Duration = Duration::from_secs(20);
+/// Extra quiet time after a barrier before asserting that something did not happen.
+pub const GRACE: Duration = Duration::from_millis(300);
+
+/// The default locator prefix doubled by due's key formats (spec §6.1).
+pub const GATE_CHANNEL: &str = "due:locate:locate:cluster:gate:event";
+pub const NODE_CHANNEL: &str = "due:locate:locate:cluster:node:event";
+
+pub fn gate_key(uid: i64) -> String {
+    format!("due:locate:locate:user:{uid}:gate")
+}
+
+pub fn node_key(uid: i64) -> String {
+    format!("due:locate:locate:user:{uid}:node")
+}
+
+/// Which gate a scenario runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateKind {
+    /// This crate's binary (one process serves TCP and WS at once).
+    Gatehouse,
+    /// due v2.4.1's own gate (tests/interop/bin/gate): one client-facing server per process.
+    /// `--proto=ws` is due's WebSocket server; `--proto=tcp` is the spec-based TCP server of
+    /// tests/interop/internal/tcpnet, because due's network/tcp module cannot be downloaded here
+    /// (see tests/interop/README.md) — TCP results against the reference are against that server.
+    DueReference,
+}
+
+impl GateKind {
+    pub fn tag(self) -> &'static str {
+        match self {
+            GateKind::Gatehouse => "gh",
+            GateKind::DueReference => "due",
+        }
+    }
+
+    pub fn other(self) -> GateKind {
+        match self {
+            GateKind::Gatehouse => GateKind::DueReference,
+            GateKind::DueReference => GateKind::Gatehouse,
+        }
+    }
+}
+
+/// Client transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Ws,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Ws => "ws",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Availability
+
+pub fn go_bin(name: &str) -> PathBuf {
+    Path::new(REPO).join("tests/interop/bin").join(name)
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
+}
+
+fn consul_bin() -> Option<PathBuf> {
+    if let Some(c) = std::env::var_os("CONSUL").filter(|c| !c.is_empty()) {
+        return Some(PathBuf::from(c));
+    }
+    on_path("consul").or_else(|| {
+        let p = Path::new(REPO).join(".tools/consul/usr/bin/consul");
+        p.is_file().then_some(p)
+    })
+}
+
+/// True when the Go peers, redis-server and consul are all present. Otherwise prints why the
+/// suite is skipped — or panics when `GATEHOUSE_REQUIRE_SERVICES` is set (CI builds the peers
+/// and sets it, so the suite can never pass vacuously there).
+pub fn available() -> bool {
+    let mut missing = Vec::new();
+    for b in ["node", "gate", "client"] {
+        if !go_bin(b).is_file() {
+            missing.push(format!("tests/interop/bin/{b} (scripts/build-interop.sh)"));
+        }
+    }
+    if on_path("redis-server").is_none() {
+        missing.push("redis-server (scripts/install-redis.sh)".into());
+    }
+    if consul_bin().is_none() {
+        missing.push("consul (scripts/install-consul.sh)".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let required = std::env::var_os("GATEHOUSE_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty());
+    assert!(
+        !required,
+        "interop suite: GATEHOUSE_REQUIRE_SERVICES is set but missing: {}",
+        missing.join(", ")
+    );
+    eprintln!(
+        "interop suite SKIPPED: missing {} (set GATEHOUSE_REQUIRE_SERVICES=1 to make this an error)",
+        missing.join(", ")
+    );
+    false
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+/// A scratch directory, removed on drop unless the test is panicking (then kept for the logs).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!(
+            "gatehouse-interop-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("interop: keeping {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A loopback port nobody listens on (TCP, and UDP too when `udp`: Consul's serf uses both).
+pub fn free_port(udp: bool) -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if udp && UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        return port;
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics after `bound`.
+pub fn wait_until(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            start.elapsed() < bound,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Like [`wait_until`], returning the first `Some`.
+pub fn wait_some<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < bound,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into()
+}
+
+/// GET `url`; `(status, body)`, or `None` if the server cannot be reached.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let mut r = http().get(url).call().ok()?;
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().ok()?;
+    Some((status, body))
+}
+
+fn http_post(url: &str, body: &str) -> Option<(u16, String)> {
+    let mut r = http().post(url).send(body).ok()?;
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().ok()?;
+    Some((status, body))
+}
+
+fn unique_n() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    /// Parsed machine-readable lines (`{"event":…}`), in order.
+    events: Vec<Value>,
+    eof: usize,
+}
+
+/// A child process whose stdout/stderr lines are collected; killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<(Mutex<Output>, Condvar)>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, with_stdin: bool) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if with_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .env_remove("DUE_ETC")
+            .env_remove("DUE_MODE")
+            .env_remove("CONSUL_HTTP_TOKEN");
+        // SAFETY: prctl(2) is async-signal-safe; it only asks the kernel to SIGKILL the child
+        // when the spawning thread (the test) ends, a net under the kill in Drop.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let out: Arc<(Mutex<Output>, Condvar)> = Arc::default();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for (stream, tag) in [
+            (Box::new(stdout) as Box<dyn Read + Send>, ""),
+            (Box::new(stderr), "[stderr] "),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let (m, cv) = &*out;
+                    let mut o = m.lock().unwrap();
+                    if tag.is_empty() && line.starts_with("{\"event\":") {
+                        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                            o.events.push(v);
+                        }
+                    }
+                    o.lines.push(format!("{tag}{line}"));
+                    cv.notify_all();
+                }
+                let (m, cv) = &*out;
+                m.lock().unwrap().eof += 1;
+                cv.notify_all();
+            });
+        }
+        let stdin = child.stdin.take();
+        Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+            out,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Has the process exited? (Reaps it if so.)
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.out.0.lock().unwrap().events.clone()
+    }
+
+    pub fn find_event(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.out
+            .0
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .find(|v| pred(v))
+            .cloned()
+    }
+
+    pub fn count_events(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.out
+            .0
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|v| pred(v))
+            .count()
+    }
+
+    /// Waits for an event line matching `pred` (searching everything printed so far first).
+    pub fn wait_event(&self, what: &str, bound: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + bound;
+        let (m, cv) = &*self.out;
+        let mut o = m.lock().unwrap();
+        loop {
+            if let Some(v) = o.events.iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || o.eof == 2 {
+                let tail = tail_of(&o.lines, 30);
+                drop(o);
+                panic!(
+                    "{}: {} waiting for {what}; output tail:\n{tail}",
+                    self.name,
+                    if now >= deadline {
+                        format!("timed out after {bound:?}")
+                    } else {
+                        "exited".to_string()
+                    }
+                );
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for any output line containing `needle`.
+    pub fn wait_line(&self, needle: &str, bound: Duration) -> String {
+        let deadline = Instant::now() + bound;
+        let (m, cv) = &*self.out;
+        let mut o = m.lock().unwrap();
+        loop {
+            if let Some(l) = o.lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || o.eof == 2 {
+                let tail = tail_of(&o.lines, 30);
+                drop(o);
+                panic!(
+                    "{}: no line with {needle:?} (waited {bound:?}); output tail:\n{tail}",
+                    self.name
+                );
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        tail_of(&self.out.0.lock().unwrap().lines, n)
+    }
+
+    pub fn write_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("spawned with stdin");
+        writeln!(stdin, "{line}").unwrap_or_else(|e| panic!("{}: write {line:?}: {e}", self.name));
+        stdin.flush().unwrap();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits up to `bound` for the process to exit by itself.
+    pub fn wait_exit(&mut self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if self.exited() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+fn tail_of(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} (pid {}) output tail ----\n{}",
+                self.name,
+                self.child.id(),
+                self.tail(40)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+pub struct Redis {
+    pub port: u16,
+    proc: Proc,
+    client: redis::Client,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        let dir = dir.join("redis");
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port(false);
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+            .arg(&dir)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+            ]);
+        let proc = Proc::spawn("redis", cmd, false);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let r = Redis { port, proc, client };
+        wait_until("redis PING", Duration::from_secs(10), || {
+            r.client
+                .get_connection_with_timeout(Duration::from_millis(500))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+        r
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        self.client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("redis connection")
+    }
+
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.query(&["GET", key])
+    }
+
+    pub fn hget(&self, key: &str, field: &str) -> Option<String> {
+        self.query(&["HGET", key, field])
+    }
+
+    pub fn ttl(&self, key: &str) -> i64 {
+        self.query(&["TTL", key])
+    }
+
+    /// Subscribes to both locator event channels; returns once the subscription is active.
+    pub fn subscribe(&self) -> Subscriber {
+        Subscriber::start(self.client.clone())
+    }
+}
+
+/// `(channel, payload)` pairs in arrival order, with a condvar signalled on each.
+type Published = Arc<(Mutex<Vec<(String, String)>>, Condvar)>;
+
+/// A pub/sub listener on the gate and node event channels, recording `(channel, payload)`.
+pub struct Subscriber {
+    msgs: Published,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Subscriber {
+    fn start(client: redis::Client) -> Subscriber {
+        let msgs: Published = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (m2, s2) = (msgs.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conn = client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .expect("redis subscriber connection");
+            conn.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut ps = conn.as_pubsub();
+            ps.subscribe(&[GATE_CHANNEL, NODE_CHANNEL])
+                .expect("subscribe");
+            let _ = ready_tx.send(());
+            while !s2.load(Ordering::Relaxed) {
+                match ps.get_message() {
+                    Ok(m) => {
+                        let payload: String = m.get_payload().unwrap_or_default();
+                        let (l, cv) = &*m2;
+                        l.lock()
+                            .unwrap()
+                            .push((m.get_channel_name().to_string(), payload));
+                        cv.notify_all();
+                    }
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => panic!("redis subscriber: {e}"),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("redis subscription active");
+        Subscriber {
+            msgs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn all(&self) -> Vec<(String, String)> {
+        self.msgs.0.lock().unwrap().clone()
+    }
+
+    /// Payloads published on `channel` so far, parsed as JSON.
+    pub fn events(&self, channel: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|(c, _)| c == channel)
+            .map(|(_, p)| serde_json::from_str(&p).unwrap_or(Value::String(p)))
+            .collect()
+    }
+
+    /// Waits for a payload on `channel` equal to `exact` (byte for byte).
+    pub fn wait_exact(&self, channel: &str, exact: &str) {
+        let deadline = Instant::now() + WAIT;
+        let (m, cv) = &*self.msgs;
+        let mut l = m.lock().unwrap();
+        loop {
+            if l.iter().any(|(c, p)| c == channel && p == exact) {
+                return;
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no {exact} on {channel} within {WAIT:?}; got {:?}",
+                *l
+            );
+            l = cv.wait_timeout(l, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Payloads on `channel` whose JSON `uid` is `uid`.
+    pub fn for_uid(&self, channel: &str, uid: i64) -> Vec<Value> {
+        self.events(channel)
+            .into_iter()
+            .filter(|v| v["uid"] == uid)
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The exact JSON due publishes for a location event (spec §6.3: field order fixed).
+pub fn location_event(uid: i64, kind: u8, ins_id: &str, ins_kind: &str, ins_name: &str) -> String {
+    format!(
+        r#"{{"uid":{uid},"type":{kind},"insID":"{ins_id}","insKind":"{ins_kind}","insName":"{ins_name}"}}"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consul
+
+pub struct Consul {
+    pub port: u16,
+    proc: Proc,
+}
+
+impl Consul {
+    pub fn start(dir: &Path) -> Consul {
+        let bin = consul_bin().expect("consul binary");
+        let port = free_port(false);
+        let (lan, wan, server) = (free_port(true), free_port(true), free_port(false));
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(dir).env("CHECKPOINT_DISABLE", "1").args([
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-advertise",
+            "127.0.0.1",
+            "-http-port",
+            &port.to_string(),
+            "-dns-port",
+            "-1",
+            "-grpc-port",
+            "-1",
+            "-serf-lan-port",
+            &lan.to_string(),
+            "-serf-wan-port",
+            &wan.to_string(),
+            "-server-port",
+            &server.to_string(),
+            "-node",
+            &format!("test-{port}"),
+            "-hcl",
+            "disable_update_check = true",
+        ]);
+        let c = Consul {
+            port,
+            proc: Proc::spawn("consul", cmd, false),
+        };
+        wait_until(
+            "consul leader",
+            Duration::from_secs(15),
+            || matches!(c.try_get("/v1/status/leader"), Some(Value::String(s)) if !s.is_empty()),
+        );
+        c
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn try_get(&self, path: &str) -> Option<Value> {
+        let (status, body) = http_get(&format!("http://127.0.0.1:{}{path}", self.port))?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("consul GET {path} failed"))
+    }
+
+    /// `GET /v1/agent/services` entry of `service_id`.
+    pub fn agent_service(&self, service_id: &str) -> Option<Value> {
+        self.get("/v1/agent/services").get(service_id).cloned()
+    }
+
+    /// `GET /v1/agent/checks` entries belonging to `service_id`.
+    pub fn agent_checks(&self, service_id: &str) -> Vec<Value> {
+        match self.get("/v1/agent/checks") {
+            Value::Object(m) => m
+                .into_iter()
+                .map(|(_, v)| v)
+                .filter(|v| v["ServiceID"] == service_id)
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    /// `Service` objects of `name` from `GET /v1/health/service/<name>?passing=1`.
+    pub fn passing(&self, name: &str) -> Vec<Value> {
+        match self.get(&format!("/v1/health/service/{name}?passing=1")) {
+            Value::Array(a) => a.into_iter().map(|e| e["Service"].clone()).collect(),
+            _ => vec![],
+        }
+    }
+
+    pub fn is_passing(&self, name: &str, service_id: &str) -> bool {
+        self.passing(name).iter().any(|s| s["ID"] == service_id)
+    }
+
+    /// Meta.state of a passing instance, if it is passing.
+    pub fn passing_state(&self, name: &str, service_id: &str) -> Option<String> {
+        self.passing(name)
+            .into_iter()
+            .find(|s| s["ID"] == service_id)
+            .and_then(|s| s["Meta"]["state"].as_str().map(str::to_string))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration files (the samples of tests/interop/etc with ports and ids substituted)
+
+fn sample(kind: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(REPO)
+            .join("tests/interop/etc")
+            .join(kind)
+            .join("etc.toml"),
+    )
+    .unwrap()
+}
+
+fn write_etc(dir: &Path, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("etc.toml"), text).unwrap();
+    dir.to_path_buf()
+}
+
+/// Replaces every occurrence (the samples' comments mention the default addresses too).
+fn subst(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "sample config lacks {from:?}");
+    text.replace(from, to)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gate
+
+pub struct Gate {
+    pub kind: GateKind,
+    pub gid: String,
+    pub proc: Proc,
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    /// For the reference gate: the one protocol it serves.
+    pub only: Option<Proto>,
+    /// The link address as registered in Consul.
+    pub link: SocketAddr,
+    pub started: Instant,
+}
+
+impl Gate {
+    /// Starts a gate with the sample gate config; `proto` selects the reference gate's server
+    /// (gatehouse serves both from the same file).
+    pub fn start(kind: GateKind, proto: Proto, gid: &str, dispatch: &str, env: &Env) -> Gate {
+        let (tcp_port, ws_port) = (free_port(false), free_port(false));
+        let mut text = sample("gate");
+        text = subst(&text, "127.0.0.1:6379", &env.redis.addr());
+        text = subst(&text, "127.0.0.1:8500", &env.consul.addr());
+        text = subst(&text, "127.0.0.1:3553", &format!("127.0.0.1:{tcp_port}"));
+        text = subst(&text, "127.0.0.1:3554", &format!("127.0.0.1:{ws_port}"));
+        text = subst(&text, "id = \"\"", &format!("id = \"{gid}\""));
+        text = subst(
+            &text,
+            "dispatch = \"rr\"",
+            &format!("dispatch = \"{dispatch}\""),
+        );
+        let dir = write_etc(&env.dir.0.join(format!("etc-gate-{gid}")), &text);
+        let started = Instant::now();
+        let (proc, only) = match kind {
+            GateKind::Gatehouse => {
+                let mut cmd = Command::new(GATEHOUSE_BIN);
+                cmd.arg("--etc").arg(&dir).current_dir(&env.dir.0);
+                (Proc::spawn(&format!("gatehouse {gid}"), cmd, false), None)
+            }
+            GateKind::DueReference => {
+                let mut cmd = Command::new(go_bin("gate"));
+                cmd.arg(format!("--etc={}", dir.display()))
+                    .arg(format!("--proto={}", proto.name()))
+                    .current_dir(&env.dir.0);
+                let p = Proc::spawn(&format!("due gate {gid} ({})", proto.name()), cmd, false);
+                let ready = p.wait_event("ready", START, |v| v["event"] == "ready");
+                assert_eq!(ready["gid"], gid);
+                (p, Some(proto))
+            }
+        };
+        let sid = format!("gate-{gid}");
+        let mut proc = proc;
+        let service = wait_some(&format!("{sid} registered in consul"), START, || {
+            assert!(!proc.exited(), "{} exited:\n{}", proc.name, proc.tail(20));
+            env.consul.agent_service(&sid)
+        });
+        let link: SocketAddr = format!(
+            "{}:{}",
+            service["Address"].as_str().unwrap(),
+            service["Port"].as_u64().unwrap()
+        )
+        .parse()
+        .unwrap();
+        Gate {
+            kind,
+            gid: gid.to_string(),
+            proc,
+            tcp: ([127, 0, 0, 1], tcp_port).into(),
+            ws: ([127, 0, 0, 1], ws_port).into(),
+            only,
+            link,
+            started,
+        }
+    }
+
+    pub fn service_id(&self) -> String {
+        format!("gate-{}", self.gid)
+    }
+
+    pub fn serves(&self, p: Proto) -> bool {
+        match self.only {
+            None => true,
+            Some(o) => o == p,
+        }
+    }
+
+    /// The protocol a scenario should use for this gate when it prefers `p`.
+    pub fn proto_for(&self, p: Proto) -> Proto {
+        self.only.unwrap_or(p)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node
+
+pub struct Node {
+    pub proc: Proc,
+    pub nid: String,
+    pub ctl: String,
+    pub weight: u32,
+}
+
+impl Node {
+    pub fn start(env: &Env, weight: u32, index: usize) -> Node {
+        let mut text = sample("node");
+        text = subst(&text, "127.0.0.1:6379", &env.redis.addr());
+        text = subst(&text, "127.0.0.1:8500", &env.consul.addr());
+        text = subst(&text, "weight = 1", &format!("weight = {weight}"));
+        let dir = write_etc(&env.dir.0.join(format!("etc-node-{index}")), &text);
+        let mut cmd = Command::new(go_bin("node"));
+        cmd.arg(format!("--etc={}", dir.display()))
+            .current_dir(&env.dir.0);
+        let proc = Proc::spawn(&format!("node{index}"), cmd, false);
+        let ready = proc.wait_event("ready", START, |v| v["event"] == "ready");
+        Node {
+            nid: ready["nid"].as_str().unwrap().to_string(),
+            ctl: ready["ctl"].as_str().unwrap().to_string(),
+            proc,
+            weight,
+        }
+    }
+
+    pub fn service_id(&self) -> String {
+        format!("node-{}", self.nid)
+    }
+
+    /// Calls a control endpoint: `Ok(result)` for `{"ok":true}`, `Err(error)` otherwise.
+    pub fn call(&self, path: &str, params: &[(&str, &str)], body: &str) -> Result<Value, String> {
+        let q: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let url = format!("http://{}{path}?{}", self.ctl, q.join("&"));
+        let (_, text) =
+            http_post(&url, body).unwrap_or_else(|| panic!("node control {url} unreachable"));
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("node control {url}: bad JSON {text:?}: {e}"));
+        if v["ok"] == true {
+            Ok(v["result"].clone())
+        } else {
+            Err(v["error"].as_str().unwrap_or_default().to_string())
+        }
+    }
+
+    /// [`Node::call`] that must succeed.
+    pub fn ok(&self, path: &str, params: &[(&str, &str)], body: &str) -> Value {
+        self.call(path, params, body)
+            .unwrap_or_else(|e| panic!("node {path} {params:?}: {e}"))
+    }
+
+    pub fn has_gate(&self, gid: &str) -> bool {
+        self.call("/hasgate", &[("gid", gid)], "") == Ok(Value::Bool(true))
+    }
+
+    /// Message lines (route handlers run) matching `pred`.
+    pub fn messages(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.proc
+            .events()
+            .into_iter()
+            .filter(|v| v["event"] == "message" && pred(v))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client (the Go client in stdin-command mode)
+
+pub struct Client {
+    pub proc: Proc,
+    pub proto: Proto,
+    pub gid: String,
+    /// Identified through the node (0 until [`Cluster::connect`] did it).
+    pub cid: i64,
+}
+
+impl Client {
+    pub fn send(&mut self, route: i32, seq: i32, payload: &str) {
+        self.proc
+            .write_line(&format!("send {route} {seq} {payload}"));
+    }
+
+    pub fn send_hex(&mut self, route: i32, seq: i32, hex: &str) {
+        self.proc
+            .write_line(&format!("sendhex {route} {seq} {hex}"));
+    }
+
+    /// Feeds many command lines in one write.
+    pub fn send_script(&mut self, lines: &str) {
+        self.proc.write_line(lines.trim_end());
+    }
+
+    pub fn messages(&self) -> Vec<Value> {
+        self.proc
+            .events()
+            .into_iter()
+            .filter(|v| v["event"] == "message")
+            .collect()
+    }
+
+    pub fn has_message(&self, pred: impl Fn(&Value) -> bool) -> bool {
+        self.messages().iter().any(pred)
+    }
+
+    pub fn wait_message(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.proc
+            .wait_event(what, WAIT, |v| v["event"] == "message" && pred(v))
+    }
+
+    /// Waits for a message with this route and payload.
+    pub fn expect(&self, route: i64, payload: &str) -> Value {
+        self.wait_message(&format!("route {route} payload {payload:?}"), |v| {
+            v["route"] == route && v["payload"] == payload
+        })
+    }
+
+    pub fn got(&self, route: i64, payload: &str) -> bool {
+        self.has_message(|v| v["route"] == route && v["payload"] == payload)
+    }
+
+    /// Sends a route-1 echo with a fresh payload and waits for it: everything the gate wrote to
+    /// this client before the echo has arrived when this returns.
+    pub fn barrier(&mut self) {
+        let p = format!("barrier-{}", unique_n());
+        self.send(1, 1, &p);
+        self.expect(1, &p);
+    }
+
+    pub fn disconnected(&self) -> bool {
+        self.proc
+            .find_event(|v| v["event"] == "disconnected")
+            .is_some()
+    }
+
+    pub fn wait_disconnected(&self, bound: Duration) {
+        self.proc
+            .wait_event("disconnected", bound, |v| v["event"] == "disconnected");
+    }
+
+    /// Closes the connection from the client side and waits for the process to end.
+    pub fn close(mut self) {
+        self.proc.write_line("close");
+        self.wait_disconnected(WAIT);
+        self.proc.wait_exit(WAIT);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw link connection (speaks the internal protocol of spec §2 directly: used to observe the
+// gate's own answers, and as a mesh for item 34)
+
+pub struct Link {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// `H(cmd, seq) | body` with the size prefix.
+pub fn frame(cmd: u8, seq: u64, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + body.len());
+    f.extend_from_slice(&((10 + body.len()) as u32).to_be_bytes());
+    f.push(0);
+    f.push(cmd);
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+pub const HEARTBEAT: [u8; 5] = [0, 0, 0, 1, 0x80];
+
+/// A client packet as the gate writes it to clients (big endian, 2-byte route and seq).
+pub fn client_packet(route: i16, seq: i16, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&((5 + payload.len()) as u32).to_be_bytes());
+    p.push(0);
+    p.extend_from_slice(&route.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+impl Link {
+    pub fn connect(addr: SocketAddr) -> Link {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("link connect");
+        s.set_nodelay(true).unwrap();
+        Link { s, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("link write");
+    }
+
+    /// Sends a handshake (seq 1) and returns the answer frame.
+    pub fn handshake(&mut self, kind: u8, id: &str) -> Vec<u8> {
+        let mut body = vec![kind];
+        body.extend_from_slice(id.as_bytes());
+        self.send(&frame(1, 1, &body));
+        self.read(WAIT).expect("handshake answer")
+    }
+
+    /// Reads one whole frame (size prefix included), `None` on timeout or close.
+    pub fn read(&mut self, bound: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if self.buf.len() >= 4 {
+                let size = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if self.buf.len() >= 4 + size {
+                    let rest = self.buf.split_off(4 + size);
+                    return Some(std::mem::replace(&mut self.buf, rest));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads the next non-heartbeat frame.
+    pub fn read_data(&mut self, bound: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let f = self.read(deadline.saturating_duration_since(Instant::now()))?;
+            if f.len() >= 5 && f[4] & 0x80 == 0 {
+                return Some(f);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets of a process (/proc): the node's link connections, the gate's file descriptors
+
+fn socket_inodes(pid: u32) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in rd.flatten() {
+            if let Ok(t) = std::fs::read_link(e.path()) {
+                let t = t.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    if let Ok(n) = n.parse() {
+                        out.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Sockets (any kind) the process holds open.
+pub fn socket_count(pid: u32) -> usize {
+    socket_inodes(pid).len()
+}
+
+/// Local ports of the ESTABLISHED TCP connections process `pid` holds towards `remote_port`.
+pub fn established_to(pid: u32, remote_port: u16) -> BTreeSet<u16> {
+    let inodes = socket_inodes(pid);
+    let mut out = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" {
+                continue;
+            }
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+            let inode: u64 = f[9].parse().unwrap_or(0);
+            if port(f[2]) == Some(remote_port) && inodes.contains(&inode) {
+                if let Some(p) = port(f[1]) {
+                    out.insert(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment and cluster
+
+/// One Redis and one Consul agent of a test, in its own temp dir.
+pub struct Env {
+    pub consul: Consul,
+    pub redis: Redis,
+    pub dir: TempDir,
+}
+
+impl Env {
+    pub fn start(tag: &str) -> Env {
+        let dir = TempDir::new(tag);
+        let redis = Redis::start(&dir.0);
+        let consul = Consul::start(&dir.0);
+        Env { consul, redis, dir }
+    }
+}
+
+/// What a scenario needs.
+pub struct Spec {
+    /// Gates in start order; `Proto` selects the reference gate's server.
+    pub gates: Vec<(GateKind, Proto)>,
+    /// Node weights; one node per entry.
+    pub nodes: Vec<u32>,
+    pub dispatch: &'static str,
+}
+
+impl Spec {
+    pub fn one(kind: GateKind, proto: Proto) -> Spec {
+        Spec {
+            gates: vec![(kind, proto)],
+            nodes: vec![1],
+            dispatch: "rr",
+        }
+    }
+}
+
+/// Gates, nodes, Redis (with a subscriber on both event channels) and Consul of one test.
+pub struct Cluster {
+    pub clients_dir: PathBuf,
+    pub gates: Vec<Gate>,
+    pub nodes: Vec<Node>,
+    pub sub: Subscriber,
+    pub env: Env,
+    pub t0: Instant,
+    /// How long each gate took from its spawn to passing in Consul (item 2).
+    pub gate_passing_after: Vec<Duration>,
+}
+
+impl Cluster {
+    /// Starts everything and waits until the cluster is usable: gates and nodes passing in
+    /// Consul, every node sees every gate, and every gate routes a client message to a node.
+    pub fn start(tag: &str, spec: Spec) -> Cluster {
+        let t0 = Instant::now();
+        let env = Env::start(tag);
+        let sub = env.redis.subscribe();
+        let clients_dir = write_etc(&env.dir.0.join("etc-client"), &sample("client"));
+        let gates: Vec<Gate> = spec
+            .gates
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, proto))| {
+                Gate::start(
+                    *kind,
+                    *proto,
+                    &format!("{}-{tag}-{i}", kind.tag()),
+                    spec.dispatch,
+                    &env,
+                )
+            })
+            .collect();
+        let nodes = spec
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Node::start(&env, *w, i))
+            .collect();
+        let mut c = Cluster {
+            clients_dir,
+            gates,
+            nodes,
+            sub,
+            env,
+            t0,
+            gate_passing_after: vec![],
+        };
+        c.gate_passing_after = c.wait_ready();
+        eprintln!("[{tag}] cluster ready after {:.1?}", t0.elapsed());
+        c
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gates[0]
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// Registry convergence, then a probe message per gate. Returns, per gate, the time from
+    /// its spawn until Consul first listed it as passing.
+    pub fn wait_ready(&self) -> Vec<Duration> {
+        let mut passing_after = Vec::new();
+        for g in &self.gates {
+            wait_until(
+                &format!("{} passing in consul", g.service_id()),
+                START,
+                || self.env.consul.is_passing("gate", &g.service_id()),
+            );
+            passing_after.push(g.started.elapsed());
+        }
+        for n in &self.nodes {
+            wait_until(
+                &format!("{} passing in consul", n.service_id()),
+                START,
+                || self.env.consul.is_passing("node", &n.service_id()),
+            );
+            for g in &self.gates {
+                wait_until(
+                    &format!("node {} sees gate {}", n.nid, g.gid),
+                    START,
+                    || n.has_gate(&g.gid),
+                );
+            }
+        }
+        if !self.nodes.is_empty() {
+            for i in 0..self.gates.len() {
+                self.probe(i);
+            }
+        }
+        passing_after
+    }
+
+    /// Waits until gate `i` routes a route-1 message to some node and the echo comes back (the
+    /// gate learns nodes from its registry watch about a second after they pass).
+    pub fn probe(&self, i: usize) {
+        let g = &self.gates[i];
+        let mut c = self.spawn_client(i, g.proto_for(Proto::Tcp));
+        let start = Instant::now();
+        loop {
+            let p = format!("probe-{}", unique_n());
+            c.send(1, 1, &p);
+            let ok = (0..20).any(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                c.got(1, &p)
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < START,
+                "gate {} never routed a message to a node",
+                g.gid
+            );
+        }
+        c.close();
+    }
+
+    /// Starts a Go client on gate `i` without identifying it.
+    pub fn spawn_client(&self, i: usize, proto: Proto) -> Client {
+        let g = &self.gates[i];
+        assert!(g.serves(proto), "gate {} does not serve {proto:?}", g.gid);
+        let mut cmd = Command::new(go_bin("client"));
+        cmd.arg(format!("--etc={}", self.clients_dir.display()))
+            .arg(format!("--proto={}", proto.name()));
+        match proto {
+            Proto::Tcp => cmd.arg(format!("--addr={}", g.tcp)),
+            Proto::Ws => cmd.arg(format!("--url=ws://{}", g.ws)),
+        };
+        let proc = Proc::spawn(&format!("client@{} {}", g.gid, proto.name()), cmd, true);
+        proc.wait_event("connected", WAIT, |v| v["event"] == "connected");
+        Client {
+            proc,
+            proto,
+            gid: g.gid.clone(),
+            cid: 0,
+        }
+    }
+
+    /// A client on gate `i` whose cid is known: an identifying route-1 message is echoed and
+    /// the node's message line tells the cid (and that the gid and uid 0 are right).
+    pub fn connect(&self, i: usize, proto: Proto) -> Client {
+        let mut c = self.spawn_client(i, proto);
+        let p = format!("whoami-{}", unique_n());
+        c.send(1, 1, &p);
+        c.expect(1, &p);
+        let (_, m) = self.wait_message(&format!("identifying message {p}"), |v| v["payload"] == p);
+        assert_eq!(m["gid"], c.gid, "deliver carries the gate's gid: {m}");
+        assert_eq!(m["uid"], 0, "a fresh connection is unbound: {m}");
+        c.cid = m["cid"].as_i64().unwrap();
+        assert!(c.cid > 0, "cid > 0: {m}");
+        c
+    }
+
+    /// Waits for an event line of any node matching `pred`; returns (node index, line).
+    pub fn wait_node_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> (usize, Value) {
+        wait_some(what, WAIT, || {
+            self.nodes
+                .iter()
+                .enumerate()
+                .find_map(|(i, n)| n.proc.find_event(&pred).map(|v| (i, v)))
+        })
+    }
+
+    pub fn wait_message(&self, what: &str, pred: impl Fn(&Value) -> bool) -> (usize, Value) {
+        self.wait_node_event(what, |v| v["event"] == "message" && pred(v))
+    }
+
+    /// All node lines (any node) matching `pred`.
+    pub fn node_events(&self, pred: impl Fn(&Value) -> bool) -> Vec<(usize, Value)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| {
+                n.proc
+                    .events()
+                    .into_iter()
+                    .filter(|v| pred(v))
+                    .map(move |v| (i, v))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Binds `uid` to the client's connection the way a game does: route 5 makes the node call
+    /// `ctx.BindGate(uid)`; waits for the node's "ok" and for the reconnect event.
+    pub fn bind(&self, c: &mut Client, uid: i64) {
+        c.send(5, 5, &uid.to_string());
+        c.wait_message(&format!("bind {uid} ok"), |v| {
+            v["route"] == 5 && v["payload"] == "ok"
+        });
+        self.wait_node_event(&format!("reconnect of uid {uid}"), |v| {
+            v["event"] == "reconnect" && v["uid"] == uid && v["cid"] == c.cid && v["gid"] == c.gid
+        });
+    }
+
+    /// A payload nobody used yet.
+    pub fn unique(&self, tag: &str) -> String {
+        format!("{tag}-{}", unique_n())
+    }
+}
