@@ -147,8 +147,11 @@ pub async fn accept_loop(
             (None, true) => {
                 glommio::spawn_local(Box::pin(serve_tls(shard, server, ip, stream))).detach()
             }
-            (Some(rules), _) => {
-                glommio::spawn_local(Box::pin(serve_ws(shard, server, rules, ip, stream))).detach()
+            (Some(rules), false) => {
+                glommio::spawn_local(serve_ws_plain(shard, server, rules, ip, stream)).detach()
+            }
+            (Some(rules), true) => {
+                glommio::spawn_local(Box::pin(serve_wss(shard, server, rules, ip, stream))).detach()
             }
         };
     })
@@ -175,20 +178,26 @@ async fn serve_tls(shard: Rc<Shard>, server: Arc<ServerCtx>, ip: IpAddr, stream:
     }
 }
 
-async fn serve_ws(
+async fn serve_ws_plain(
     shard: Rc<Shard>,
     server: Arc<ServerCtx>,
     rules: Arc<WsRules>,
     ip: IpAddr,
     stream: TcpStream,
 ) {
-    match &server.tls {
-        None => ws::accept(&shard, &server, &rules, ip, stream).await,
-        Some(tls) => {
-            if let Some(s) = tls_handshake(tls, stream, ip).await {
-                ws::accept(&shard, &server, &rules, ip, s).await
-            }
-        }
+    ws::accept(&shard, &server, &rules, ip, stream).await
+}
+
+async fn serve_wss(
+    shard: Rc<Shard>,
+    server: Arc<ServerCtx>,
+    rules: Arc<WsRules>,
+    ip: IpAddr,
+    stream: TcpStream,
+) {
+    let tls = server.tls.as_ref().expect("TLS server");
+    if let Some(s) = tls_handshake(tls, stream, ip).await {
+        ws::accept(&shard, &server, &rules, ip, s).await
     }
 }
 

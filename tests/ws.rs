@@ -1008,7 +1008,6 @@ fn client_close_is_echoed() {
 
 /// Item 35, reason: gorilla echoes only the code (`FormatCloseMessage(code, "")`).
 #[test]
-#[ignore = "known deviation: tungstenite echoes the client's close reason (88 05 0f a1 62 79 65)"]
 fn client_close_reason_is_not_echoed() {
     let g = TestGate::ws("");
     let mut r = Raw::upgrade(ws_addr(&g), "/");
@@ -1204,7 +1203,6 @@ fn text_messages_are_ignored() {
 /// A text message that is not UTF-8: gorilla does not validate text, so due ignores it like any
 /// text message and keeps the connection.
 #[test]
-#[ignore = "known deviation: tungstenite rejects non-UTF-8 text and the gate closes the connection"]
 fn invalid_utf8_text_is_ignored() {
     let g = TestGate::ws("");
     let mut r = Raw::upgrade(ws_addr(&g), "/");
@@ -1315,8 +1313,8 @@ fn assert_oversize_close(c: &mut WsClient) {
     }
 }
 
-/// An unmasked client frame is a protocol error: the connection is closed (gorilla sends
-/// Close(1002) first; a plain close is accepted too), and the frame is not processed.
+/// An unmasked client frame is a protocol error: gorilla's Close(1002, "bad MASK"), then the
+/// connection is closed, and the frame is not processed. Reserved bits likewise.
 #[test]
 fn unmasked_client_frame_closes_the_connection() {
     let g = TestGate::ws("");
@@ -1326,11 +1324,24 @@ fn unmasked_client_frame_closes_the_connection() {
     f.extend_from_slice(&hex(H1));
     r.send(&f);
     let rest = r.rest_until_eof(ms(2000));
-    assert!(
-        rest.is_empty() || (rest.len() >= 4 && rest[0] == 0x88 && rest[2..4] == [0x03, 0xea]),
+    assert_eq!(
+        rest,
+        [&hex("88 0a 03 ea")[..], b"bad MASK"].concat(),
         "{rest:02x?}"
     );
     assert_eq!(g.event(EventKind::Disconnect).cid, cid);
+
+    let mut r = Raw::upgrade(ws_addr(&g), "/");
+    let cid = g.event(EventKind::Connect).cid;
+    r.send(&client_frame(0xc2, &hex(H1)));
+    let rest = r.rest_until_eof(ms(2000));
+    assert_eq!(
+        rest,
+        [&hex("88 0a 03 ea")[..], b"RSV1 set"].concat(),
+        "{rest:02x?}"
+    );
+    assert_eq!(g.event(EventKind::Disconnect).cid, cid);
+    g.no_delivery_within(ms(50));
     assert_served(&g);
 }
 
@@ -1349,4 +1360,85 @@ fn bytes_before_the_101_drop_the_connection() {
     std::thread::sleep(ms(50));
     assert_eq!(g.observed.try_iter().count(), 0, "no Connect event");
     assert_served(&g);
+}
+
+/// WSS: with certFile/keyFile the upgrade and the framing run over TLS — heartbeat, a 5009-byte
+/// push as one frame, a fragmented client packet, ping/pong, and the Close echo.
+#[test]
+fn wss_over_tls() {
+    use std::sync::Arc;
+    let dir = TempDir::new("wss");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let g = TestGate::ws(&format!(
+        "certFile = {:?}\nkeyFile = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = TcpStream::connect(ws_addr(&g)).unwrap();
+    sock.set_read_timeout(Some(ms(3000))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut buf = Vec::new();
+    let fill = |tls: &mut rustls::StreamOwned<_, TcpStream>, buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 16384];
+        match tls.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    };
+    tls.write_all(upgrade_request("/", "").as_bytes()).unwrap();
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        assert!(fill(&mut tls, &mut buf), "no 101");
+    }
+    assert_eq!(buf, SWITCHING.as_bytes());
+    buf.clear();
+    let cid = g.event(EventKind::Connect).cid;
+    let mut next_frame = |tls: &mut rustls::StreamOwned<_, TcpStream>| loop {
+        if let Some((b0, p, used)) = parse_server_frame(&buf) {
+            buf.drain(..used);
+            return Some((b0, p));
+        }
+        if !fill(tls, &mut buf) {
+            assert!(buf.is_empty(), "EOF inside a frame");
+            return None;
+        }
+    };
+
+    tls.write_all(&client_frame(0x82, &hex(H1))).unwrap();
+    assert_eq!(next_frame(&mut tls), Some((0x82, hex(H1))));
+
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let big = g.packet.encode(1, 1, &payload).unwrap();
+    g.run(g.sessions().push(Kind::Conn, cid, big.clone()))
+        .expect("push");
+    assert_eq!(next_frame(&mut tls), Some((0x82, big.to_vec())));
+
+    let pkt = g.packet.encode(1, 2, &payload).unwrap().to_vec();
+    let mut two = client_frame(0x02, &pkt[..4096]);
+    two.extend(client_frame(0x89, b"mid"));
+    two.extend(client_frame(0x80, &pkt[4096..]));
+    tls.write_all(&two).unwrap();
+    assert_eq!(next_frame(&mut tls), Some((0x8a, b"mid".to_vec())));
+    assert_eq!(g.delivery().frame.as_ref(), &pkt[..]);
+
+    tls.write_all(&client_frame(0x88, &hex("0f a1 62 79 65")))
+        .unwrap();
+    assert_eq!(next_frame(&mut tls), Some((0x88, hex("0f a1"))));
+    assert_eq!(next_frame(&mut tls), None);
+    assert_eq!(g.event(EventKind::Disconnect).cid, cid);
 }

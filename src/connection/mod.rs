@@ -7,6 +7,7 @@
 pub mod tcp;
 pub mod upgrade;
 pub mod ws;
+pub mod ws_frame;
 
 use bytes::Bytes;
 use std::cell::RefCell;

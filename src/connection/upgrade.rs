@@ -65,13 +65,23 @@ pub fn decide(head: &[u8], rules: &UpgradeRules) -> Decision {
     if !is_base64_of_16_bytes(key) {
         return reject(400, "Bad Request", V13);
     }
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = accept_key(key);
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
     Decision::Accept {
         response: response.into_bytes(),
     }
+}
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2): base64 of SHA-1 of the key and the GUID.
+fn accept_key(key: &str) -> String {
+    use base64::Engine;
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
 enum Route {

@@ -1,23 +1,22 @@
 //! The WebSocket connection driver: the upgrade handshake, then one due packet per binary message.
 //! Owns one WS connection's socket from accept to close; works on plain TCP or TLS streams.
 //!
-//! The handshake is ours (see `upgrade`), so status codes and check order match due exactly; only
-//! framing after the 101 is delegated to tungstenite, configured with small buffers so an idle
-//! connection stays cheap.
+//! The handshake is ours (see `upgrade`), so status codes and check order match due exactly. So is
+//! the framing after the 101 (see `ws_frame`), built like the TCP driver: reads go into the
+//! shard's scratch buffer, only the tail of a partial frame is kept per connection, and queued
+//! packets are written as binary frames coalesced into one write per batch. Pongs and Close
+//! replies go out ahead of queued packets, as gorilla's `WriteControl` bypasses due's queue.
 
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::WebSocketStream;
+use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use futures_util::{Sink, Stream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::upgrade::{self, Decision, UpgradeRules};
-use super::{CloseReason, DeadlineTimer, Inbound, IO_BUDGET};
+use super::ws_frame::{self, Decoded, Decoder, Event};
+use super::{CloseReason, DeadlineTimer, Inbound, IO_BUDGET, SCRATCH, WRITE_BATCH};
 use crate::liveness::Liveness;
 use crate::packet::{ByteOrder, FrameKind};
 use crate::session::{Conn, ConnState};
@@ -39,29 +38,48 @@ pub async fn accept<S>(
     server: &ServerCtx,
     rules: &WsRules,
     peer_ip: std::net::IpAddr,
-    mut stream: S,
+    stream: S,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Boxed so that this future's states do not each hold a copy of the stream (1.3 KiB for
+    // TLS); the listener's future for every WS connection is sized for the TLS case.
+    let mut stream = Box::new(stream);
+    // Everything the handshake allocated (request head, response) is gone once it returns.
+    if !handshake(rules, peer_ip, &mut *stream).await {
+        return;
+    }
+    let Some(conn) = shard.admit(server, peer_ip) else {
+        tracing::warn!(ip = %peer_ip, "connection allocate error: too many connection");
+        return;
+    };
+    serve(shard, server, rules, &conn, stream).await;
+}
+
+/// Reads the request head and answers it. `true` = the 101 was sent.
+async fn handshake<S>(rules: &WsRules, peer_ip: std::net::IpAddr, stream: &mut S) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let head = match glommio::timer::timeout(rules.handshake_timeout, async {
-        Ok(read_head(&mut stream).await)
+        Ok(read_head(stream).await)
     })
     .await
     {
         Ok(h) => h,
         Err(_) => {
             tracing::debug!(ip = %peer_ip, "websocket handshake timed out");
-            return;
+            return false;
         }
     };
     let head = match head {
         Head::Complete(h) => h,
-        Head::TrailingBytes | Head::Closed => return,
+        Head::TrailingBytes | Head::Closed => return false,
         Head::TooLarge => {
             if let Decision::Reject { response, .. } = upgrade::too_large() {
                 let _ = stream.write_all(&response).await;
             }
-            return;
+            return false;
         }
     };
     match upgrade::decide(&head, &rules.upgrade) {
@@ -69,16 +87,10 @@ pub async fn accept<S>(
             tracing::debug!(ip = %peer_ip, status, "websocket upgrade refused");
             let _ = stream.write_all(&response).await;
             let _ = stream.flush().await;
+            false
         }
         Decision::Accept { response } => {
-            if stream.write_all(&response).await.is_err() || stream.flush().await.is_err() {
-                return;
-            }
-            let Some(conn) = shard.admit(server, peer_ip) else {
-                tracing::warn!(ip = %peer_ip, "connection allocate error: too many connection");
-                return;
-            };
-            serve(shard, server, rules, &conn, stream).await;
+            stream.write_all(&response).await.is_ok() && stream.flush().await.is_ok()
         }
     }
 }
@@ -91,17 +103,21 @@ enum Head {
     Closed,
 }
 
+/// Reads until the blank line, straight into the head buffer (no stack buffer kept in the
+/// connection's future).
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Head {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
+    const CHUNK: usize = 1024;
+    let mut buf = Vec::new();
     loop {
-        let n = match stream.read(&mut chunk).await {
+        let len = buf.len();
+        buf.resize(len + CHUNK, 0);
+        let n = match stream.read(&mut buf[len..]).await {
             Ok(0) | Err(_) => return Head::Closed,
             Ok(n) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(len) = upgrade::head_len(&buf) {
-            if len != buf.len() {
+        buf.truncate(len + n);
+        if let Some(head) = upgrade::head_len(&buf) {
+            if head != buf.len() {
                 return Head::TrailingBytes;
             }
             return Head::Complete(buf);
@@ -116,21 +132,17 @@ async fn serve<S>(shard: &Shard, server: &ServerCtx, rules: &WsRules, conn: &Rc<
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(server.inbound_cap as usize + 4))
-        .max_frame_size(Some(server.inbound_cap as usize + 4));
-    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
     let mut d = WsDriver {
-        ws,
+        stream,
+        decoder: Decoder::new((server.inbound_cap as usize).saturating_add(4)),
+        pending_in: BytesMut::new(),
+        writing: None,
+        control: Vec::new(),
+        closing: None,
         live: Liveness::new(server.rules, Instant::now()),
         timer: DeadlineTimer::new(),
-        needs_flush: false,
-        peer_closed: false,
         le_ts_heartbeat: rules.le_ts_heartbeat && shard.packet.byte_order == ByteOrder::Little,
         close_frame: rules.close_frame,
-        closing: false,
     };
     let io = Inbound {
         shard,
@@ -149,33 +161,21 @@ where
 }
 
 struct WsDriver<S> {
-    ws: WebSocketStream<S>,
+    stream: S,
+    decoder: Decoder,
+    /// The undecoded tail of a partial frame (empty, with no allocation, most of the time).
+    pending_in: BytesMut,
+    /// The batch being written and how much of it is done.
+    writing: Option<(Vec<u8>, usize)>,
+    /// Encoded Pongs and Close frames, written before further queued packets.
+    control: Vec<u8>,
+    /// A Close frame is queued in `control`: end with this reason once it is written. Nothing
+    /// is read or taken from the outbox any more.
+    closing: Option<CloseReason>,
     live: Liveness,
     timer: DeadlineTimer,
-    /// Messages (or an automatic pong/close reply) were handed to tungstenite but not flushed.
-    needs_flush: bool,
-    /// The client sent Close: flush tungstenite's echo, then end.
-    peer_closed: bool,
     le_ts_heartbeat: bool,
     close_frame: bool,
-    /// Our own Close(1000) is being sent.
-    closing: bool,
-}
-
-/// Classifies a read error: a client vanishing without a Close frame is an ordinary close, not
-/// a protocol violation worth an INFO line per connection.
-fn read_error(e: WsError) -> CloseReason {
-    use async_tungstenite::tungstenite::error::ProtocolError;
-    match e {
-        WsError::ConnectionClosed
-        | WsError::AlreadyClosed
-        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::PeerClosed,
-        WsError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset => {
-            CloseReason::PeerClosed
-        }
-        WsError::Io(io) => CloseReason::Io(io.to_string()),
-        other => CloseReason::Protocol(other.to_string()),
-    }
 }
 
 /// The heartbeat due-client-ts always sends, whatever the configured byte order.
@@ -187,10 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
         for _ in 0..IO_BUDGET {
             let now = Instant::now();
             if let Err(r) = io.housekeeping(&mut self.live, now) {
-                return self.end(r, cx);
-            }
-            if self.closing {
-                return self.end(CloseReason::Graceful, cx);
+                return self.abort(r, cx);
             }
             if self
                 .timer
@@ -202,129 +199,232 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
             let mut progress = false;
             match self.poll_write(io.conn, cx) {
                 Poll::Ready(Err(r)) => return Poll::Ready(r),
-                Poll::Ready(Ok(p)) => progress |= p,
+                Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Pending => {}
             }
-            let flushed = !self.needs_flush;
-            if self.peer_closed && flushed {
-                return Poll::Ready(CloseReason::PeerClosed);
+            if self.writing.is_none() && self.control.is_empty() {
+                if let Some(reason) = &self.closing {
+                    // Our Close (echo, error or 1000) is out.
+                    if *reason == CloseReason::Graceful
+                        && Pin::new(&mut self.stream).poll_close(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(self.closing.take().expect("checked"));
+                }
+                // Graceful close completes once everything queued before it was written.
+                if io.conn.state() == ConnState::Hanged && io.conn.outbox().is_empty() {
+                    if self.close_frame {
+                        ws_frame::encode_close(Some(ws_frame::CLOSE_NORMAL), "", &mut self.control);
+                        self.closing = Some(CloseReason::Graceful);
+                        continue;
+                    }
+                    return match Pin::new(&mut self.stream).poll_close(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(_) => Poll::Ready(CloseReason::Graceful),
+                    };
+                }
             }
-            if io.conn.state() == ConnState::Hanged && flushed && io.conn.outbox().is_empty() {
-                return self.end(CloseReason::Graceful, cx);
-            }
+            // Closing, or a client sending pings faster than it reads the pongs: read no more.
+            let read_paused = self.closing.is_some() || self.control.len() >= WRITE_BATCH;
             // Back-pressure: while a node is not keeping up, leave client bytes in the kernel.
-            if !self.peer_closed && io.shard.upstream.poll_ready(cx).is_pending() {
+            if read_paused || io.shard.upstream.poll_ready(cx).is_pending() {
                 if progress {
                     continue;
                 }
                 return Poll::Pending;
             }
-            if !self.peer_closed {
-                match Pin::new(&mut self.ws).poll_next(cx) {
-                    Poll::Ready(Some(Ok(msg))) => {
-                        progress = true;
-                        self.on_message(io, msg, now);
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(read_error(e)),
-                    Poll::Ready(None) => return Poll::Ready(CloseReason::PeerClosed),
-                    Poll::Pending => {}
-                }
+            match self.poll_read(io, cx) {
+                Poll::Ready(Err(r)) => return Poll::Ready(r),
+                Poll::Ready(Ok(())) => progress = true,
+                Poll::Pending => {}
             }
             if !progress {
                 return Poll::Pending;
             }
         }
+        // Budget spent: let the shard's other connections run, then continue.
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 
-    fn on_message(&mut self, io: &Inbound<'_>, msg: Message, now: Instant) {
-        match msg {
-            Message::Binary(data) => {
-                // Every binary message is liveness, even an empty or malformed one.
-                self.live.on_frame(now);
-                match io.shard.packet.check_message(&data) {
-                    Ok(kind) => io.frame(kind, &data),
-                    Err(_) if self.le_ts_heartbeat && data[..] == TS_HEARTBEAT => {
-                        io.frame(FrameKind::Heartbeat, &data)
+    /// The next batch: queued control frames first, then queued packets as binary frames, up
+    /// to [`WRITE_BATCH`] bytes (a single larger packet goes alone). Empty = nothing to write.
+    fn next_batch(&mut self, conn: &Conn) -> Vec<u8> {
+        let mut batch = std::mem::take(&mut self.control);
+        if self.closing.is_some() {
+            // Nothing may follow a Close frame.
+            return batch;
+        }
+        let mut q = conn.outbox();
+        let mut total = batch.len();
+        let mut count = 0;
+        for p in q.iter() {
+            let len = ws_frame::frame_len(p.len());
+            if total > 0 && total + len > WRITE_BATCH {
+                break;
+            }
+            total += len;
+            count += 1;
+        }
+        batch.reserve_exact(total - batch.len());
+        for p in q.drain(..count) {
+            ws_frame::encode_binary(&p, &mut batch);
+        }
+        batch
+    }
+
+    /// Writes queued control frames and packets. `Ok(true)` = something was written.
+    fn poll_write(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Poll<Result<bool, CloseReason>> {
+        let mut wrote = false;
+        loop {
+            if self.writing.is_none() {
+                let batch = self.next_batch(conn);
+                if batch.is_empty() {
+                    return Poll::Ready(Ok(wrote));
+                }
+                self.writing = Some((batch, 0));
+            }
+            let (buf, off) = self.writing.as_mut().expect("set above");
+            match Pin::new(&mut self.stream).poll_write(cx, &buf[*off..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
+                Poll::Ready(Ok(n)) => {
+                    wrote = true;
+                    *off += n;
+                    if *off == buf.len() {
+                        self.writing = None;
                     }
-                    Err(e) => {
-                        tracing::debug!(
-                            cid = io.conn.cid,
-                            len = data.len(),
-                            "check heartbeat message error: {e}"
-                        )
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_error(e))),
+                Poll::Pending => {
+                    return if wrote {
+                        Poll::Ready(Ok(true))
+                    } else {
+                        Poll::Pending
                     }
                 }
             }
-            // Text is ignored entirely and is not liveness; pings are answered by tungstenite.
-            Message::Ping(_) => self.needs_flush = true,
-            Message::Close(_) => {
-                self.peer_closed = true;
-                self.needs_flush = true;
+            // TLS buffers records: push them out once the batch is handed over.
+            if self.writing.is_none() {
+                if let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
+                    return Poll::Ready(Err(write_error(e)));
+                }
             }
-            Message::Text(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
-    /// Hands queued packets to tungstenite (one binary message each) and flushes.
-    fn poll_write(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Poll<Result<bool, CloseReason>> {
-        let mut sent = false;
-        loop {
-            if conn.outbox().is_empty() {
-                break;
-            }
-            match Pin::new(&mut self.ws).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(CloseReason::Io(e.to_string()))),
-                Poll::Pending => break,
-            }
-            let Some(bytes) = conn.outbox().pop_front() else {
-                break;
+    /// Reads once and handles every complete frame. `Ok(())` = bytes were read.
+    fn poll_read(
+        &mut self,
+        io: &Inbound<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), CloseReason>> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(match e.kind() {
+                        std::io::ErrorKind::ConnectionReset => CloseReason::PeerClosed,
+                        _ => CloseReason::Io(e.to_string()),
+                    }))
+                }
             };
-            if let Err(e) = Pin::new(&mut self.ws).start_send(Message::Binary(bytes)) {
-                return Poll::Ready(Err(CloseReason::Io(e.to_string())));
+            let now = Instant::now();
+            let carried = !self.pending_in.is_empty();
+            if carried {
+                self.pending_in.extend_from_slice(&scratch[..n]);
             }
-            sent = true;
-            self.needs_flush = true;
-        }
-        if self.needs_flush {
-            match Pin::new(&mut self.ws).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(CloseReason::Io(e.to_string()))),
-                Poll::Pending => {}
+            let data: &mut [u8] = if carried {
+                &mut self.pending_in[..]
+            } else {
+                &mut scratch[..n]
+            };
+            let mut off = 0;
+            while self.closing.is_none() {
+                match self.decoder.decode(&mut data[off..]) {
+                    Ok(Decoded::Incomplete) => break,
+                    Ok(Decoded::Consumed { used, event }) => {
+                        off += used;
+                        let Some(event) = event else { continue };
+                        match event {
+                            Event::Binary(msg) => {
+                                // Every binary message is liveness, even an empty or malformed one.
+                                self.live.on_frame(now);
+                                on_binary(io, &msg, self.le_ts_heartbeat);
+                            }
+                            // Answered, but not liveness.
+                            Event::Ping(p) => ws_frame::encode_pong(p, &mut self.control),
+                            Event::Close(code) => {
+                                ws_frame::encode_close_reply(code, &mut self.control);
+                                self.closing = Some(CloseReason::PeerClosed);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        e.encode_close(&mut self.control);
+                        self.closing = Some(CloseReason::Protocol(e.to_string()));
+                    }
+                }
             }
-        }
-        if sent {
-            Poll::Ready(Ok(true))
-        } else if self.needs_flush {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(false))
-        }
+            if self.closing.is_some() {
+                // Whatever follows a Close (ours or the client's) is never read.
+                self.pending_in = BytesMut::new();
+            } else if carried {
+                self.pending_in.advance(off);
+                if self.pending_in.is_empty() {
+                    // Give the memory back: idle connections should cost no buffer.
+                    self.pending_in = BytesMut::new();
+                } else if off > 0 && self.pending_in.capacity() > 2 * self.pending_in.len() + 4096 {
+                    // Do not let a short tail pin a large buffer.
+                    self.pending_in = BytesMut::from(&self.pending_in[..]);
+                }
+            } else if off < n {
+                self.pending_in.extend_from_slice(&scratch[off..n]);
+            }
+            Poll::Ready(Ok(()))
+        })
     }
 
-    /// A server-initiated close: due just closes the socket; optionally send Close(1000) first.
-    fn end(&mut self, reason: CloseReason, cx: &mut Context<'_>) -> Poll<CloseReason> {
-        if !self.close_frame {
+    /// A server-initiated close other than graceful (forced, heartbeat or authorize timeout):
+    /// due just closes the socket. With `wsCloseFrame`, Close(1000) is attempted first, without
+    /// waiting for a client that does not read (and not in the middle of a frame).
+    fn abort(&mut self, reason: CloseReason, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if !self.close_frame || self.closing.is_some() || self.writing.is_some() {
             return Poll::Ready(reason);
         }
-        if !self.closing {
-            self.closing = true;
-            let bye = CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            };
-            if Pin::new(&mut self.ws)
-                .start_send(Message::Close(Some(bye)))
-                .is_err()
-            {
-                return Poll::Ready(reason);
-            }
+        ws_frame::encode_close(Some(ws_frame::CLOSE_NORMAL), "", &mut self.control);
+        let bye = std::mem::take(&mut self.control);
+        if let Poll::Ready(Ok(_)) = Pin::new(&mut self.stream).poll_write(cx, &bye) {
+            let _ = Pin::new(&mut self.stream).poll_flush(cx);
         }
-        match Pin::new(&mut self.ws).poll_flush(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(reason),
+        Poll::Ready(reason)
+    }
+}
+
+/// Handles one binary message by due's rules: exactly one packet, size field included.
+fn on_binary(io: &Inbound<'_>, msg: &[u8], le_ts_heartbeat: bool) {
+    match io.shard.packet.check_message(msg) {
+        Ok(kind) => io.frame(kind, msg),
+        Err(_) if le_ts_heartbeat && msg == TS_HEARTBEAT => io.frame(FrameKind::Heartbeat, msg),
+        Err(e) => {
+            tracing::debug!(
+                cid = io.conn.cid,
+                len = msg.len(),
+                "check heartbeat message error: {e}"
+            )
         }
+    }
+}
+
+/// A client that vanished while we wrote is an ordinary close.
+fn write_error(e: std::io::Error) -> CloseReason {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+            CloseReason::PeerClosed
+        }
+        _ => CloseReason::Io(e.to_string()),
     }
 }
