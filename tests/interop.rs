@@ -12,10 +12,10 @@
 //! are substituted).
 //!
 //! Where the gates legitimately differ (cid values, number of gate→node connections), the
-//! assertions check the spec's rule, not equality. Not covered: items 31–33 (lifecycle, not in
-//! this suite's scope), 35 (etcd) and 36 (v2.5.8). Item 34 (mesh): the Go peers contain no mesh
-//! program, so a mesh is played by the test itself over a raw link connection (handshake kind 3,
-//! push frame built from spec §2.6.7).
+//! assertions check the spec's rule, not equality. Not covered: items 31–33 (lifecycle: 31 and 33
+//! are in tests/interop_faults.rs, on the same harness), 35 (etcd) and 36 (v2.5.8). Item 34
+//! (mesh): the Go peers contain no mesh program, so a mesh is played by the test itself over a
+//! raw link connection (handshake kind 3, push frame built from spec §2.6.7).
 //!
 //! Shortened or unobservable parts: item 2's "TTL stays passing for 2 minutes" and item 6's
 //! "idle for 2 minutes" share one idle window of 32 s (longer than a v2.4.1 node's 20–30 s

@@ -1,509 +1,420 @@
-//! Faults in a real cluster (gatehouse binary, due v2.4.1 Go node, real Redis and Consul):
-//! node SIGKILL and restart on a new port, Redis restart, Consul agent restart, and gate SIGTERM
-//! with clients connected. The gate must never crash and must recover on its own.
+//! Faults in a real cluster: spec §11 items 31 and 33 plus Redis and Consul agent restarts,
+//! against REAL Redis, a REAL Consul agent and the real due v2.4.1 Go node and Go clients — and,
+//! like tests/interop.rs, every scenario runs against both gates: gatehouse and due's own Go gate
+//! (`<scenario>::gatehouse`, `<scenario>::due_reference`). The harness is tests/interop_support.
 //!
-//! Needs the Go peers (scripts/build-interop.sh), redis-server and consul (scripts/install-*.sh);
-//! skipped with a message when missing, unless GATEHOUSE_REQUIRE_SERVICES is set (CI).
+//! Scenarios: the node is SIGKILLed and a new one starts on a new port; Redis is stopped and
+//! restarted (empty) on the same port; the Consul agent is stopped and restarted (a dev agent:
+//! every registration is lost) on the same HTTP port; the gate gets SIGTERM with a bound client
+//! connected (`shutdownMaxWaitTime = "2s"`). A gate must never crash and must recover by itself (Consul: see below).
+//!
+//! Every client is a Go TCP client: the reference gate serves one protocol per process and its
+//! TCP server is the spec-based one of tests/interop/internal/tcpnet (due's network/tcp module is
+//! not downloadable here), and its Consul registrar is tests/interop/internal/consulreg (same
+//! reason; see tests/interop/README.md).
+//!
+//! Where the gates legitimately differ, the expectation follows due v2.4.1 for the reference and
+//! says so: after a Consul agent restart, due v2.4.1's registrar only logs failed TTL updates and
+//! never registers again (spec §5.2), while gatehouse re-registers (a deliberate improvement);
+//! due's gate logs nothing when a bind fails on a lost Redis, gatehouse logs it. Reported, not
+//! asserted: on SIGTERM due deregisters before it drops the remaining clients (spec §7 Destroy),
+//! gatehouse drops them first and deregisters about a second later. Also on SIGTERM, the node's
+//! Disconnect event for a client dropped by the destroy phase (spec §11 item 33) is asserted for
+//! gatehouse only: due v2.4.1 queues that trigger asynchronously and exits right after, so the
+//! node often never gets it (reported per run). Binds accept a node-side `BindGate` timeout (a
+//! due v2.4.1 node bug, see `node_call_timed_out` in tests/interop_support) and assert the gate's
+//! side instead.
+//!
+//! Skipped (with a message) when the Go peers, redis-server or consul are missing, unless
+//! `GATEHOUSE_REQUIRE_SERVICES=1` (then it fails). Each test starts its own Redis and Consul.
 
-mod common;
+mod interop_support;
 
-use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use interop_support::*;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const GATE: &str = env!("CARGO_BIN_EXE_gatehouse");
-
-fn node_bin() -> PathBuf {
-    Path::new(REPO).join("tests/interop/bin/node")
-}
-
-/// Whether the environment has everything; panics in CI if not.
-fn available() -> bool {
-    let ok = node_bin().exists()
-        && Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok()
-        && (Path::new(REPO)
-            .join(".tools/consul/usr/bin/consul")
-            .exists()
-            || Command::new("consul").arg("version").output().is_ok());
-    if !ok {
-        assert!(
-            std::env::var_os("GATEHOUSE_REQUIRE_SERVICES").is_none(),
-            "interop prerequisites missing (scripts/install-redis.sh, install-consul.sh, build-interop.sh)"
-        );
-        eprintln!("interop prerequisites missing: skipping");
+fn run(kind: GateKind, name: &str, scenario: fn(GateKind, &str)) {
+    if !available() {
+        return;
     }
-    ok
+    let t = Instant::now();
+    // A short tag keeps gids and temp dirs readable: "redis-gh".
+    let tag = format!("{}-{}", name.split('_').next().unwrap(), kind.tag());
+    scenario(kind, &tag);
+    eprintln!("[{name} {kind:?}] passed in {:.1?}", t.elapsed());
 }
 
-fn script(name: &str, args: &[&str]) {
-    let st = Command::new("bash")
-        .arg(Path::new(REPO).join("scripts").join(name))
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{name} {args:?}");
-}
-
-/// A process whose output lines are collected.
-struct Proc {
-    child: Child,
-    lines: flume::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let (tx, rx) = flume::unbounded();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = tx.send(l);
-                }
-            });
-        }
-        Proc {
-            child,
-            lines: rx,
-            seen: vec![],
-        }
-    }
-
-    fn line(&mut self, needle: &str, within: Duration) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + within;
-        loop {
-            match self.lines.recv_deadline(deadline) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {needle:?} within {within:?}; last lines:\n{}",
-                    self.seen[self.seen.len().saturating_sub(30)..].join("\n")
-                ),
+/// One module per scenario with a test per gate, as in tests/interop.rs.
+macro_rules! per_gate {
+    ($($name:ident => $scenario:expr;)*) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn gatehouse() {
+                run(GateKind::Gatehouse, stringify!($name), $scenario)
+            }
+            #[test]
+            fn due_reference() {
+                run(GateKind::DueReference, stringify!($name), $scenario)
             }
         }
-    }
-
-    fn drain(&mut self) {
-        while let Ok(l) = self.lines.try_recv() {
-            self.seen.push(l);
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
+    )*};
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+per_gate! {
+    node_killed_and_restarted_on_a_new_port => node_kill_and_restart;
+    redis_restart => redis_outage;
+    consul_agent_restart => consul_outage;
+    sigterm_hangs_drains_and_deregisters => sigterm_drain;
 }
 
-/// Redis + Consul + config files for one test.
-struct Cluster {
-    dir: TempDir,
-    redis: u16,
-    consul: u16,
-    tcp: u16,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = TempDir::new("faults");
-        let c = Cluster {
-            redis: free_port(),
-            consul: free_port(),
-            tcp: free_port(),
-            dir,
-        };
-        c.redis_ctl("start");
-        c.consul_ctl("start");
-        for k in ["gate", "node"] {
-            let src = std::fs::read_to_string(
-                Path::new(REPO).join(format!("tests/interop/etc/{k}/etc.toml")),
-            )
-            .unwrap();
-            let body = src
-                .replace("127.0.0.1:6379", &format!("127.0.0.1:{}", c.redis))
-                .replace("127.0.0.1:8500", &format!("127.0.0.1:{}", c.consul))
-                .replace("127.0.0.1:3553", &format!("127.0.0.1:{}", c.tcp))
-                .replace("127.0.0.1:3554", &format!("127.0.0.1:{}", free_port()))
-                .replace(
-                    "shutdownMaxWaitTime = \"5s\"",
-                    "shutdownMaxWaitTime = \"2s\"",
-                );
-            std::fs::create_dir_all(c.dir.0.join(k)).unwrap();
-            std::fs::write(c.dir.0.join(k).join("etc.toml"), body).unwrap();
-        }
-        c
-    }
-
-    fn redis_ctl(&self, cmd: &str) {
-        script(
-            "redis.sh",
-            &[
-                cmd,
-                &self.redis.to_string(),
-                self.dir.0.join("redis").to_str().unwrap(),
-            ],
-        );
-    }
-
-    fn consul_ctl(&self, cmd: &str) {
-        script(
-            "consul.sh",
-            &[
-                cmd,
-                &self.consul.to_string(),
-                self.dir.0.join("consul").to_str().unwrap(),
-            ],
-        );
-    }
-
-    fn gate(&self) -> Proc {
-        let mut p = Proc::spawn(Command::new(GATE).arg("--etc").arg(self.dir.0.join("gate")));
-        p.line("Registry: consul", Duration::from_secs(15));
-        p
-    }
-
-    fn node(&self) -> (Proc, String) {
-        let mut p = Proc::spawn(
-            Command::new(node_bin()).arg(format!("--etc={}", self.dir.0.join("node").display())),
-        );
-        let ready = p.line("\"event\":\"ready\"", Duration::from_secs(15));
-        let ctl = ready
-            .split("\"ctl\":\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_string();
-        (p, ctl)
-    }
-
-    fn consul_get(&self, path: &str) -> String {
-        http_get(&format!("127.0.0.1:{}", self.consul), path)
-    }
-
-    fn redis_cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.redis.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(
-            ([127, 0, 0, 1], self.tcp).into(),
-            gatehouse::packet::PacketConfig::default(),
-        )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.consul_ctl("stop");
-        self.redis_ctl("stop");
-    }
-}
-
-fn http_get(host: &str, path: &str) -> String {
-    ureq::get(&format!("http://{host}{path}"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .unwrap_or_default()
-}
-
-/// Sends route-1 requests until one is echoed (the node is routable again), bounded.
-fn echo_within(c: &mut Client, within: Duration) -> Duration {
+/// Sends route-1 messages (a fresh payload each, 500 ms apart) until one is echoed: the gate
+/// routes to a live node. Returns how long it took; panics after `within` or if the gate closes
+/// the client.
+fn echo_within(c: &Cluster, cl: &mut Client, within: Duration) -> Duration {
     let t = Instant::now();
-    let mut seq = 1;
     while t.elapsed() < within {
-        let sent = c.data(1, seq, b"ping");
-        seq += 1;
-        match c.read(Duration::from_millis(500)) {
-            Read1::Frame(f) if f == sent => return t.elapsed(),
-            Read1::Frame(_) | Read1::Timeout => continue,
-            Read1::Closed => panic!("the gate closed the client"),
+        let p = c.unique("ping");
+        cl.send(1, 1, &p);
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_millis(500) {
+            if cl.got(1, &p) {
+                return t.elapsed();
+            }
+            assert!(!cl.disconnected(), "the gate closed the client");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     panic!("no echo within {within:?}");
 }
 
-#[test]
-fn node_killed_and_restarted_on_a_new_port() {
-    if !available() {
-        return;
-    }
-    let cl = Cluster::start();
-    let mut gate = cl.gate();
-    let (mut node, _) = cl.node();
-    let mut c = cl.client();
-    echo_within(&mut c, Duration::from_secs(30));
-
-    node.signal(libc::SIGKILL);
-    let _ = node.child.wait();
-    // Packets for the dead node are dropped; the client stays connected and served.
-    std::thread::sleep(Duration::from_millis(300));
-    c.data(1, 999, b"lost");
-    c.heartbeat();
-    loop {
-        match c.read(Duration::from_secs(2)) {
-            Read1::Frame(f) if f == hex("0000000180") => break,
-            Read1::Frame(_) => continue,
-            other => panic!("client not served after the node died: {other:?}"),
-        }
-    }
-    assert!(gate.alive(), "the gate survived the node's death");
-
-    // A new node (new id, new port) is found through Consul and routed to.
-    let (_node2, _) = cl.node();
-    let took = echo_within(&mut c, Duration::from_secs(40));
-    eprintln!("routing recovered {took:?} after the new node started");
-    assert!(gate.alive());
-    gate.drain();
+fn is_heartbeat(v: &Value) -> bool {
+    v["event"] == "heartbeat"
 }
 
-#[test]
-fn redis_restart() {
-    if !available() {
-        return;
-    }
-    let cl = Cluster::start();
-    let mut gate = cl.gate();
-    let (_node, _) = cl.node();
-    let mut c = cl.client();
-    echo_within(&mut c, Duration::from_secs(30));
-    // Route 5 makes the Go node bind the uid in the payload (through the gate's bind command).
-    let bind = |c: &mut Client, uid: &str, seq: i32| {
-        c.data(5, seq, uid.as_bytes());
-        loop {
-            match c.read(Duration::from_secs(5)) {
-                Read1::Frame(f) if f.len() > 9 && f[4] & 0x80 == 0 => return f[9..].to_vec(),
-                Read1::Frame(_) => continue,
-                other => panic!("no bind reply: {other:?}"),
-            }
-        }
-    };
-    assert_eq!(bind(&mut c, "42", 50), b"ok");
+/// Sends a heartbeat and waits for the gate's answer: the connection is open and served.
+fn heartbeat_answered(cl: &mut Client, within: Duration, what: &str) {
+    let before = cl.proc.count_events(is_heartbeat);
+    cl.proc.write_line("heartbeat");
+    wait_until(what, within, || {
+        assert!(!cl.disconnected(), "{what}: the gate closed the client");
+        cl.proc.count_events(is_heartbeat) > before
+    });
+}
+
+/// Route 5 makes the node call `ctx.BindGate(uid)` (through the gate's bind command); returns
+/// the node's reply (`ok` or `error: …`).
+fn bind_reply(cl: &mut Client, uid: i64, seq: i64) -> String {
+    cl.send(5, seq as i32, &uid.to_string());
+    let m = cl.wait_message(&format!("reply to bind {uid} (seq {seq})"), |v| {
+        v["route"] == 5 && v["seq"] == seq
+    });
+    m["payload"].as_str().unwrap_or_default().to_string()
+}
+
+/// [`Cluster::bind`] (which accepts the node bug of [`node_call_timed_out`] and waits for
+/// Reconnect(gid, cid, uid)), then Redis maps the uid to the gate.
+fn bind(c: &Cluster, cl: &mut Client, uid: i64) {
+    c.bind(cl, uid);
     assert_eq!(
-        cl.redis_cli(&["GET", "due:locate:locate:user:42:gate"])
-            .len(),
-        36,
-        "gid stored"
+        c.env.redis.get(&gate_key(uid)).as_deref(),
+        Some(cl.gid.as_str()),
+        "Redis maps {uid} to the gate"
     );
+}
 
-    cl.redis_ctl("stop");
-    let mut c2 = cl.client();
+fn gate_alive(c: &mut Cluster) -> bool {
+    !c.gates[0].proc.exited()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 31: the node is SIGKILLed (messages for it are dropped, the gate neither crashes nor closes
+// the client); a new node (new id, new port) is found through Consul and routed to.
+
+fn node_kill_and_restart(kind: GateKind, tag: &str) {
+    let mut c = Cluster::start(tag, Spec::one(kind, Proto::Tcp));
+    let mut cl = c.connect(0, Proto::Tcp);
+    echo_within(&c, &mut cl, Duration::from_secs(30));
+
+    c.nodes[0].proc.signal(libc::SIGKILL);
+    assert!(c.nodes[0].proc.wait_exit(WAIT), "the node did not die");
+    // Packets for the dead node are dropped; the client stays connected and served.
+    std::thread::sleep(Duration::from_millis(300));
+    let lost = c.unique("lost");
+    cl.send(1, 999, &lost);
+    heartbeat_answered(
+        &mut cl,
+        Duration::from_secs(2),
+        "client served after the node died",
+    );
+    assert!(gate_alive(&mut c), "the gate survived the node's death");
+
+    // A new node (new id, new link and control ports) is found through Consul and routed to.
+    let started = Instant::now();
+    c.nodes.push(Node::start(&c.env, 1, 1));
+    assert_ne!(c.nodes[1].nid, c.nodes[0].nid);
+    let took = echo_within(&c, &mut cl, Duration::from_secs(40));
+    eprintln!(
+        "[{tag}] routing recovered {took:?} after the new node was ready ({:?} after its spawn)",
+        started.elapsed()
+    );
+    assert!(
+        !cl.got(1, &lost),
+        "the message sent while no node was alive is dropped, not delivered later"
+    );
+    assert!(
+        c.nodes[1].messages(|v| v["payload"] == lost).is_empty(),
+        "the dropped message never reached the new node"
+    );
+    assert!(gate_alive(&mut c));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis stopped and restarted (empty) on the same port: the gate keeps serving clients while
+// the locator is down, and binds reach Redis again once it is back.
+
+fn redis_outage(kind: GateKind, tag: &str) {
+    let mut c = Cluster::start(tag, Spec::one(kind, Proto::Tcp));
+    let gid = c.gate().gid.clone();
+    let mut cl = c.connect(0, Proto::Tcp);
+    echo_within(&c, &mut cl, Duration::from_secs(30));
+    bind(&c, &mut cl, 42);
+    let locator_lines = |c: &Cluster| {
+        c.gate()
+            .proc
+            .lines()
+            .iter()
+            .filter(|l| l.contains("locator"))
+            .count()
+    };
+    let logged_before = locator_lines(&c);
+
+    c.env.redis.stop();
+    let mut cl2 = c.spawn_client(0, Proto::Tcp);
     // The node's own Redis calls fail too; what matters: the gate neither hangs nor crashes.
-    let _ = c2.data(5, 51, b"43");
+    cl2.send(5, 51, "43");
     std::thread::sleep(Duration::from_secs(1));
-    c2.heartbeat();
-    loop {
-        match c2.read(Duration::from_secs(5)) {
-            Read1::Frame(f) if f == hex("0000000180") => break,
-            Read1::Frame(_) => continue,
-            other => panic!("gate not serving while Redis is down: {other:?}"),
-        }
-    }
-    assert!(gate.alive());
+    heartbeat_answered(
+        &mut cl2,
+        Duration::from_secs(5),
+        "gate serving while Redis is down",
+    );
+    assert!(gate_alive(&mut c), "the gate survives a lost Redis");
 
-    cl.redis_ctl("start");
+    c.env.redis.restart();
     let t = Instant::now();
     let mut seq = 60;
     loop {
-        let _ = bind(&mut c2, "44", seq);
+        let reply = bind_reply(&mut cl2, 44, seq);
         seq += 1;
-        if cl.redis_cli(&["EXISTS", "due:locate:locate:user:44:gate"]) == "1" {
+        if c.env.redis.query::<i64>(&["EXISTS", &gate_key(44)]) == 1 {
+            assert!(
+                reply == "ok" || node_call_timed_out(&reply),
+                "the bind that reached Redis succeeded: {reply:?}"
+            );
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),
-            "binds never reached the restarted Redis"
+            "binds never reached the restarted Redis (last reply {reply:?})"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    gate.drain();
-    assert!(
-        gate.seen.iter().any(|l| l.contains("locator")),
-        "the failure was logged"
+    eprintln!(
+        "[{tag}] binds reach Redis {:?} after its restart",
+        t.elapsed()
     );
+    assert_eq!(c.env.redis.get(&gate_key(44)), Some(gid));
+    assert!(gate_alive(&mut c));
+    let logged = locator_lines(&c) - logged_before;
+    match kind {
+        GateKind::Gatehouse => assert!(logged > 0, "the failure was logged"),
+        // due v2.4.1 hands a failed BindGate back to the node without logging it
+        // (cluster/gate/provider.go), and its locator logs only failed event publications.
+        GateKind::DueReference => eprintln!("[{tag}] due gate: {logged} locator log lines"),
+    }
 }
 
-#[test]
-fn consul_agent_restart() {
-    if !available() {
-        return;
-    }
-    let cl = Cluster::start();
-    let mut gate = cl.gate();
-    let gid = gate.line("| ID: ", Duration::from_secs(1));
-    let gid = gid
-        .trim_matches('|')
-        .trim()
-        .trim_start_matches("ID: ")
-        .trim()
-        .to_string();
-    let registered = |cl: &Cluster| {
-        cl.consul_get("/v1/agent/services")
-            .contains(&format!("gate-{gid}"))
+// ---------------------------------------------------------------------------------------------
+// The Consul agent stopped and restarted (dev agent: it comes back empty) on the same HTTP port.
+// gatehouse registers again and becomes passing. due v2.4.1's registrar does not: its TTL loop
+// only logs the failed updates ("CheckID … does not have associated TTL", spec §5.2) and never
+// re-registers, so the reference gate stays out of Consul (until it restarts) while it keeps
+// running. (due's later registrars re-register from the TTL loop; v2.4.1's cannot — that code
+// needs `xcall.Backoff`, which v2.4.1 lacks.) This is a deliberate gatehouse deviation (README).
+
+fn consul_outage(kind: GateKind, tag: &str) {
+    let spec = Spec {
+        gates: vec![(kind, Proto::Tcp)],
+        nodes: vec![],
+        dispatch: "rr",
     };
-    assert!(registered(&cl));
+    let mut c = Cluster::start(tag, spec);
+    let sid = c.gate().service_id();
+    assert!(c.env.consul.agent_service(&sid).is_some(), "registered");
 
-    cl.consul_ctl("stop");
+    c.env.consul.stop();
     std::thread::sleep(Duration::from_secs(1));
-    assert!(gate.alive(), "the gate survives a lost agent");
-    cl.consul_ctl("start");
+    assert!(gate_alive(&mut c), "the gate survives a lost agent");
+    c.env.consul.restart();
     let t = Instant::now();
-    while !registered(&cl) {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the gate did not register again"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("re-registered {:?} after the agent came back", t.elapsed());
-    // And it becomes passing again (TTL updated, TCP check reaches the link port).
-    let t = Instant::now();
-    while !cl
-        .consul_get("/v1/health/service/gate?passing=1")
-        .contains(&gid)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the gate never became passing again"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    assert!(gate.alive());
-}
-
-#[test]
-fn sigterm_hangs_drains_and_deregisters() {
-    if !available() {
-        return;
-    }
-    let cl = Cluster::start();
-    let mut gate = cl.gate();
-    let gid_line = gate.line("| ID: ", Duration::from_secs(1));
-    let gid = gid_line
-        .trim_matches('|')
-        .trim()
-        .trim_start_matches("ID: ")
-        .trim()
-        .to_string();
-    let (mut node, ctl) = cl.node();
-    let mut c = cl.client();
-    echo_within(&mut c, Duration::from_secs(30));
-    c.data(5, 70, b"77");
-    loop {
-        match c.read(Duration::from_secs(5)) {
-            Read1::Frame(f) if f.len() > 9 && f[4] & 0x80 == 0 && f[9..] == *b"ok" => break,
-            Read1::Frame(_) => continue,
-            other => panic!("no bind reply: {other:?}"),
+    match kind {
+        GateKind::Gatehouse => {
+            wait_until(&format!("{sid} registered again"), START, || {
+                c.env.consul.agent_service(&sid).is_some()
+            });
+            eprintln!(
+                "[{tag}] re-registered {:?} after the agent came back",
+                t.elapsed()
+            );
+            // And it becomes passing again (TTL updated, TCP check reaches the link port).
+            wait_until(
+                &format!("{sid} passing again"),
+                Duration::from_secs(30),
+                || c.env.consul.is_passing("gate", &sid),
+            );
+        }
+        GateKind::DueReference => {
+            // Two TTL periods (5 s each) and then some: long enough for a re-registration.
+            let window = Duration::from_secs(12);
+            while t.elapsed() < window {
+                assert!(
+                    c.env.consul.agent_service(&sid).is_none(),
+                    "due v2.4.1 does not register again after the agent lost it ({:?})",
+                    t.elapsed()
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            c.gate()
+                .proc
+                .wait_line("does not have associated TTL", WAIT);
         }
     }
+    // The gate still serves clients.
+    let mut cl = c.spawn_client(0, Proto::Tcp);
+    heartbeat_answered(&mut cl, WAIT, "client served after the agent restart");
+    assert!(gate_alive(&mut c));
+}
 
-    gate.signal(libc::SIGTERM);
+// ---------------------------------------------------------------------------------------------
+// Item 33: SIGTERM with a bound client (spec §7): Consul Meta.state becomes hang; during the
+// close phase the gate keeps serving and every push the node makes reaches the client; the
+// client is closed only once shutdownMaxWaitTime is over; then the node hears Disconnect with
+// the uid, Redis forgets the user (type-3 event), Consul forgets the gate, the process exits 0.
+
+fn sigterm_drain(kind: GateKind, tag: &str) {
+    let mut c = Cluster::start_with(
+        tag,
+        Spec::one(kind, Proto::Tcp),
+        &[(
+            "shutdownMaxWaitTime = \"5s\"",
+            "shutdownMaxWaitTime = \"2s\"",
+        )],
+    );
+    let (sid, gid) = (c.gate().service_id(), c.gate().gid.clone());
+    let mut cl = c.connect(0, Proto::Tcp);
+    let uid = 77;
+    bind(&c, &mut cl, uid);
+
+    let sigterm = Instant::now();
+    c.gates[0].proc.signal(libc::SIGTERM);
     // Close phase: state hang in Consul, clients still served, pushes still delivered.
-    let t = Instant::now();
-    while !cl
-        .consul_get(&format!("/v1/agent/service/gate-{gid}"))
-        .contains("\"hang\"")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "state hang never registered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("Meta.state hang", Duration::from_secs(5), || {
+        c.env
+            .consul
+            .agent_service(&sid)
+            .is_some_and(|s| s["Meta"]["state"] == "hang")
+    });
+    let n = c.node();
     let mut pushed = 0;
     for i in 0..20 {
-        let body = format!("push-{i}");
-        let r = ureq::post(&format!("http://{ctl}/push?kind=user&target=77"))
-            .send(body.as_bytes())
-            .ok()
-            .and_then(|mut r| r.body_mut().read_to_string().ok())
-            .unwrap_or_default();
-        if r.contains("\"ok\":true") {
+        let target = uid.to_string();
+        if n.call(
+            "/push",
+            &[("kind", "user"), ("target", &target)],
+            &format!("push-{i}"),
+        )
+        .is_ok()
+        {
             pushed += 1;
         }
     }
     assert_eq!(pushed, 20, "the node could push during the close phase");
-    let mut received = 0;
-    let closed_at;
-    loop {
-        match c.read(Duration::from_secs(10)) {
-            Read1::Frame(f) if f.len() > 9 && f[4] & 0x80 == 0 && f[9..].starts_with(b"push-") => {
-                received += 1
-            }
-            Read1::Frame(_) => continue,
-            Read1::Closed => {
-                closed_at = t.elapsed();
-                break;
-            }
-            Read1::Timeout => panic!("the gate never closed the client"),
-        }
-    }
+    let (_, closed) = cl.proc.wait_event_at(
+        "the gate closing the client",
+        Duration::from_secs(10),
+        |v| v["event"] == "disconnected",
+    );
+    let events = cl.proc.events();
+    let closed_pos = events
+        .iter()
+        .position(|v| v["event"] == "disconnected")
+        .unwrap();
+    let received = events[..closed_pos]
+        .iter()
+        .filter(|v| {
+            v["event"] == "message"
+                && v["payload"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("push-"))
+        })
+        .count();
     assert_eq!(
         received, 20,
         "every push acknowledged by the node reached the client before it was closed"
     );
+    let closed_after = closed - sigterm;
     assert!(
-        closed_at >= Duration::from_millis(1500),
-        "closed only after shutdownMaxWaitTime ({closed_at:?})"
+        closed_after >= Duration::from_millis(1500),
+        "closed only after shutdownMaxWaitTime ({closed_after:?})"
     );
-    // Destroy phase: the node hears Disconnect with the uid, Redis forgets the user, Consul the gate.
-    node.line("\"event\":\"disconnect\"", Duration::from_secs(5));
-    let t = Instant::now();
-    while gate.alive() {
-        assert!(
-            t.elapsed() < Duration::from_secs(8),
-            "the gate did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    eprintln!("[{tag}] client closed {closed_after:?} after SIGTERM");
+    // When the deregistration is first seen (polled from the client's close on). Only reported:
+    // due deregisters before it drops the remaining clients (spec §7 Destroy), gatehouse after.
+    let deregistered = wait_some("deregistration", Duration::from_secs(8), || {
+        c.env
+            .consul
+            .agent_service(&sid)
+            .is_none()
+            .then(Instant::now)
+    });
+    eprintln!(
+        "[{tag}] deregistration seen {:?} after SIGTERM",
+        deregistered - sigterm
+    );
+
+    // Destroy phase: the node hears Disconnect with the uid, Redis forgets the user, Consul the
+    // gate; the process exits 0.
+    let disconnect = |v: &Value| {
+        v["event"] == "disconnect" && v["cid"] == cl.cid && v["gid"] == gid && v["uid"] == uid
+    };
+    if kind == GateKind::Gatehouse {
+        c.wait_node_event("Disconnect of the bound client", disconnect);
     }
-    assert_eq!(gate.child.wait().unwrap().code(), Some(0));
-    assert_eq!(
-        cl.redis_cli(&["EXISTS", "due:locate:locate:user:77:gate"]),
-        "0"
-    );
     assert!(
-        !cl.consul_get("/v1/agent/services")
-            .contains(&format!("gate-{gid}")),
-        "deregistered"
+        c.gates[0].proc.wait_exit(Duration::from_secs(8)),
+        "the gate did not exit"
     );
+    eprintln!("[{tag}] gate exited {:?} after SIGTERM", sigterm.elapsed());
+    assert_eq!(
+        c.gates[0].proc.exit_status().and_then(|s| s.code()),
+        Some(0)
+    );
+    if kind == GateKind::DueReference {
+        // due v2.4.1 does not guarantee this Disconnect: Destroy drops the client, whose
+        // handler queues the trigger on the node client's asynchronous write queue
+        // (internal/transporter/internal/client: Send only enqueues), and the process exits
+        // right after Destroy, often before the writer sent it. Only reported.
+        std::thread::sleep(GRACE);
+        let got = !c.node_events(disconnect).is_empty();
+        eprintln!(
+            "[{tag}] due gate: the node's Disconnect event for the dropped client was {}",
+            if got { "delivered" } else { "lost" }
+        );
+    }
+    assert_eq!(c.env.redis.query::<i64>(&["EXISTS", &gate_key(uid)]), 0);
+    c.sub
+        .wait_exact(GATE_CHANNEL, &location_event(uid, 3, &gid, "gate", ""));
+    assert!(c.env.consul.agent_service(&sid).is_none(), "deregistered");
 }

@@ -254,6 +254,8 @@ struct Output {
     lines: Vec<String>,
     /// Parsed machine-readable lines (`{"event":…}`), in order.
     events: Vec<Value>,
+    /// When each of `events` was read (same index).
+    event_times: Vec<Instant>,
     eof: usize,
 }
 
@@ -301,6 +303,7 @@ impl Proc {
                     if tag.is_empty() && line.starts_with("{\"event\":") {
                         if let Ok(v) = serde_json::from_str::<Value>(&line) {
                             o.events.push(v);
+                            o.event_times.push(Instant::now());
                         }
                     }
                     o.lines.push(format!("{tag}{line}"));
@@ -327,6 +330,11 @@ impl Proc {
     /// Has the process exited? (Reaps it if so.)
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The exit status once the process has exited (reaps it), `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn events(&self) -> Vec<Value> {
@@ -357,12 +365,22 @@ impl Proc {
 
     /// Waits for an event line matching `pred` (searching everything printed so far first).
     pub fn wait_event(&self, what: &str, bound: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_event_at(what, bound, pred).0
+    }
+
+    /// Like [`Proc::wait_event`], also telling when the line was read (the first matching one).
+    pub fn wait_event_at(
+        &self,
+        what: &str,
+        bound: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Value, Instant) {
         let deadline = Instant::now() + bound;
         let (m, cv) = &*self.out;
         let mut o = m.lock().unwrap();
         loop {
-            if let Some(v) = o.events.iter().find(|v| pred(v)) {
-                return v.clone();
+            if let Some(i) = o.events.iter().position(&pred) {
+                return (o.events[i].clone(), o.event_times[i]);
             }
             let now = Instant::now();
             if now >= deadline || o.eof == 2 {
@@ -404,6 +422,11 @@ impl Proc {
         }
     }
 
+    /// Every output line so far (stderr lines prefixed `[stderr] `).
+    pub fn lines(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().lines.clone()
+    }
+
     pub fn tail(&self, n: usize) -> String {
         tail_of(&self.out.0.lock().unwrap().lines, n)
     }
@@ -434,6 +457,14 @@ impl Proc {
     }
 }
 
+/// SIGTERM, up to 5 s for the process to exit, then SIGKILL (by the drop).
+fn stop_proc(p: &mut Proc) {
+    p.signal(libc::SIGTERM);
+    if !p.wait_exit(Duration::from_secs(5)) {
+        eprintln!("{} ignored SIGTERM for 5 s: killing it", p.name);
+    }
+}
+
 fn tail_of(lines: &[String], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -458,7 +489,9 @@ impl Drop for Proc {
 
 pub struct Redis {
     pub port: u16,
-    proc: Proc,
+    dir: PathBuf,
+    /// `None` while stopped ([`Redis::stop`]).
+    proc: Option<Proc>,
     client: redis::Client,
 }
 
@@ -467,9 +500,23 @@ impl Redis {
         let dir = dir.join("redis");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port(false);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut r = Redis {
+            port,
+            dir,
+            proc: None,
+            client,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Starts the server on `self.port` (empty: no persistence) and waits for PING.
+    fn spawn(&mut self) {
+        let (port, dir) = (self.port, &self.dir);
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
-            .arg(&dir)
+            .arg(dir)
             .args([
                 "--save",
                 "",
@@ -480,16 +527,27 @@ impl Redis {
                 "--daemonize",
                 "no",
             ]);
-        let proc = Proc::spawn("redis", cmd, false);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-        let r = Redis { port, proc, client };
+        self.proc = Some(Proc::spawn("redis", cmd, false));
         wait_until("redis PING", Duration::from_secs(10), || {
-            r.client
+            self.client
                 .get_connection_with_timeout(Duration::from_millis(500))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
         });
-        r
+    }
+
+    /// Stops the server (SIGTERM, bounded, then SIGKILL); [`Redis::restart`] reuses the
+    /// port. Every key is lost (no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            stop_proc(&mut p);
+        }
+    }
+
+    /// Starts a new, empty server on the same port (stopping the running one first).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     pub fn addr(&self) -> String {
@@ -566,7 +624,11 @@ impl Subscriber {
                         cv.notify_all();
                     }
                     Err(e) if e.is_timeout() => continue,
-                    Err(e) => panic!("redis subscriber: {e}"),
+                    // The server went away (a test stopping Redis): the subscription ends.
+                    Err(e) => {
+                        eprintln!("redis subscriber: {e}; no longer recording");
+                        return;
+                    }
                 }
             }
         });
@@ -642,51 +704,77 @@ pub fn location_event(uid: i64, kind: u8, ins_id: &str, ins_kind: &str, ins_name
 
 pub struct Consul {
     pub port: u16,
-    proc: Proc,
+    dir: PathBuf,
+    /// `None` while stopped ([`Consul::stop`]).
+    proc: Option<Proc>,
 }
 
 impl Consul {
     pub fn start(dir: &Path) -> Consul {
+        let mut c = Consul {
+            port: free_port(false),
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        c.spawn();
+        c
+    }
+
+    /// Starts a dev agent (in-memory state) with its HTTP API on `self.port`; the other ports
+    /// are new each time. Returns once it has a leader.
+    fn spawn(&mut self) {
         let bin = consul_bin().expect("consul binary");
-        let port = free_port(false);
+        let port = self.port;
         let (lan, wan, server) = (free_port(true), free_port(true), free_port(false));
         let mut cmd = Command::new(bin);
-        cmd.current_dir(dir).env("CHECKPOINT_DISABLE", "1").args([
-            "agent",
-            "-dev",
-            "-bind",
-            "127.0.0.1",
-            "-client",
-            "127.0.0.1",
-            "-advertise",
-            "127.0.0.1",
-            "-http-port",
-            &port.to_string(),
-            "-dns-port",
-            "-1",
-            "-grpc-port",
-            "-1",
-            "-serf-lan-port",
-            &lan.to_string(),
-            "-serf-wan-port",
-            &wan.to_string(),
-            "-server-port",
-            &server.to_string(),
-            "-node",
-            &format!("test-{port}"),
-            "-hcl",
-            "disable_update_check = true",
-        ]);
-        let c = Consul {
-            port,
-            proc: Proc::spawn("consul", cmd, false),
-        };
+        cmd.current_dir(&self.dir)
+            .env("CHECKPOINT_DISABLE", "1")
+            .args([
+                "agent",
+                "-dev",
+                "-bind",
+                "127.0.0.1",
+                "-client",
+                "127.0.0.1",
+                "-advertise",
+                "127.0.0.1",
+                "-http-port",
+                &port.to_string(),
+                "-dns-port",
+                "-1",
+                "-grpc-port",
+                "-1",
+                "-serf-lan-port",
+                &lan.to_string(),
+                "-serf-wan-port",
+                &wan.to_string(),
+                "-server-port",
+                &server.to_string(),
+                "-node",
+                &format!("test-{port}"),
+                "-hcl",
+                "disable_update_check = true",
+            ]);
+        self.proc = Some(Proc::spawn("consul", cmd, false));
         wait_until(
             "consul leader",
             Duration::from_secs(15),
-            || matches!(c.try_get("/v1/status/leader"), Some(Value::String(s)) if !s.is_empty()),
+            || matches!(self.try_get("/v1/status/leader"), Some(Value::String(s)) if !s.is_empty()),
         );
-        c
+    }
+
+    /// Stops the agent (SIGTERM, bounded, then SIGKILL); [`Consul::restart`] reuses
+    /// the HTTP port. A dev agent keeps nothing: every registration is lost.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            stop_proc(&mut p);
+        }
+    }
+
+    /// Starts a new, empty dev agent on the same HTTP port (stopping the running one first).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     pub fn addr(&self) -> String {
@@ -760,10 +848,21 @@ fn write_etc(dir: &Path, text: &str) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// Replaces every occurrence (the samples' comments mention the default addresses too).
-fn subst(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "sample config lacks {from:?}");
-    text.replace(from, to)
+/// Replaces every occurrence of each `from` by its `to` (the samples' comments mention the
+/// default addresses too), in one pass: a value put in by one pair is never matched by a later
+/// pattern (a Redis port 35539 must not become `127.0.0.1:<tcp port>9` through the
+/// `127.0.0.1:3553` pair).
+fn subst(text: &str, pairs: &[(&str, &str)]) -> String {
+    let mark = |i: usize| format!("\u{1}{i}\u{1}");
+    let mut out = text.to_string();
+    for (i, (from, _)) in pairs.iter().enumerate() {
+        assert!(out.contains(from), "sample config lacks {from:?}");
+        out = out.replace(from, &mark(i));
+    }
+    for (i, (_, to)) in pairs.iter().enumerate() {
+        out = out.replace(&mark(i), to);
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -786,18 +885,39 @@ impl Gate {
     /// Starts a gate with the sample gate config; `proto` selects the reference gate's server
     /// (gatehouse serves both from the same file).
     pub fn start(kind: GateKind, proto: Proto, gid: &str, dispatch: &str, env: &Env) -> Gate {
+        Gate::start_with(kind, proto, gid, dispatch, env, &[])
+    }
+
+    /// [`Gate::start`] with extra substitutions `(from, to)` in the sample config (each `from`
+    /// must occur), e.g. `("shutdownMaxWaitTime = \"5s\"", "shutdownMaxWaitTime = \"2s\"")`.
+    pub fn start_with(
+        kind: GateKind,
+        proto: Proto,
+        gid: &str,
+        dispatch: &str,
+        env: &Env,
+        edits: &[(&str, &str)],
+    ) -> Gate {
         let (tcp_port, ws_port) = (free_port(false), free_port(false));
-        let mut text = sample("gate");
-        text = subst(&text, "127.0.0.1:6379", &env.redis.addr());
-        text = subst(&text, "127.0.0.1:8500", &env.consul.addr());
-        text = subst(&text, "127.0.0.1:3553", &format!("127.0.0.1:{tcp_port}"));
-        text = subst(&text, "127.0.0.1:3554", &format!("127.0.0.1:{ws_port}"));
-        text = subst(&text, "id = \"\"", &format!("id = \"{gid}\""));
-        text = subst(
-            &text,
-            "dispatch = \"rr\"",
-            &format!("dispatch = \"{dispatch}\""),
+        let (redis, consul) = (env.redis.addr(), env.consul.addr());
+        let (tcp, ws) = (
+            format!("127.0.0.1:{tcp_port}"),
+            format!("127.0.0.1:{ws_port}"),
         );
+        let (id, dispatch) = (
+            format!("id = \"{gid}\""),
+            format!("dispatch = \"{dispatch}\""),
+        );
+        let mut pairs = vec![
+            ("127.0.0.1:6379", redis.as_str()),
+            ("127.0.0.1:8500", consul.as_str()),
+            ("127.0.0.1:3553", tcp.as_str()),
+            ("127.0.0.1:3554", ws.as_str()),
+            ("id = \"\"", id.as_str()),
+            ("dispatch = \"rr\"", dispatch.as_str()),
+        ];
+        pairs.extend_from_slice(edits);
+        let text = subst(&sample("gate"), &pairs);
         let dir = write_etc(&env.dir.0.join(format!("etc-gate-{gid}")), &text);
         let started = Instant::now();
         let (proc, only) = match kind {
@@ -871,10 +991,16 @@ pub struct Node {
 
 impl Node {
     pub fn start(env: &Env, weight: u32, index: usize) -> Node {
-        let mut text = sample("node");
-        text = subst(&text, "127.0.0.1:6379", &env.redis.addr());
-        text = subst(&text, "127.0.0.1:8500", &env.consul.addr());
-        text = subst(&text, "weight = 1", &format!("weight = {weight}"));
+        let (redis, consul) = (env.redis.addr(), env.consul.addr());
+        let weight_line = format!("weight = {weight}");
+        let text = subst(
+            &sample("node"),
+            &[
+                ("127.0.0.1:6379", &redis),
+                ("127.0.0.1:8500", &consul),
+                ("weight = 1", &weight_line),
+            ],
+        );
         let dir = write_etc(&env.dir.0.join(format!("etc-node-{index}")), &text);
         let mut cmd = Command::new(go_bin("node"));
         cmd.arg(format!("--etc={}", dir.display()))
@@ -926,6 +1052,18 @@ impl Node {
             .filter(|v| v["event"] == "message" && pred(v))
             .collect()
     }
+}
+
+/// Whether a route-5 reply says the node's own `BindGate` call timed out although the gate
+/// answered: a due v2.4.1 node bug, not the gate's, seen against both gates. The node's link
+/// client (`internal/transporter/internal/client`, `Client.Call`) reads `ch.call` after handing
+/// `ch` to a writer goroutine that may already have recycled it (`release` sets `call = nil`), so
+/// the call can wait on a nil channel for its 3 s timeout while that connection's reader blocks
+/// for good on the unbuffered `call <- data`; later answers on that connection are lost too
+/// (they sit unread in the node's socket) until the node's heartbeat check redials it (~20 s).
+/// About one route-handler bind in a hundred or two in tight loops.
+pub fn node_call_timed_out(reply: &str) -> bool {
+    reply == "error: context deadline exceeded"
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1203,6 +1341,12 @@ impl Cluster {
     /// Starts everything and waits until the cluster is usable: gates and nodes passing in
     /// Consul, every node sees every gate, and every gate routes a client message to a node.
     pub fn start(tag: &str, spec: Spec) -> Cluster {
+        Cluster::start_with(tag, spec, &[])
+    }
+
+    /// [`Cluster::start`] with extra substitutions in every gate's config (see
+    /// [`Gate::start_with`]).
+    pub fn start_with(tag: &str, spec: Spec, gate_edits: &[(&str, &str)]) -> Cluster {
         let t0 = Instant::now();
         let env = Env::start(tag);
         let sub = env.redis.subscribe();
@@ -1212,12 +1356,13 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, (kind, proto))| {
-                Gate::start(
+                Gate::start_with(
                     *kind,
                     *proto,
                     &format!("{}-{tag}-{i}", kind.tag()),
                     spec.dispatch,
                     &env,
+                    gate_edits,
                 )
             })
             .collect();
@@ -1375,12 +1520,18 @@ impl Cluster {
     }
 
     /// Binds `uid` to the client's connection the way a game does: route 5 makes the node call
-    /// `ctx.BindGate(uid)`; waits for the node's "ok" and for the reconnect event.
+    /// `ctx.BindGate(uid)`; waits for the node's "ok" and for the reconnect event. A reply saying
+    /// the node's own call timed out is accepted with a note (see [`node_call_timed_out`]): the
+    /// reconnect event still proves the gate bound the user.
     pub fn bind(&self, c: &mut Client, uid: i64) {
         c.send(5, 5, &uid.to_string());
-        c.wait_message(&format!("bind {uid} ok"), |v| {
-            v["route"] == 5 && v["payload"] == "ok"
+        let m = c.wait_message(&format!("bind {uid} ok"), |v| {
+            v["route"] == 5
+                && (v["payload"] == "ok" || v["payload"].as_str().is_some_and(node_call_timed_out))
         });
+        if m["payload"] != "ok" {
+            eprintln!("bind {uid}: the node's BindGate call timed out (due v2.4.1 node bug)");
+        }
         self.wait_node_event(&format!("reconnect of uid {uid}"), |v| {
             v["event"] == "reconnect" && v["uid"] == uid && v["cid"] == c.cid && v["gid"] == c.gid
         });
