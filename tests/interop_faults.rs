@@ -67,6 +67,7 @@ per_gate! {
     redis_restart => redis_outage;
     consul_agent_restart => consul_outage;
     sigterm_hangs_drains_and_deregisters => sigterm_drain;
+    gate_restarted_with_the_same_gid => gate_restart;
 }
 
 /// Sends route-1 messages (a fresh payload each, 500 ms apart) until one is echoed: the gate
@@ -417,4 +418,36 @@ fn sigterm_drain(kind: GateKind, tag: &str) {
     c.sub
         .wait_exact(GATE_CHANNEL, &location_event(uid, 3, &gid, "gate", ""));
     assert!(c.env.consul.agent_service(&sid).is_none(), "deregistered");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 32: the gate is restarted with the same gid (new link port): the node drops its dead link
+// client, finds the new endpoint through Consul, and replies (node pushes) reach the new gate's
+// clients again.
+
+fn gate_restart(kind: GateKind, tag: &str) {
+    let mut c = Cluster::start(tag, Spec::one(kind, Proto::Tcp));
+    let gid = c.gate().gid.clone();
+    let cl = c.connect(0, Proto::Tcp);
+    drop(cl);
+    let mut old = c.gates.remove(0);
+    old.proc.signal(libc::SIGTERM);
+    assert!(
+        old.proc.wait_exit(Duration::from_secs(15)),
+        "the first gate did not exit"
+    );
+    drop(old);
+
+    let started = Instant::now();
+    c.gates
+        .insert(0, Gate::start(kind, Proto::Tcp, &gid, "rr", &c.env));
+    assert_eq!(c.gate().gid, gid);
+    let mut cl = c.spawn_client(0, Proto::Tcp);
+    let took = echo_within(&c, &mut cl, Duration::from_secs(45));
+    eprintln!(
+        "[{tag}] replies flow again {took:?} after the client connected ({:?} after the restart)",
+        started.elapsed()
+    );
+    let (_, m) = c.wait_message("a message from the restarted gate", |v| v["gid"] == gid);
+    assert_eq!(m["gid"], gid, "the node sees the same gid: {m}");
 }
