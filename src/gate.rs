@@ -348,6 +348,13 @@ impl Gate {
         }
     }
 
+    /// Leaves the registry (due's destroy phase starts with it, before clients are dropped).
+    pub fn deregister(&mut self) {
+        if let Some(r) = self.registrar.take() {
+            r.stop();
+        }
+    }
+
     /// Closes the listeners; connected clients keep being served.
     pub fn stop_accepting(&mut self) {
         self.stop_accepting.take();
@@ -385,9 +392,7 @@ impl Gate {
 
     /// Deregisters, then stops the shards and the control thread and waits for them.
     pub fn join(mut self) {
-        if let Some(r) = self.registrar.take() {
-            r.stop();
-        }
+        self.deregister();
         self.stop_accepting.take();
         self.stop_link.take();
         self.exit.take();

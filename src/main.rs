@@ -100,7 +100,8 @@ fn wait_for_signal_and_drain(cfg: &Config, gate: &mut Gate) {
             "shutdownMaxWaitTime reached, closing remaining connections"
         );
     }
-    // Destroy phase: stop accepting, close the rest gracefully (queued data flushed first).
+    // Destroy phase: deregister, stop accepting, close the rest gracefully (queued data first).
+    gate.deregister();
     gate.stop_accepting();
     gate.close_all(true);
     if !gate.wait_idle(Some(DESTROY_LIMIT)) {
