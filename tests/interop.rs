@@ -32,37 +32,6 @@ use interop_support::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn run(kind: GateKind, name: &str, scenario: fn(GateKind, &str)) {
-    if !available() {
-        return;
-    }
-    let t = Instant::now();
-    // A short tag keeps gids and temp dirs readable: "item15-gh".
-    let tag = format!("{}-{}", name.split('_').next().unwrap(), kind.tag());
-    scenario(kind, &tag);
-    eprintln!("[{name} {kind:?}] passed in {:.1?}", t.elapsed());
-}
-
-/// One module per scenario with a test per gate: `<item group>::gatehouse` and
-/// `<item group>::due_reference`. Items 24 and 30 need two gates: they run one gatehouse and
-/// one reference gate together, the named one being gate A (item 30: the gate whose stale
-/// disconnect must not touch Redis; item 24: the first gate, on TCP).
-macro_rules! per_gate {
-    ($($name:ident => $scenario:expr;)*) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn gatehouse() {
-                run(GateKind::Gatehouse, stringify!($name), $scenario)
-            }
-            #[test]
-            fn due_reference() {
-                run(GateKind::DueReference, stringify!($name), $scenario)
-            }
-        }
-    )*};
-}
-
 per_gate! {
     item01_03_registry => registry;
     item02_05_06_link_idle => link_idle;

@@ -48,6 +48,24 @@ pub enum CloseReason {
     Protocol(String),
 }
 
+/// One read into `buf`; end of stream and resets are the peer closing, other errors are IO.
+pub(crate) fn poll_read_into<S: futures_lite::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut [u8],
+) -> std::task::Poll<Result<usize, CloseReason>> {
+    use std::task::Poll;
+    match std::pin::Pin::new(stream).poll_read(cx, buf) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(CloseReason::PeerClosed)),
+        Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+        Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Poll::Ready(Err(CloseReason::PeerClosed))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(CloseReason::Io(e.to_string()))),
+    }
+}
+
 /// Frame handling shared by both transports.
 pub(crate) struct Inbound<'a> {
     pub shard: &'a Shard,

@@ -175,16 +175,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
     ) -> Poll<Result<(), CloseReason>> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
+            let n = match super::poll_read_into(&mut self.stream, cx, &mut scratch[..]) {
                 Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(Err(match e.kind() {
-                        std::io::ErrorKind::ConnectionReset => CloseReason::PeerClosed,
-                        _ => CloseReason::Io(e.to_string()),
-                    }))
-                }
+                other => return other.map(|r| r.map(|_| ())),
             };
             let now = Instant::now();
             let carried = !self.pending_in.is_empty();
