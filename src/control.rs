@@ -1,5 +1,5 @@
-//! The control thread: a plain std thread that owns slow or blocking work (the user locator now;
-//! Redis and Consul later). Shards talk to it over channels and never wait on it synchronously.
+//! The control thread: a plain std thread that owns the user locator (memory or Redis), whose
+//! calls may block. Shards talk to it over channels and never wait on it synchronously.
 //!
 //! Requests that need an answer carry a `flume` reply sender; a shard awaits the reply
 //! asynchronously, so a slow locator delays only the operation that asked, never the shard.

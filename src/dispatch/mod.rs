@@ -1,5 +1,5 @@
 //! Where client data packets and session events leave the gate: the seam the cluster plugs into.
-//! Owns the `Upstream` trait, the event types and the no-node default (log and drop).
+//! Owns the `Upstream` trait and the event types; `cluster` routes to nodes, `routes` decides where.
 //!
 //! Each shard holds its own `Upstream` (built by a factory on the shard's thread), so forwarding a
 //! packet is a plain method call on shard-local state — no lock, no cross-thread hop.
@@ -60,25 +60,6 @@ pub trait Upstream {
 
 /// Builds one `Upstream` per shard, on that shard's thread.
 pub type UpstreamFactory = std::sync::Arc<dyn Fn(usize) -> Box<dyn Upstream> + Send + Sync>;
-
-/// The gate without any node: packets are dropped ("not found route"), events only logged.
-pub struct NoNodes;
-
-impl Upstream for NoNodes {
-    fn deliver(&self, d: Delivery) {
-        tracing::debug!(
-            cid = d.cid,
-            uid = d.uid,
-            route = d.route,
-            seq = d.seq,
-            "not found route, packet dropped"
-        );
-    }
-
-    fn event(&self, e: GateEvent) {
-        tracing::debug!(kind = ?e.kind, cid = e.cid, uid = e.uid, "session event");
-    }
-}
 
 /// An `Upstream` that forwards everything to a channel: for tests and tools that observe the gate
 /// from outside its shards.
