@@ -48,6 +48,42 @@ pub enum CloseReason {
     Protocol(String),
 }
 
+/// The undecoded tail of a connection's input. Reads land in the shard's scratch buffer; only
+/// bytes of an incomplete frame are kept here, and the allocation is given back once it drains,
+/// so an idle connection holds no input buffer.
+#[derive(Default)]
+pub(crate) struct InputTail(bytes::BytesMut);
+
+impl InputTail {
+    /// Hands `parse` the tail followed by `fresh` (which it may modify, e.g. to unmask);
+    /// `parse` returns how many bytes it consumed and its result. The rest is kept.
+    pub fn feed<R>(&mut self, fresh: &mut [u8], parse: impl FnOnce(&mut [u8]) -> (usize, R)) -> R {
+        use bytes::Buf;
+        if self.0.is_empty() {
+            let (used, r) = parse(fresh);
+            if used < fresh.len() {
+                self.0.extend_from_slice(&fresh[used..]);
+            }
+            return r;
+        }
+        self.0.extend_from_slice(fresh);
+        let (used, r) = parse(&mut self.0[..]);
+        self.0.advance(used);
+        if self.0.is_empty() {
+            self.0 = bytes::BytesMut::new();
+        } else if used > 0 && self.0.capacity() > 2 * self.0.len() + 4096 {
+            // Do not let a short tail pin a large buffer.
+            self.0 = bytes::BytesMut::from(&self.0[..]);
+        }
+        r
+    }
+
+    /// Drops whatever is buffered (input after a Close is never read).
+    pub fn clear(&mut self) {
+        self.0 = bytes::BytesMut::new();
+    }
+}
+
 /// One read into `buf`; end of stream and resets are the peer closing, other errors are IO.
 pub(crate) fn poll_read_into<S: futures_lite::io::AsyncRead + Unpin>(
     stream: &mut S,

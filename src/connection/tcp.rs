@@ -5,13 +5,13 @@
 //! frame is kept per connection. Queued packets are coalesced into one write of up to 64 KiB, so
 //! a burst of pushes to one client costs one syscall, not one per packet.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::{CloseReason, DeadlineTimer, Inbound, IO_BUDGET, SCRATCH, WRITE_BATCH};
+use super::{CloseReason, DeadlineTimer, Inbound, InputTail, IO_BUDGET, SCRATCH, WRITE_BATCH};
 use crate::liveness::Liveness;
 use crate::packet::FrameDecoder;
 use crate::session::{Conn, ConnState};
@@ -25,7 +25,7 @@ where
     let mut d = TcpDriver {
         stream,
         decoder: FrameDecoder::new(&shard.packet, server.inbound_cap),
-        pending_in: BytesMut::new(),
+        pending_in: InputTail::default(),
         writing: None,
         live: Liveness::new(server.rules, Instant::now()),
         timer: DeadlineTimer::new(),
@@ -50,7 +50,7 @@ struct TcpDriver<S> {
     stream: S,
     decoder: FrameDecoder,
     /// The undecoded tail of a partial frame (empty, with no allocation, most of the time).
-    pending_in: BytesMut,
+    pending_in: InputTail,
     /// The batch being written and how much of it is done.
     writing: Option<(Bytes, usize)>,
     live: Liveness,
@@ -180,41 +180,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
                 other => return other.map(|r| r.map(|_| ())),
             };
             let now = Instant::now();
-            let carried = !self.pending_in.is_empty();
-            if carried {
-                self.pending_in.extend_from_slice(&scratch[..n]);
-            }
-            let data: &[u8] = if carried {
-                &self.pending_in[..]
-            } else {
-                &scratch[..n]
-            };
-            let mut off = 0;
-            loop {
-                match self.decoder.next_frame_len(&data[off..]) {
-                    Ok(Some(len)) => {
-                        let frame = &data[off..off + len];
-                        off += len;
-                        self.live.on_frame(now);
-                        io.frame(io.shard.packet.classify(frame), frame);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(cid = io.conn.cid, "{e}, closing connection");
-                        return Poll::Ready(Err(CloseReason::Protocol(e.to_string())));
+            let (decoder, live) = (&self.decoder, &mut self.live);
+            self.pending_in.feed(&mut scratch[..n], |data| {
+                let mut off = 0;
+                loop {
+                    match decoder.next_frame_len(&data[off..]) {
+                        Ok(Some(len)) => {
+                            let frame = &data[off..off + len];
+                            off += len;
+                            live.on_frame(now);
+                            io.frame(io.shard.packet.classify(frame), frame);
+                        }
+                        Ok(None) => return (off, Poll::Ready(Ok(()))),
+                        Err(e) => {
+                            tracing::warn!(cid = io.conn.cid, "{e}, closing connection");
+                            return (off, Poll::Ready(Err(CloseReason::Protocol(e.to_string()))));
+                        }
                     }
                 }
-            }
-            if carried {
-                self.pending_in.advance(off);
-                if self.pending_in.is_empty() {
-                    // Give the memory back: idle connections should cost no buffer.
-                    self.pending_in = BytesMut::new();
-                }
-            } else if off < n {
-                self.pending_in.extend_from_slice(&scratch[off..n]);
-            }
-            Poll::Ready(Ok(()))
+            })
         })
     }
 }

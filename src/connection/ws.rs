@@ -7,7 +7,6 @@
 //! packets are written as binary frames coalesced into one write per batch. Pongs and Close
 //! replies go out ahead of queued packets, as gorilla's `WriteControl` bypasses due's queue.
 
-use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::upgrade::{self, Decision, UpgradeRules};
 use super::ws_frame::{self, Decoded, Decoder, Event};
-use super::{CloseReason, DeadlineTimer, Inbound, IO_BUDGET, SCRATCH, WRITE_BATCH};
+use super::{CloseReason, DeadlineTimer, Inbound, InputTail, IO_BUDGET, SCRATCH, WRITE_BATCH};
 use crate::liveness::Liveness;
 use crate::packet::{ByteOrder, FrameKind};
 use crate::session::{Conn, ConnState};
@@ -135,7 +134,7 @@ where
     let mut d = WsDriver {
         stream,
         decoder: Decoder::new((server.inbound_cap as usize).saturating_add(4)),
-        pending_in: BytesMut::new(),
+        pending_in: InputTail::default(),
         writing: None,
         control: Vec::new(),
         closing: None,
@@ -164,7 +163,7 @@ struct WsDriver<S> {
     stream: S,
     decoder: Decoder,
     /// The undecoded tail of a partial frame (empty, with no allocation, most of the time).
-    pending_in: BytesMut,
+    pending_in: InputTail,
     /// The batch being written and how much of it is done.
     writing: Option<(Vec<u8>, usize)>,
     /// Encoded Pongs and Close frames, written before further queued packets.
@@ -326,56 +325,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
                 other => return other.map(|r| r.map(|_| ())),
             };
             let now = Instant::now();
-            let carried = !self.pending_in.is_empty();
-            if carried {
-                self.pending_in.extend_from_slice(&scratch[..n]);
-            }
-            let data: &mut [u8] = if carried {
-                &mut self.pending_in[..]
-            } else {
-                &mut scratch[..n]
-            };
-            let mut off = 0;
-            while self.closing.is_none() {
-                match self.decoder.decode(&mut data[off..]) {
-                    Ok(Decoded::Incomplete) => break,
-                    Ok(Decoded::Consumed { used, event }) => {
-                        off += used;
-                        let Some(event) = event else { continue };
-                        match event {
-                            Event::Binary(msg) => {
-                                // Every binary message is liveness, even an empty or malformed one.
-                                self.live.on_frame(now);
-                                on_binary(io, &msg, self.le_ts_heartbeat);
-                            }
-                            // Answered, but not liveness.
-                            Event::Ping(p) => ws_frame::encode_pong(p, &mut self.control),
-                            Event::Close(code) => {
-                                ws_frame::encode_close_reply(code, &mut self.control);
-                                self.closing = Some(CloseReason::PeerClosed);
+            let (decoder, live, control, closing, le_ts) = (
+                &mut self.decoder,
+                &mut self.live,
+                &mut self.control,
+                &mut self.closing,
+                self.le_ts_heartbeat,
+            );
+            self.pending_in.feed(&mut scratch[..n], |data| {
+                let mut off = 0;
+                while closing.is_none() {
+                    match decoder.decode(&mut data[off..]) {
+                        Ok(Decoded::Incomplete) => break,
+                        Ok(Decoded::Consumed { used, event }) => {
+                            off += used;
+                            let Some(event) = event else { continue };
+                            match event {
+                                Event::Binary(msg) => {
+                                    // Every binary message is liveness, even an empty or malformed one.
+                                    live.on_frame(now);
+                                    on_binary(io, &msg, le_ts);
+                                }
+                                // Answered, but not liveness.
+                                Event::Ping(p) => ws_frame::encode_pong(p, control),
+                                Event::Close(code) => {
+                                    ws_frame::encode_close_reply(code, control);
+                                    *closing = Some(CloseReason::PeerClosed);
+                                }
                             }
                         }
-                    }
-                    Err(e) => {
-                        e.encode_close(&mut self.control);
-                        self.closing = Some(CloseReason::Protocol(e.to_string()));
+                        Err(e) => {
+                            e.encode_close(control);
+                            *closing = Some(CloseReason::Protocol(e.to_string()));
+                        }
                     }
                 }
-            }
+                (off, ())
+            });
             if self.closing.is_some() {
                 // Whatever follows a Close (ours or the client's) is never read.
-                self.pending_in = BytesMut::new();
-            } else if carried {
-                self.pending_in.advance(off);
-                if self.pending_in.is_empty() {
-                    // Give the memory back: idle connections should cost no buffer.
-                    self.pending_in = BytesMut::new();
-                } else if off > 0 && self.pending_in.capacity() > 2 * self.pending_in.len() + 4096 {
-                    // Do not let a short tail pin a large buffer.
-                    self.pending_in = BytesMut::from(&self.pending_in[..]);
-                }
-            } else if off < n {
-                self.pending_in.extend_from_slice(&scratch[off..n]);
+                self.pending_in.clear();
             }
             Poll::Ready(Ok(()))
         })
