@@ -48,6 +48,13 @@ fn main() -> ExitCode {
             return fatal(&format!("pid file {}: {e}", pid.display()));
         }
     }
+    // Handlers go in before anything is printed: a supervisor that signals as soon as it sees the
+    // banner must get the graceful shutdown, not the default action.
+    use signal_hook::consts::{SIGABRT, SIGINT, SIGQUIT, SIGTERM};
+    let signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGABRT]) {
+        Ok(s) => s,
+        Err(e) => return fatal(&format!("cannot install signal handlers: {e}")),
+    };
     print_lines(&[banner::logo()]);
     print_lines(&banner::website_box(DUE_VERSION));
     let now = banner::format_time(banner::now_in(&cfg.timezone));
@@ -64,23 +71,18 @@ fn main() -> ExitCode {
     print_lines(&banner::gate_box(&gate_info(&cfg, &gate)));
     tracing::info!(shards = gate.shard_count, "gate started");
 
-    wait_for_signal_and_drain(&cfg, &mut gate);
+    wait_for_signal_and_drain(signals, &cfg, &mut gate);
     gate.join();
     ExitCode::SUCCESS
 }
 
 /// Blocks until SIGINT/SIGTERM/SIGQUIT/SIGABRT, then runs due's two shutdown phases. A second
 /// signal terminates the process at once.
-fn wait_for_signal_and_drain(cfg: &Config, gate: &mut Gate) {
-    use signal_hook::consts::{SIGABRT, SIGINT, SIGQUIT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGABRT])
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return;
-        }
-    };
+fn wait_for_signal_and_drain(
+    mut signals: signal_hook::iterator::Signals,
+    cfg: &Config,
+    gate: &mut Gate,
+) {
     let Some(sig) = signals.forever().next() else {
         return;
     };

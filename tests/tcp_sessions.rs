@@ -7,7 +7,6 @@ use bytes::Bytes;
 use common::*;
 use gatehouse::dispatch::EventKind;
 use gatehouse::session::{Kind, SessionError};
-use std::sync::Arc;
 use std::time::Instant;
 
 fn packet(g: &TestGate, route: i32, seq: i32, payload: &[u8]) -> Bytes {
@@ -180,30 +179,10 @@ fn get_ip() {
 #[test]
 fn tls() {
     let dir = TempDir::new("tls");
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let g = TestGate::tcp(&format!(
-        "certFile = {:?}\nkeyFile = {:?}",
-        cert.display().to_string(),
-        key.display().to_string()
-    ));
+    let cert = TestCert::new(&dir);
+    let g = TestGate::tcp(&cert.server_keys);
     let addr = g.addr(gatehouse::session::Transport::Tcp);
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let sock = std::net::TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(ms(3000))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = cert.connect(addr);
     use std::io::{Read, Write};
     tls.write_all(&hex("00000001 80 00000007 00 0001 0002 6869"))
         .unwrap();

@@ -1366,30 +1366,10 @@ fn bytes_before_the_101_drop_the_connection() {
 /// push as one frame, a fragmented client packet, ping/pong, and the Close echo.
 #[test]
 fn wss_over_tls() {
-    use std::sync::Arc;
     let dir = TempDir::new("wss");
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let g = TestGate::ws(&format!(
-        "certFile = {:?}\nkeyFile = {:?}",
-        cert.display().to_string(),
-        key.display().to_string()
-    ));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let sock = TcpStream::connect(ws_addr(&g)).unwrap();
-    sock.set_read_timeout(Some(ms(3000))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let cert = TestCert::new(&dir);
+    let g = TestGate::ws(&cert.server_keys);
+    let mut tls = cert.connect(ws_addr(&g));
     let mut buf = Vec::new();
     let fill = |tls: &mut rustls::StreamOwned<_, TcpStream>, buf: &mut Vec<u8>| {
         let mut chunk = [0u8; 16384];

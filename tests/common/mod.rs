@@ -484,3 +484,47 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A self-signed certificate for `localhost` written into `dir`, with the lines that point a
+/// server section at it (`certFile = …`, `keyFile = …`).
+pub struct TestCert {
+    pub der: rustls::pki_types::CertificateDer<'static>,
+    pub server_keys: String,
+}
+
+impl TestCert {
+    pub fn new(dir: &TempDir) -> TestCert {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        TestCert {
+            der: ck.cert.der().clone(),
+            server_keys: format!(
+                "certFile = {:?}\nkeyFile = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+        }
+    }
+
+    /// A TLS client to `addr` that trusts only this certificate (3 s read timeout).
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(ms(3000))).unwrap();
+        rustls::StreamOwned::new(conn, sock)
+    }
+}
