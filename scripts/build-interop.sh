@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the interop suite's Go peers (due v2.4.1 node, client and reference gate) into
-# tests/interop/bin/. Modules come from the Go module proxy and are checked against the committed
-# tests/interop/go.sum (-mod=readonly: nothing is re-resolved). Each step is time-bounded so a
+# Builds the interop suite's Go peers (due v2.4.1 node, client and reference gate) and the
+# benchmark's (benchnode, benchclient) into tests/interop/bin/. Modules come from the Go module
+# proxy and are checked against the committed tests/interop/go.sum (-mod=readonly: nothing is
+# re-resolved). Each step is time-bounded so a
 # stuck download fails the run instead of hanging it.
 # Usage: scripts/build-interop.sh   (needs Go >= 1.23; tested with 1.26)
 set -euo pipefail
@@ -12,7 +13,7 @@ command -v go >/dev/null 2>&1 || { echo "go is not installed" >&2; exit 1; }
 # A fresh machine downloads ~45 modules (a few seconds here); 5 minutes is a generous bound.
 timeout 300 go mod download
 mkdir -p bin
-for cmd in node client gate; do
+for cmd in node client gate benchnode benchclient; do
     timeout 300 go build -mod=readonly -o "bin/$cmd" "./cmd/$cmd"
 done
 echo "built: $(cd bin && ls | tr '\n' ' ')"

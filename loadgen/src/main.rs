@@ -1,14 +1,20 @@
-//! loadgen: drives many due-protocol TCP connections at a gate (gatehouse or due's Go gate).
-//! Owns the client side of load: connection ramp, source-address spreading, traffic, reports.
+//! loadgen: drives many due-protocol connections (TCP or WebSocket) at a gate (gatehouse or due's
+//! Go gate). Owns the client side of load: connection ramp, source addresses, traffic, reports.
 //!
 //! Modes:
 //! - `idle`: hold N connections, a heartbeat per connection every interval.
 //! - `flood`: open loop, due's benchmark shape — C connections drain a shared count of N
 //!   requests without waiting for replies; TPS = N / time until the last reply.
-//! - `closed`: K requests in flight per connection; round-trip times into an HDR histogram.
+//! - `closed`: K requests in flight per connection, optionally paced to a total rate; round-trip
+//!   times into an HDR histogram.
+//! - `fanout`: N connections wait; one more connection sends a trigger on the broadcast route,
+//!   the node broadcasts a packet stamped with its wall clock, and every connection records
+//!   how long it took to arrive. A round is complete when every connection has it.
 //!
 //! Every connection's socket is duplicated so one task writes while another reads: requests and
 //! replies flow independently, as with due's own clients. The backend must echo route and seq.
+//! Request payloads are JSON (`{"message":"aaa…"}` of exactly `--size` bytes) so that due's own
+//! benchmark handler (JSON in, JSON out) can serve them as well as a byte-echoing node.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -37,15 +43,21 @@ struct Args {
     route: i32,
     route_bytes: u8,
     seq_bytes: u8,
-    /// idle over WebSocket: the upgrade path (None = plain TCP).
+    /// Connect over WebSocket, upgrading on this path (None = plain TCP).
     ws: Option<String>,
+    /// closed: pace requests to this many per second over all connections (0 = as fast as
+    /// the in-flight window allows).
+    target_rate: u64,
+    /// fanout: broadcast rounds, and the pause between them.
+    rounds: u32,
+    pause: Duration,
     json: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen MODE [flags]\n\
-         MODE: idle | flood | closed\n\
+         MODE: idle | flood | closed | fanout\n\
          --addr HOST:PORT   gate address (127.0.0.1:3553)\n\
          --conns N          connections (1000)\n\
          --rate N           connects per second (5000)\n\
@@ -54,11 +66,14 @@ fn usage() -> ! {
          --heartbeat SECS   idle: heartbeat period per connection (10)\n\
          --requests N       flood: total requests shared by all connections (100000)\n\
          --inflight K       closed: requests in flight per connection (1)\n\
+         --target-rate R    closed: pace to R requests/s over all connections (0 = unpaced)\n\
+         --rounds N         fanout: broadcast rounds (10)\n\
+         --pause SECS       fanout: pause between rounds (0.5)\n\
          --size BYTES       payload size (1024)\n\
-         --route R          route of the requests (1)\n\
+         --route R          route of the requests (1; fanout: the broadcast route, 20)\n\
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
          --seq-bytes N      [packet] seqBytes of the cluster (2)\n\
-         --ws PATH          idle only: connect over WebSocket (upgrade on PATH)\n\
+         --ws PATH          connect over WebSocket (upgrade on PATH) instead of plain TCP\n\
          --json             print the summary as one JSON object"
     );
     std::process::exit(2)
@@ -84,6 +99,9 @@ fn parse_args() -> Args {
         route_bytes: 2,
         seq_bytes: 2,
         ws: None,
+        target_rate: 0,
+        rounds: 10,
+        pause: Duration::from_millis(500),
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -108,13 +126,24 @@ fn parse_args() -> Args {
             "--route-bytes" => a.route_bytes = num(&v),
             "--seq-bytes" => a.seq_bytes = num(&v),
             "--ws" => a.ws = Some(v),
+            "--target-rate" => a.target_rate = num(&v),
+            "--rounds" => a.rounds = num(&v),
+            "--pause" => a.pause = Duration::from_secs_f64(num::<f64>(&v)),
             _ => usage(),
         }
     }
-    if !matches!(a.mode.as_str(), "idle" | "flood" | "closed") {
+    if !matches!(a.mode.as_str(), "idle" | "flood" | "closed" | "fanout") {
         usage();
     }
+    if a.mode == "fanout" && !route_given(&std::env::args().collect::<Vec<_>>()) {
+        a.route = 20;
+    }
     a
+}
+
+/// Whether `--route` was given (fanout defaults to the benchmark's broadcast route 20).
+fn route_given(args: &[String]) -> bool {
+    args.iter().any(|x| x == "--route")
 }
 
 #[derive(Default)]
@@ -125,10 +154,16 @@ struct Stats {
     heartbeats: Cell<u64>,
     sent: Cell<u64>,
     received: Cell<u64>,
+    /// fanout: rounds in which some connection never got the broadcast.
+    incomplete_rounds: Cell<usize>,
 }
 
 impl Stats {
     fn bump(c: &Cell<u64>) {
+        c.set(c.get() + 1);
+    }
+
+    fn bump_usize(c: &Cell<usize>) {
         c.set(c.get() + 1);
     }
 }
@@ -164,6 +199,10 @@ struct Run {
     payload: Vec<u8>,
     /// flood: requests not yet taken by any connection.
     budget: Cell<u64>,
+    /// fanout: arrivals of the current round, its latest arrival, and per-arrival latencies.
+    fanout: Fanout,
+    /// The main task, waiting for replies (flood: all of them; fanout: a round's).
+    waiter: RefCell<Option<std::task::Waker>>,
     start: Cell<Instant>,
     last_reply: Cell<Instant>,
     end: Cell<Instant>,
@@ -183,37 +222,259 @@ impl Run {
         }
     }
 
-    fn request(&self, seq: u32) -> bytes::Bytes {
-        self.packet
+    /// Appends one request as it goes on the wire (a WS frame around the packet over WS).
+    fn put_request(&self, seq: u32, out: &mut BytesMut) {
+        let packet = self
+            .packet
             .encode(self.a.route, self.seq_value(seq), &self.payload)
-            .expect("request fits the packet settings")
+            .expect("request fits the packet settings");
+        self.put_wire(&packet, out);
+    }
+
+    fn put_wire(&self, packet: &[u8], out: &mut BytesMut) {
+        if self.a.ws.is_some() {
+            put_ws_frame(packet, out);
+        } else {
+            out.extend_from_slice(packet);
+        }
+    }
+
+    /// The route of a received packet, if it is not a heartbeat.
+    fn route_of(&self, frame: &[u8]) -> Option<i32> {
+        if frame.len() < 5 || frame[4] & 0x80 != 0 {
+            return None;
+        }
+        let r = frame.get(5..5 + self.a.route_bytes as usize)?;
+        Some(match *r {
+            [a] => a as i8 as i32,
+            [a, b] => i16::from_be_bytes([a, b]) as i32,
+            [a, b, c, d] => i32::from_be_bytes([a, b, c, d]),
+            _ => return None,
+        })
     }
 }
 
-/// Reads frames until the connection ends, calling `on_frame(is_heartbeat)` for each.
-async fn read_frames(run: &Run, mut r: Stream, mut on_frame: impl FnMut(bool) -> bool) {
+impl Run {
+    /// fanout: a broadcast packet arrived; its payload starts with the node's clock at the
+    /// broadcast (Unix nanoseconds, big-endian). Same machine, same clock.
+    fn fanout_arrival(&self, frame: &[u8]) {
+        let at = 5 + self.a.route_bytes as usize + self.a.seq_bytes as usize;
+        let Some(stamp) = frame.get(at..at + 8) else {
+            return;
+        };
+        let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+        let us = (unix_nanos().saturating_sub(sent) / 1000).max(1);
+        let f = &self.fanout;
+        if let Some(h) = f.arrivals.borrow_mut().as_mut() {
+            let _ = h.record(us);
+        }
+        f.round_max_us.set(f.round_max_us.get().max(us));
+        f.arrived.set(f.arrived.get() + 1);
+        Stats::bump(&self.stats.received);
+        self.wake_waiter();
+    }
+
+    fn wake_waiter(&self) {
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once `ready()` holds; every reply wakes the check.
+    async fn until(&self, ready: impl Fn() -> bool) {
+        std::future::poll_fn(|cx| {
+            if ready() {
+                std::task::Poll::Ready(())
+            } else {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// fanout: the rounds, driven over one extra connection that sends the trigger packets (it is a
+/// connection of the gate too, so it receives each broadcast like the others).
+async fn run_fanout(run: &Rc<Run>) {
+    let a = &run.a;
+    let f = &run.fanout;
+    *f.arrivals.borrow_mut() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist"));
+    *f.rounds.borrow_mut() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist"));
+    let (mut r, mut w) = match connect(a.addr, Ipv4Addr::LOCALHOST) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("fanout: trigger connection: {e}");
+            Stats::bump_usize(&run.stats.connect_errors);
+            return;
+        }
+    };
+    if !open_session(run, &mut r, &mut w).await {
+        return;
+    }
+    let reader = {
+        let run = run.clone();
+        glommio::spawn_local(async move {
+            read_frames(&run, r, |frame| {
+                if run.route_of(frame) == Some(run.a.route) {
+                    run.fanout_arrival(frame);
+                }
+                true
+            })
+            .await
+        })
+    };
+    let mut trigger = BytesMut::new();
+    for round in 0..a.rounds {
+        let expected = run.stats.open.get() + 1 - run.stats.closed_by_gate.get();
+        f.arrived.set(0);
+        f.round_max_us.set(0);
+        trigger.clear();
+        let packet = run
+            .packet
+            .encode(a.route, run.seq_value(round), b"")
+            .expect("trigger fits");
+        run.put_wire(&packet, &mut trigger);
+        if w.write_all(&trigger).await.is_err() {
+            break;
+        }
+        let done = glommio::timer::timeout(Duration::from_secs(10), async {
+            run.until(|| f.arrived.get() >= expected).await;
+            Ok(())
+        })
+        .await
+        .is_ok();
+        if done {
+            if let Some(h) = f.rounds.borrow_mut().as_mut() {
+                let _ = h.record(f.round_max_us.get());
+            }
+        } else {
+            eprintln!(
+                "fanout: round {round} incomplete: {} of {expected} arrived in 10 s",
+                f.arrived.get()
+            );
+            Stats::bump_usize(&run.stats.incomplete_rounds);
+        }
+        glommio::timer::sleep(a.pause).await;
+    }
+    drop(reader);
+}
+
+/// A JSON object of exactly `size` bytes when `size` allows one (`{"message":"aaa…"}`, 14 bytes
+/// of framing), else `size` bytes of `a`.
+fn json_payload(size: usize) -> Vec<u8> {
+    if size < 14 {
+        return vec![b'a'; size];
+    }
+    let mut p = b"{\"message\":\"".to_vec();
+    p.resize(size - 2, b'a');
+    p.extend_from_slice(b"\"}");
+    p
+}
+
+/// fanout bookkeeping, shared by every connection's reader.
+#[derive(Default)]
+struct Fanout {
+    /// Broadcast packets received in the current round.
+    arrived: Cell<usize>,
+    /// The largest latency (µs) seen in the current round: when the last connection got it.
+    round_max_us: Cell<u64>,
+    /// Latency of every arrival (µs), all rounds.
+    arrivals: RefCell<Option<Histogram<u64>>>,
+    /// The round's completion time (µs from broadcast to the last arrival), one per round.
+    rounds: RefCell<Option<Histogram<u64>>>,
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Reads packets until the connection ends (or `on_frame` says stop), calling `on_frame` with
+/// each whole packet (over WS: the packets carried in the binary frames).
+async fn read_frames(run: &Run, mut r: Stream, mut on_frame: impl FnMut(&[u8]) -> bool) {
     let dec = FrameDecoder::new(&run.packet, u32::MAX);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut buf = BytesMut::with_capacity(if run.a.mode == "idle" { 256 } else { 64 * 1024 });
+    let mut raw = BytesMut::new();
+    let mut chunk = vec![0u8; if run.a.mode == "idle" { 256 } else { 64 * 1024 }];
     loop {
         let n = match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => {
-                if run.running() {
-                    run.stats
-                        .closed_by_gate
-                        .set(run.stats.closed_by_gate.get() + 1);
-                }
-                return;
-            }
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
+        if run.a.ws.is_some() {
+            raw.extend_from_slice(&chunk[..n]);
+            if !unwrap_ws_frames(&mut raw, &mut buf) {
+                break;
+            }
+        } else {
+            buf.extend_from_slice(&chunk[..n]);
+        }
         while let Ok(Some(len)) = dec.next_frame_len(&buf) {
             let frame = buf.split_to(len);
-            let hb = frame.len() > 4 && frame[4] & 0x80 != 0;
-            if !on_frame(hb) {
+            if !on_frame(&frame) {
                 return;
             }
+        }
+    }
+    if run.running() {
+        run.stats
+            .closed_by_gate
+            .set(run.stats.closed_by_gate.get() + 1);
+    }
+}
+
+fn is_heartbeat(frame: &[u8]) -> bool {
+    frame.len() > 4 && frame[4] & 0x80 != 0
+}
+
+/// Moves the payloads of the complete server WS frames at the front of `raw` into `out`;
+/// returns false on a close frame. Data frames (binary, text, continuation) carry packet bytes;
+/// pings and pongs are skipped.
+fn unwrap_ws_frames(raw: &mut BytesMut, out: &mut BytesMut) -> bool {
+    loop {
+        if raw.len() < 2 {
+            return true;
+        }
+        let (opcode, masked) = (raw[0] & 0x0f, raw[1] & 0x80 != 0);
+        let (mut len, mut off) = ((raw[1] & 0x7f) as usize, 2);
+        if len == 126 {
+            if raw.len() < 4 {
+                return true;
+            }
+            len = u16::from_be_bytes([raw[2], raw[3]]) as usize;
+            off = 4;
+        } else if len == 127 {
+            if raw.len() < 10 {
+                return true;
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[2..10]);
+            len = u64::from_be_bytes(b) as usize;
+            off = 10;
+        }
+        let mask_at = off;
+        if masked {
+            off += 4;
+        }
+        if raw.len() < off + len {
+            return true;
+        }
+        let frame = raw.split_to(off + len);
+        match opcode {
+            0x0..=0x2 => {
+                let start = out.len();
+                out.extend_from_slice(&frame[off..]);
+                if masked {
+                    let mask = &frame[mask_at..mask_at + 4];
+                    for (i, b) in out[start..].iter_mut().enumerate() {
+                        *b ^= mask[i % 4];
+                    }
+                }
+            }
+            0x8 => return false,
+            _ => {}
         }
     }
 }
@@ -237,51 +498,59 @@ async fn ws_upgrade(w: &mut Stream, r: &mut Stream, path: &str, host: SocketAddr
     head.starts_with(b"HTTP/1.1 101")
 }
 
-/// One masked binary WebSocket frame carrying `payload` (client frames must be masked).
-fn ws_frame(payload: &[u8]) -> Vec<u8> {
+/// Appends one masked binary WebSocket frame carrying `payload` (client frames must be masked).
+fn put_ws_frame(payload: &[u8], out: &mut BytesMut) {
     let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut f = vec![0x82, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    out.extend_from_slice(&[0x82]);
+    match payload.len() {
+        n @ 0..=125 => out.extend_from_slice(&[0x80 | n as u8]),
+        n @ 126..=0xffff => {
+            out.extend_from_slice(&[0x80 | 126]);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.extend_from_slice(&[0x80 | 127]);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
 }
 
-async fn idle_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
-    let mut hb = run.packet.heartbeat(0).to_vec();
-    if let Some(path) = &run.a.ws {
-        if !ws_upgrade(&mut w, &mut r, path, run.a.addr).await {
-            run.stats
-                .connect_errors
-                .set(run.stats.connect_errors.get() + 1);
-            return;
-        }
-        hb = ws_frame(&hb);
+/// Upgrades the connection to WebSocket when `--ws` is set; false (counted as a connect error)
+/// if the gate refused.
+async fn open_session(run: &Run, r: &mut Stream, w: &mut Stream) -> bool {
+    let Some(path) = &run.a.ws else {
+        return true;
+    };
+    if ws_upgrade(w, r, path, run.a.addr).await {
+        return true;
     }
+    run.stats
+        .connect_errors
+        .set(run.stats.connect_errors.get() + 1);
+    false
+}
+
+/// idle and fanout: heartbeats out, heartbeats (and in fanout, broadcasts) in.
+async fn idle_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
+    if !open_session(&run, &mut r, &mut w).await {
+        return;
+    }
+    let mut hb = BytesMut::new();
+    run.put_wire(&run.packet.heartbeat(0), &mut hb);
     let reader = {
         let run = run.clone();
         glommio::spawn_local(async move {
-            if run.a.ws.is_some() {
-                // WS frames around the packets: count reads, not frames.
-                let mut r = r;
-                let mut b = [0u8; 256];
-                while let Ok(n) = r.read(&mut b).await {
-                    if n == 0 {
-                        if run.running() {
-                            run.stats
-                                .closed_by_gate
-                                .set(run.stats.closed_by_gate.get() + 1);
-                        }
-                        break;
-                    }
+            read_frames(&run, r, |frame| {
+                if is_heartbeat(frame) {
                     Stats::bump(&run.stats.heartbeats);
+                } else if run.route_of(frame) == Some(run.a.route) {
+                    run.fanout_arrival(frame);
                 }
-            } else {
-                read_frames(&run, r, |_| {
-                    Stats::bump(&run.stats.heartbeats);
-                    true
-                })
-                .await
-            }
+                true
+            })
+            .await
         })
     };
     while run.running() {
@@ -294,14 +563,20 @@ async fn idle_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
     drop(reader);
 }
 
-async fn flood_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
+async fn flood_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
+    if !open_session(&run, &mut r, &mut w).await {
+        return;
+    }
     let reader = {
         let run = run.clone();
         glommio::spawn_local(async move {
-            read_frames(&run, r, |hb| {
-                if !hb {
+            read_frames(&run, r, |frame| {
+                if !is_heartbeat(frame) {
                     Stats::bump(&run.stats.received);
                     run.last_reply.set(Instant::now());
+                    if run.stats.received.get() >= run.a.requests {
+                        run.wake_waiter();
+                    }
                 }
                 run.stats.received.get() < run.a.requests
             })
@@ -320,7 +595,7 @@ async fn flood_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
         batch.clear();
         for _ in 0..take {
             seq = seq.wrapping_add(1);
-            batch.extend_from_slice(&run.request(seq));
+            run.put_request(seq, &mut batch);
         }
         if w.write_all(&batch).await.is_err() {
             break;
@@ -332,7 +607,10 @@ async fn flood_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
     reader.await;
 }
 
-async fn closed_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
+async fn closed_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
+    if !open_session(&run, &mut r, &mut w).await {
+        return;
+    }
     let sent_at: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
     let permits = Rc::new(Cell::new(run.a.inflight.max(1)));
     let waker: Rc<RefCell<Option<std::task::Waker>>> = Rc::default();
@@ -340,8 +618,8 @@ async fn closed_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
         let (run, sent_at, permits, waker) =
             (run.clone(), sent_at.clone(), permits.clone(), waker.clone());
         glommio::spawn_local(async move {
-            read_frames(&run, r, |hb| {
-                if hb {
+            read_frames(&run, r, |frame| {
+                if is_heartbeat(frame) {
                     return true;
                 }
                 if let Some(t) = sent_at.borrow_mut().pop_front() {
@@ -358,8 +636,20 @@ async fn closed_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
             .await
         })
     };
+    // Pacing: this connection's share of --target-rate, as a schedule of send times.
+    let gap = (run.a.target_rate > 0)
+        .then(|| Duration::from_secs_f64(run.a.conns.max(1) as f64 / run.a.target_rate as f64));
+    let mut next = Instant::now();
     let mut seq = 0u32;
+    let mut out = BytesMut::new();
     while run.running() {
+        if let Some(gap) = gap {
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                glommio::timer::sleep(wait).await;
+            }
+            // Behind schedule (a slow reply): do not burst to catch up.
+            next = (next + gap).max(Instant::now());
+        }
         std::future::poll_fn(|cx| {
             if permits.get() > 0 || !run.running() {
                 std::task::Poll::Ready(())
@@ -374,8 +664,10 @@ async fn closed_conn(run: Rc<Run>, r: Stream, mut w: Stream) {
         }
         permits.set(permits.get() - 1);
         seq = seq.wrapping_add(1);
+        out.clear();
+        run.put_request(seq, &mut out);
         sent_at.borrow_mut().push_back(Instant::now());
-        if w.write_all(&run.request(seq)).await.is_err() {
+        if w.write_all(&out).await.is_err() {
             break;
         }
         Stats::bump(&run.stats.sent);
@@ -391,7 +683,9 @@ fn main() {
             let now = Instant::now();
             let run = Rc::new(Run {
                 budget: Cell::new(a.requests),
-                payload: vec![b'a'; a.size],
+                fanout: Fanout::default(),
+                waiter: RefCell::default(),
+                payload: json_payload(a.size),
                 packet: PacketConfig {
                     route_bytes: a.route_bytes,
                     seq_bytes: a.seq_bytes,
@@ -419,7 +713,7 @@ fn main() {
 async fn report_and_run(run: Rc<Run>) -> usize {
     let a = &run.a;
     let ramp_start = Instant::now();
-    if a.mode != "flood" {
+    if matches!(a.mode.as_str(), "idle" | "closed") {
         run.end.set(ramp_start + a.duration);
     }
     let gap = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
@@ -448,7 +742,7 @@ async fn report_and_run(run: Rc<Run>) -> usize {
     let mut tasks = Vec::new();
     for (r, w) in streams {
         let task = match a.mode.as_str() {
-            "idle" => glommio::spawn_local(idle_conn(run.clone(), r, w)),
+            "idle" | "fanout" => glommio::spawn_local(idle_conn(run.clone(), r, w)),
             "flood" => glommio::spawn_local(flood_conn(run.clone(), r, w)),
             _ => glommio::spawn_local(closed_conn(run.clone(), r, w)),
         };
@@ -478,16 +772,17 @@ async fn report_and_run(run: Rc<Run>) -> usize {
     };
     if a.mode == "flood" {
         // Bounded: give up `duration` after the start if replies stop coming.
-        let limit = run.start.get() + a.duration;
-        for t in tasks {
-            let left = limit.saturating_duration_since(Instant::now());
-            let _ = glommio::timer::timeout(left, async {
-                t.await;
-                Ok(())
-            })
-            .await;
-        }
+        let _ = glommio::timer::timeout(a.duration, async {
+            run.until(|| run.stats.received.get() >= a.requests).await;
+            Ok(())
+        })
+        .await;
         run.end.set(Instant::now());
+        drop(tasks);
+    } else if a.mode == "fanout" {
+        run_fanout(&run).await;
+        run.end.set(Instant::now());
+        drop(tasks);
     } else {
         let left = run.end.get().saturating_duration_since(Instant::now());
         glommio::timer::sleep(left).await;
@@ -521,8 +816,9 @@ fn summary(run: &Run) -> usize {
     };
     let failures = s.connect_errors.get()
         + s.closed_by_gate.get()
+        + s.incomplete_rounds.get()
         + usize::from(a.mode == "flood" && s.received.get() < a.requests);
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "mode": a.mode, "conns": a.conns, "size": a.size, "inflight": a.inflight,
         "requests": a.requests, "sent": s.sent.get(), "received": s.received.get(),
         "seconds": elapsed, "tps": tps, "connect_errors": s.connect_errors.get(),
@@ -531,6 +827,10 @@ fn summary(run: &Run) -> usize {
                    "max": if h.is_empty() { 0 } else { h.max() }},
         "failures": failures,
     });
+    let fanout = fanout_summary(run);
+    if let Some(f) = &fanout {
+        json["fanout"] = f.clone();
+    }
     if a.json {
         println!("{json}");
     } else {
@@ -549,6 +849,32 @@ fn summary(run: &Run) -> usize {
                 h.max()
             );
         }
+        if let Some(f) = fanout {
+            println!("fanout {f}");
+        }
     }
     failures
+}
+
+/// fanout figures: per round, broadcast → last arrival; per arrival, broadcast → arrival (µs).
+fn fanout_summary(run: &Run) -> Option<serde_json::Value> {
+    let f = &run.fanout;
+    let rounds = f.rounds.borrow();
+    let arrivals = f.arrivals.borrow();
+    let (rounds, arrivals) = (rounds.as_ref()?, arrivals.as_ref()?);
+    let q = |h: &Histogram<u64>, q: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
+    Some(serde_json::json!({
+        "rounds": run.a.rounds,
+        "complete_rounds": rounds.len(),
+        "incomplete_rounds": run.stats.incomplete_rounds.get(),
+        "connections": run.stats.open.get() + 1,
+        "complete_us": {"p50": q(rounds, 0.5), "max": q(rounds, 1.0)},
+        "arrival_us": {"p50": q(arrivals, 0.5), "p99": q(arrivals, 0.99), "max": q(arrivals, 1.0)},
+    }))
 }

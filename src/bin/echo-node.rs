@@ -1,6 +1,12 @@
 //! echo-node: a minimal due node speaking the node side of the link, for demos and benchmarks.
 //! Every client packet the gate delivers is pushed back, unchanged, to the connection it came from.
 //!
+//! One route is special: a packet on route 20 (`BROADCAST_ROUTE`) makes the node broadcast a
+//! 64-byte packet on route 20 to every connection of the gate, its first 8 bytes the node's wall
+//! clock (Unix nanoseconds, big-endian) — how the benchmark times a fan-out. With `--consul` the
+//! node registers itself there as a due node (routes 1 and 20), so gates that discover nodes
+//! through Consul (gatehouse with `[registry.consul]`, due's Go gate) find it.
+//!
 //! It listens for the gate's connections (handshake, heartbeats, trigger, deliver) and dials the
 //! gate's link address once (handshake kind 2) to send pushes. Events are printed as JSON lines
 //! on stdout, so scripts and tests can follow what the node saw. Blocking threads keep it short:
@@ -8,14 +14,27 @@
 
 use bytes::{Bytes, BytesMut};
 use gatehouse::link::codec::{self, Frame, Request};
+use gatehouse::packet::PacketConfig;
+use gatehouse::registry::consul::{ConsulClient, ConsulSettings};
+use gatehouse::registry::{InstanceState, RouteInfo, ServiceInstance};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+
+/// The route whose packets trigger a broadcast instead of an echo.
+const BROADCAST_ROUTE: i32 = 20;
+/// Size of the broadcast payload.
+const BROADCAST_BYTES: usize = 64;
 
 struct Args {
     listen: String,
     gate: String,
     id: String,
+    consul: Option<String>,
+    /// Print nothing per connection event (the benchmark opens 19,000 connections).
+    quiet: bool,
+    /// `[packet] routeBytes` of the cluster: where the route sits in a delivered packet.
+    route_bytes: u8,
 }
 
 fn args() -> Args {
@@ -23,16 +42,30 @@ fn args() -> Args {
         listen: "127.0.0.1:0".into(),
         gate: String::new(),
         id: "echo-node".into(),
+        consul: None,
+        quiet: false,
+        route_bytes: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--quiet" {
+            a.quiet = true;
+            continue;
+        }
         let v = it.next().unwrap_or_default();
         match flag.as_str() {
             "--listen" => a.listen = v,
             "--gate" => a.gate = v,
             "--id" => a.id = v,
+            "--consul" => a.consul = Some(v),
+            "--route-bytes" if matches!(v.as_str(), "1" | "2" | "4") => {
+                a.route_bytes = v.parse().unwrap_or(2)
+            }
             _ => {
-                eprintln!("usage: echo-node --gate GATE_LINK_ADDR [--listen ADDR] [--id ID]");
+                eprintln!(
+                    "usage: echo-node --gate GATE_LINK_ADDR [--listen ADDR] [--id ID] \
+                     [--consul HOST:PORT] [--route-bytes 1|2|4] [--quiet]"
+                );
                 std::process::exit(2);
             }
         }
@@ -52,10 +85,94 @@ fn main() {
         listener.local_addr().expect("local addr")
     );
     let _ = std::io::stdout().flush();
+    let local = listener.local_addr().expect("local addr");
+    if let Some(consul) = &a.consul {
+        register(consul, &a.id, local);
+    }
     let pushes = start_pusher(a.gate.clone(), a.id.clone());
+    let node = std::sync::Arc::new(Node {
+        pushes,
+        quiet: a.quiet,
+        route_at: 5..5 + a.route_bytes as usize,
+        packet: PacketConfig {
+            route_bytes: a.route_bytes,
+            ..PacketConfig::default()
+        },
+    });
     for stream in listener.incoming().flatten() {
-        let pushes = pushes.clone();
-        std::thread::spawn(move || serve_gate(stream, pushes));
+        let node = node.clone();
+        std::thread::spawn(move || serve_gate(stream, &node));
+    }
+}
+
+/// What every gate connection's thread shares.
+struct Node {
+    pushes: crossbeam_channel::Sender<Bytes>,
+    quiet: bool,
+    /// Where the route sits in a delivered packet (after the 4-byte size and the header byte).
+    route_at: std::ops::Range<usize>,
+    packet: PacketConfig,
+}
+
+impl Node {
+    /// The route of a delivered client packet (big-endian, as the sample configurations say).
+    fn route(&self, packet: &[u8]) -> Option<i32> {
+        let bytes = packet.get(self.route_at.clone())?;
+        Some(match *bytes {
+            [a] => a as i8 as i32,
+            [a, b] => i16::from_be_bytes([a, b]) as i32,
+            [a, b, c, d] => i32::from_be_bytes([a, b, c, d]),
+            _ => return None,
+        })
+    }
+
+    /// A broadcast request (kind 1: every connection) of the timestamped 64-byte packet.
+    fn broadcast(&self) -> Bytes {
+        let mut payload = [0u8; BROADCAST_BYTES];
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        payload[..8].copy_from_slice(&now.to_be_bytes());
+        let message = self
+            .packet
+            .encode(BROADCAST_ROUTE, 0, &payload)
+            .expect("route 20 fits every route width");
+        let mut out = BytesMut::with_capacity(32 + message.len());
+        codec::put_broadcast(&mut out, 0, 0, 1, &message);
+        out.freeze()
+    }
+}
+
+/// Registers this node in Consul as due does (service `node`, TCP check on the link address),
+/// serving routes 1 and 20 in state work. Exits the process when the agent refuses.
+fn register(consul: &str, id: &str, link: std::net::SocketAddr) {
+    let route = |id| RouteInfo {
+        id,
+        ..RouteInfo::default()
+    };
+    let inst = ServiceInstance {
+        id: id.to_string(),
+        name: "node".into(),
+        kind: "node".into(),
+        alias: "node".into(),
+        state: InstanceState::Work,
+        routes: vec![route(1), route(BROADCAST_ROUTE)],
+        endpoint: format!("drpc://{link}?is_secure=false"),
+        weight: 1,
+        ..ServiceInstance::default()
+    };
+    let settings = ConsulSettings {
+        health_check_interval: Duration::from_secs(1),
+        heartbeat_check: false,
+        ..ConsulSettings::default()
+    };
+    let client = ConsulClient::new(consul).unwrap_or_else(|e| {
+        eprintln!("echo-node: consul {consul}: {e}");
+        std::process::exit(1)
+    });
+    if let Err(e) = client.register(&inst, &settings) {
+        eprintln!("echo-node: {e}");
+        std::process::exit(1);
     }
 }
 
@@ -110,7 +227,7 @@ fn start_pusher(gate: String, id: String) -> crossbeam_channel::Sender<Bytes> {
 
 /// Serves one connection the gate dialled: answers the handshake and heartbeats, prints
 /// events, and echoes deliveries.
-fn serve_gate(mut s: TcpStream, pushes: crossbeam_channel::Sender<Bytes>) {
+fn serve_gate(mut s: TcpStream, node: &Node) {
     let _ = s.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::new();
@@ -138,16 +255,22 @@ fn serve_gate(mut s: TcpStream, pushes: crossbeam_channel::Sender<Bytes>) {
                             3 => "disconnect",
                             _ => "unknown",
                         };
-                        println!("{{\"event\":\"{name}\",\"gid\":\"{gid}\",\"cid\":{cid},\"uid\":{uid}}}");
-                        let _ = std::io::stdout().flush();
+                        if !node.quiet {
+                            println!("{{\"event\":\"{name}\",\"gid\":\"{gid}\",\"cid\":{cid},\"uid\":{uid}}}");
+                            let _ = std::io::stdout().flush();
+                        }
                         if seq != 0 {
                             codec::put_code(&mut out, codec::Cmd::Trigger, seq, 0);
                         }
                     }
                     Request::Deliver { cid, message, .. } => {
-                        let mut push = BytesMut::with_capacity(23 + message.len());
-                        codec::put_push(&mut push, 0, 0, 1, cid, &message);
-                        let _ = pushes.send(push.freeze());
+                        if node.route(&message) == Some(BROADCAST_ROUTE) {
+                            let _ = node.pushes.send(node.broadcast());
+                        } else {
+                            let mut push = BytesMut::with_capacity(23 + message.len());
+                            codec::put_push(&mut push, 0, 0, 1, cid, &message);
+                            let _ = node.pushes.send(push.freeze());
+                        }
                         if seq != 0 {
                             codec::put_code(&mut out, codec::Cmd::Deliver, seq, 0);
                         }
