@@ -713,9 +713,6 @@ fn main() {
 async fn report_and_run(run: Rc<Run>) -> usize {
     let a = &run.a;
     let ramp_start = Instant::now();
-    if matches!(a.mode.as_str(), "idle" | "closed") {
-        run.end.set(ramp_start + a.duration);
-    }
     let gap = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
     let mut streams = Vec::with_capacity(a.conns);
     for i in 0..a.conns {
@@ -739,6 +736,10 @@ async fn report_and_run(run: Rc<Run>) -> usize {
         }
     }
     run.start.set(Instant::now());
+    // idle and closed run for --duration once every connection is open.
+    if matches!(a.mode.as_str(), "idle" | "closed") {
+        run.end.set(run.start.get() + a.duration);
+    }
     let mut tasks = Vec::new();
     for (r, w) in streams {
         let task = match a.mode.as_str() {
