@@ -143,37 +143,44 @@ pub async fn accept_loop(
         // plain TCP connection must not pay for TLS or WebSocket handshake state.
         let (shard, server) = (shard.clone(), server.clone());
         match (ws_rules.clone(), server.tls.is_some()) {
-            (None, false) => glommio::spawn_local(serve_tcp(shard, server, ip, stream)).detach(),
+            (None, false) => {
+                // Admitted before the spawn, so the task's future holds the driver only.
+                if let Some(conn) = admit(&shard, &server, ip) {
+                    glommio::spawn_local(tcp::serve(shard, server, conn, stream)).detach();
+                }
+            }
             (None, true) => {
-                glommio::spawn_local(Box::pin(serve_tls(shard, server, ip, stream))).detach()
+                glommio::spawn_local(Box::pin(serve_tls(shard, server, ip, stream))).detach();
             }
             (Some(rules), false) => {
-                glommio::spawn_local(serve_ws_plain(shard, server, rules, ip, stream)).detach()
+                glommio::spawn_local(serve_ws_plain(shard, server, rules, ip, stream)).detach();
             }
             (Some(rules), true) => {
-                glommio::spawn_local(Box::pin(serve_wss(shard, server, rules, ip, stream))).detach()
+                glommio::spawn_local(Box::pin(serve_wss(shard, server, rules, ip, stream)))
+                    .detach();
             }
-        };
+        }
     })
     .await
 }
 
-async fn serve_tcp(shard: Rc<Shard>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {
-    let Some(conn) = shard.admit(&server, ip) else {
+/// A session slot for a new connection from `ip`, or `None` (logged as due logs it) when the
+/// server is full; the caller then drops the stream, which closes it.
+fn admit(shard: &Shard, server: &ServerCtx, ip: IpAddr) -> Option<Rc<crate::session::Conn>> {
+    let conn = shard.admit(server, ip);
+    if conn.is_none() {
         tracing::warn!(%ip, "connection allocate error: too many connection");
-        return;
-    };
-    tcp::serve(&shard, &server, &conn, stream).await
+    }
+    conn
 }
 
 async fn serve_tls(shard: Rc<Shard>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {
-    let Some(conn) = shard.admit(&server, ip) else {
-        tracing::warn!(%ip, "connection allocate error: too many connection");
+    let Some(conn) = admit(&shard, &server, ip) else {
         return;
     };
     let tls = server.tls.as_ref().expect("TLS server");
     match tls_handshake(tls, stream, ip).await {
-        Some(s) => tcp::serve(&shard, &server, &conn, s).await,
+        Some(s) => tcp::serve(shard, server, conn, s).await,
         None => shard.release(&server, &conn),
     }
 }

@@ -120,7 +120,7 @@ impl Inbound<'_> {
             FrameKind::Empty => {}
             FrameKind::Heartbeat => {
                 if self.server.reply_heartbeats {
-                    self.conn.push_control(self.shard.heartbeat());
+                    self.conn.owe_heartbeat();
                 }
             }
             FrameKind::Data => match self.shard.packet.unpack(frame) {
@@ -156,7 +156,7 @@ impl Inbound<'_> {
         loop {
             match live.check(now) {
                 Verdict::Idle => return Ok(()),
-                Verdict::SendHeartbeat => self.conn.push_control(self.shard.heartbeat()),
+                Verdict::SendHeartbeat => self.conn.owe_heartbeat(),
                 Verdict::HeartbeatTimeout => {
                     tracing::debug!(cid = self.conn.cid, "connection heartbeat timeout");
                     return Err(CloseReason::HeartbeatTimeout);

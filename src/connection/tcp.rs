@@ -7,7 +7,10 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
+use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,7 +21,16 @@ use crate::session::{Conn, ConnState};
 use crate::shard::{ServerCtx, Shard};
 
 /// Serves one admitted TCP connection until it closes, then releases it.
-pub async fn serve<S>(shard: &Shard, server: &ServerCtx, conn: &Conn, stream: S)
+///
+/// The driver is built before the returned future rather than inside an `async fn`: an async
+/// fn keeps its moved-from arguments (the stream) in its state beside the driver for the
+/// connection's whole life, and every idle connection would pay for that copy.
+pub fn serve<S>(
+    shard: Rc<Shard>,
+    server: Arc<ServerCtx>,
+    conn: Rc<Conn>,
+    stream: S,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -30,20 +42,22 @@ where
         live: Liveness::new(server.rules, Instant::now()),
         timer: DeadlineTimer::new(),
     };
-    let io = Inbound {
-        shard,
-        server,
-        conn,
-    };
-    let reason = std::future::poll_fn(|cx| d.poll(&io, cx)).await;
-    match &reason {
-        CloseReason::Protocol(e) | CloseReason::Io(e) => {
-            tracing::info!(cid = conn.cid, reason = %e, "connection closed")
+    async move {
+        let io = Inbound {
+            shard: &shard,
+            server: &server,
+            conn: &conn,
+        };
+        let reason = std::future::poll_fn(|cx| d.poll(&io, cx)).await;
+        match &reason {
+            CloseReason::Protocol(e) | CloseReason::Io(e) => {
+                tracing::info!(cid = conn.cid, reason = %e, "connection closed")
+            }
+            r => tracing::debug!(cid = conn.cid, reason = ?r, "connection closed"),
         }
-        r => tracing::debug!(cid = conn.cid, reason = ?r, "connection closed"),
+        drop(d);
+        shard.release(&server, &conn);
     }
-    drop(d);
-    shard.release(server, conn);
 }
 
 struct TcpDriver<S> {
@@ -73,7 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
                 continue;
             }
             let mut progress = false;
-            match self.poll_write(io.conn, cx) {
+            match self.poll_write(io, cx) {
                 Poll::Ready(Err(r)) => return Poll::Ready(r),
                 Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Pending => {}
@@ -81,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
             // Graceful close completes once everything queued before it was written.
             if io.conn.state() == ConnState::Hanged
                 && self.writing.is_none()
-                && io.conn.outbox().is_empty()
+                && io.conn.nothing_queued()
             {
                 return match Pin::new(&mut self.stream).poll_close(cx) {
                     Poll::Pending => Poll::Pending,
@@ -110,9 +124,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
     }
 
     /// Writes queued packets. `Ok(true)` = something was written.
-    fn poll_write(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Poll<Result<bool, CloseReason>> {
+    fn poll_write(
+        &mut self,
+        io: &Inbound<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<bool, CloseReason>> {
+        let conn = io.conn;
         let mut wrote = false;
         loop {
+            if self.writing.is_none() {
+                self.writing = owed_heartbeats(io).map(|hb| (hb, 0));
+            }
             if self.writing.is_none() {
                 let mut q = conn.outbox();
                 let Some(first) = q.pop_front() else {
@@ -200,5 +222,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TcpDriver<S> {
                 }
             })
         })
+    }
+}
+
+/// The heartbeats the connection owes, as one write (`None` when it owes none). One heartbeat
+/// without a timestamp is the shard's shared copy: no allocation.
+fn owed_heartbeats(io: &Inbound<'_>) -> Option<Bytes> {
+    match io.conn.take_heartbeats_owed() {
+        0 => None,
+        1 => Some(io.shard.heartbeat()),
+        n => {
+            let mut buf = BytesMut::new();
+            for _ in 0..n {
+                buf.extend_from_slice(&io.shard.heartbeat());
+            }
+            Some(buf.freeze())
+        }
     }
 }

@@ -196,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
                 continue;
             }
             let mut progress = false;
-            match self.poll_write(io.conn, cx) {
+            match self.poll_write(io, cx) {
                 Poll::Ready(Err(r)) => return Poll::Ready(r),
                 Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Pending => {}
@@ -212,7 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
                     return Poll::Ready(self.closing.take().expect("checked"));
                 }
                 // Graceful close completes once everything queued before it was written.
-                if io.conn.state() == ConnState::Hanged && io.conn.outbox().is_empty() {
+                if io.conn.state() == ConnState::Hanged && io.conn.nothing_queued() {
                     if self.close_frame {
                         ws_frame::encode_close(Some(ws_frame::CLOSE_NORMAL), "", &mut self.control);
                         self.closing = Some(CloseReason::Graceful);
@@ -247,15 +247,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
         Poll::Pending
     }
 
-    /// The next batch: queued control frames first, then queued packets as binary frames, up
-    /// to [`WRITE_BATCH`] bytes (a single larger packet goes alone). Empty = nothing to write.
-    fn next_batch(&mut self, conn: &Conn) -> Vec<u8> {
+    /// The next batch: queued control frames first, then owed heartbeats and queued packets
+    /// as binary frames, up to [`WRITE_BATCH`] bytes (a single larger packet goes alone).
+    /// Empty = nothing to write.
+    fn next_batch(&mut self, io: &Inbound<'_>) -> Vec<u8> {
         let mut batch = std::mem::take(&mut self.control);
         if self.closing.is_some() {
             // Nothing may follow a Close frame.
             return batch;
         }
-        let mut q = conn.outbox();
+        for _ in 0..io.conn.take_heartbeats_owed() {
+            ws_frame::encode_binary(&io.shard.heartbeat(), &mut batch);
+        }
+        let mut q = io.conn.outbox();
         let mut total = batch.len();
         let mut count = 0;
         for p in q.iter() {
@@ -274,11 +278,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsDriver<S> {
     }
 
     /// Writes queued control frames and packets. `Ok(true)` = something was written.
-    fn poll_write(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Poll<Result<bool, CloseReason>> {
+    fn poll_write(
+        &mut self,
+        io: &Inbound<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<bool, CloseReason>> {
         let mut wrote = false;
         loop {
             if self.writing.is_none() {
-                let batch = self.next_batch(conn);
+                let batch = self.next_batch(io);
                 if batch.is_empty() {
                     return Poll::Ready(Ok(wrote));
                 }

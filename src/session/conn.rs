@@ -48,6 +48,10 @@ pub struct Conn {
     state: Cell<ConnState>,
     uid: Cell<i64>,
     outbox: RefCell<VecDeque<Bytes>>,
+    /// Heartbeat replies owed to the client. A count, not queue entries: an idle connection's
+    /// only traffic is heartbeats, and queueing them would keep a queue allocation alive on
+    /// every idle connection (the write path builds the bytes when it writes them).
+    heartbeats_owed: Cell<u32>,
     queue_limit: usize,
     waker: RefCell<Option<Waker>>,
     pub(crate) orders: RefCell<Orders>,
@@ -63,6 +67,7 @@ impl Conn {
             state: Cell::new(ConnState::Opened),
             uid: Cell::new(0),
             outbox: RefCell::new(VecDeque::new()),
+            heartbeats_owed: Cell::new(0),
             queue_limit: queue_limit.max(1),
             waker: RefCell::new(None),
             orders: RefCell::new(Orders::default()),
@@ -122,10 +127,21 @@ impl Conn {
         Ok(())
     }
 
-    /// Queues a heartbeat regardless of state and queue limit (it may overtake nothing: the
-    /// queue is FIFO, and due allows heartbeats anywhere between whole frames).
-    pub(crate) fn push_control(&self, bytes: Bytes) {
-        self.outbox.borrow_mut().push_back(bytes);
+    /// Owes the client a heartbeat, regardless of state and queue limit. The driver writes it
+    /// before the packets queued so far (due allows heartbeats anywhere between whole frames).
+    pub(crate) fn owe_heartbeat(&self) {
+        self.heartbeats_owed
+            .set(self.heartbeats_owed.get().saturating_add(1));
+    }
+
+    /// Takes the count of heartbeats owed (the caller writes them).
+    pub(crate) fn take_heartbeats_owed(&self) -> u32 {
+        self.heartbeats_owed.replace(0)
+    }
+
+    /// Nothing waits to be written: no packet queued, no heartbeat owed.
+    pub(crate) fn nothing_queued(&self) -> bool {
+        self.heartbeats_owed.get() == 0 && self.outbox.borrow().is_empty()
     }
 
     pub(crate) fn outbox(&self) -> std::cell::RefMut<'_, VecDeque<Bytes>> {
