@@ -29,7 +29,7 @@ for _ in $(seq 100); do grep -q "Server: \[$TRANSPORT\]" "$work/gate.out" && bre
 rss() { awk '/^VmRSS/ {print $2}' /proc/$gate/status; }
 base=$(rss)
 echo "gate pid $gate, RSS before: ${base} KiB"
-./target/release/loadgen idle --addr "127.0.0.1:$PORT" --conns "$N" --rate 4000 --heartbeat 5 --duration "$HOLD" --sources 16 $( [ "$TRANSPORT" = ws ] && echo --ws / ) > "$work/load.out" &
+./target/release/loadgen idle --addr "127.0.0.1:$PORT" --conns "$N" --rate 4000 --heartbeat 5 --duration "$HOLD" --sources 16 $( [ "$TRANSPORT" = ws ] && echo --ws / ) > "$work/load.out" 2> "$work/load.err" &
 load=$!
 sleep $(( HOLD - 3 ))
 peak=$(rss)

@@ -11,8 +11,11 @@
 //!   the node broadcasts a packet stamped with its wall clock, and every connection records
 //!   how long it took to arrive. A round is complete when every connection has it.
 //!
-//! Every connection's socket is duplicated so one task writes while another reads: requests and
-//! replies flow independently, as with due's own clients. The backend must echo route and seq.
+//! In flood and closed mode each connection's socket is duplicated so one task writes while
+//! another reads: requests and replies flow independently, as with due's own clients. Idle and
+//! fanout connections use one fd and one task (heartbeat timer raced against the read), so one
+//! process can hold ~19,900 of them under the 20,000-fd limit. The backend must echo route and
+//! seq.
 //! Request payloads are JSON (`{"message":"aaa…"}` of exactly `--size` bytes) so that due's own
 //! benchmark handler (JSON in, JSON out) can serve them as well as a byte-echoing node.
 
@@ -170,8 +173,8 @@ impl Stats {
 
 type Stream = glommio::net::TcpStream;
 
-/// Connects from `source` and returns two handles on the same socket: (reader, writer).
-fn connect(addr: SocketAddr, source: Ipv4Addr) -> std::io::Result<(Stream, Stream)> {
+/// Connects from `source` (blocking, bounded by 5 s; the ramp paces connects anyway).
+fn connect(addr: SocketAddr, source: Ipv4Addr) -> std::io::Result<Stream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     if addr.ip().is_loopback() {
@@ -180,15 +183,19 @@ fn connect(addr: SocketAddr, source: Ipv4Addr) -> std::io::Result<(Stream, Strea
     s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
     s.set_tcp_nodelay(true)?;
     s.set_nonblocking(true)?;
-    let dup = s.try_clone()?;
-    // SAFETY: both fds are connected TCP sockets we own (the second is a dup of the first);
-    // each glommio stream takes ownership of one fd and closes it once when dropped.
-    unsafe {
-        Ok((
-            Stream::from_raw_fd(s.into_raw_fd()),
-            Stream::from_raw_fd(dup.into_raw_fd()),
-        ))
-    }
+    // SAFETY: the fd is a connected TCP socket we own; the glommio stream takes ownership of
+    // it and closes it once when dropped.
+    Ok(unsafe { Stream::from_raw_fd(s.into_raw_fd()) })
+}
+
+/// A second handle on the same socket, for a reader task beside a writer task.
+fn duplicate(s: &Stream) -> std::io::Result<Stream> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: `s` owns this fd and outlives the borrow, which only lives for the dup(2) call.
+    let dup = unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }.try_clone_to_owned()?;
+    // SAFETY: `dup` is a fresh fd of a connected TCP socket; the new stream owns it and closes
+    // it once, independently of the original's fd.
+    Ok(unsafe { Stream::from_raw_fd(dup.into_raw_fd()) })
 }
 
 struct Run {
@@ -301,17 +308,20 @@ async fn run_fanout(run: &Rc<Run>) {
     let f = &run.fanout;
     *f.arrivals.borrow_mut() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist"));
     *f.rounds.borrow_mut() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("hist"));
-    let (mut r, mut w) = match connect(a.addr, Ipv4Addr::LOCALHOST) {
-        Ok(pair) => pair,
+    let mut w = match connect(a.addr, Ipv4Addr::LOCALHOST) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("fanout: trigger connection: {e}");
             Stats::bump_usize(&run.stats.connect_errors);
             return;
         }
     };
-    if !open_session(run, &mut r, &mut w).await {
+    if !open_session(run, &mut w).await {
         return;
     }
+    let Some(r) = reader_of(run, &w) else {
+        return;
+    };
     let reader = {
         let run = run.clone();
         glommio::spawn_local(async move {
@@ -391,37 +401,80 @@ fn unix_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Turns bytes read from one connection into whole packets (over WS: the packets carried in
+/// the binary frames).
+struct FrameReader {
+    dec: FrameDecoder,
+    /// Packet bytes not yet consumed.
+    buf: BytesMut,
+    /// WS only: frame bytes not yet unwrapped.
+    raw: BytesMut,
+    /// Where reads land.
+    chunk: Vec<u8>,
+    ws: bool,
+}
+
+impl FrameReader {
+    fn new(run: &Run) -> Self {
+        // Idle connections read heartbeats and small broadcasts only: small buffers keep 19,000
+        // of them cheap.
+        let size = if matches!(run.a.mode.as_str(), "idle" | "fanout") {
+            256
+        } else {
+            64 * 1024
+        };
+        FrameReader {
+            dec: FrameDecoder::new(&run.packet, u32::MAX),
+            buf: BytesMut::with_capacity(size),
+            raw: BytesMut::new(),
+            chunk: vec![0u8; size],
+            ws: run.a.ws.is_some(),
+        }
+    }
+
+    /// Takes the `n` bytes just read into `chunk`, calling `on_frame` with each whole packet;
+    /// false = stop reading (a WS close frame, or `on_frame` said so).
+    fn take(&mut self, n: usize, mut on_frame: impl FnMut(&[u8]) -> bool) -> bool {
+        if self.ws {
+            self.raw.extend_from_slice(&self.chunk[..n]);
+            if !unwrap_ws_frames(&mut self.raw, &mut self.buf) {
+                return false;
+            }
+        } else {
+            self.buf.extend_from_slice(&self.chunk[..n]);
+        }
+        while let Ok(Some(len)) = self.dec.next_frame_len(&self.buf) {
+            let frame = self.buf.split_to(len);
+            if !on_frame(&frame) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// Reads packets until the connection ends (or `on_frame` says stop), calling `on_frame` with
-/// each whole packet (over WS: the packets carried in the binary frames).
+/// each whole packet.
 async fn read_frames(run: &Run, mut r: Stream, mut on_frame: impl FnMut(&[u8]) -> bool) {
-    let dec = FrameDecoder::new(&run.packet, u32::MAX);
-    let mut buf = BytesMut::with_capacity(if run.a.mode == "idle" { 256 } else { 64 * 1024 });
-    let mut raw = BytesMut::new();
-    let mut chunk = vec![0u8; if run.a.mode == "idle" { 256 } else { 64 * 1024 }];
+    let mut fr = FrameReader::new(run);
     loop {
-        let n = match r.read(&mut chunk).await {
+        let n = match r.read(&mut fr.chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if run.a.ws.is_some() {
-            raw.extend_from_slice(&chunk[..n]);
-            if !unwrap_ws_frames(&mut raw, &mut buf) {
-                break;
-            }
-        } else {
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        while let Ok(Some(len)) = dec.next_frame_len(&buf) {
-            let frame = buf.split_to(len);
-            if !on_frame(&frame) {
-                return;
-            }
+        if !fr.take(n, &mut on_frame) {
+            return;
         }
     }
-    if run.running() {
-        run.stats
-            .closed_by_gate
-            .set(run.stats.closed_by_gate.get() + 1);
+    run.count_closed_by_gate();
+}
+
+impl Run {
+    /// A connection ended: the gate's doing unless the run is over.
+    fn count_closed_by_gate(&self) {
+        if self.running() {
+            Stats::bump_usize(&self.stats.closed_by_gate);
+        }
     }
 }
 
@@ -480,17 +533,17 @@ fn unwrap_ws_frames(raw: &mut BytesMut, out: &mut BytesMut) -> bool {
 }
 
 /// Upgrades to WebSocket; returns false if the gate refused.
-async fn ws_upgrade(w: &mut Stream, r: &mut Stream, path: &str, host: SocketAddr) -> bool {
+async fn ws_upgrade(s: &mut Stream, path: &str, host: SocketAddr) -> bool {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    if w.write_all(req.as_bytes()).await.is_err() {
+    if s.write_all(req.as_bytes()).await.is_err() {
         return false;
     }
     let mut head = Vec::new();
     let mut b = [0u8; 512];
     while !head.windows(4).any(|x| x == b"\r\n\r\n") && head.len() < 4096 {
-        match r.read(&mut b).await {
+        match s.read(&mut b).await {
             Ok(0) | Err(_) => return false,
             Ok(n) => head.extend_from_slice(&b[..n]),
         }
@@ -519,11 +572,11 @@ fn put_ws_frame(payload: &[u8], out: &mut BytesMut) {
 
 /// Upgrades the connection to WebSocket when `--ws` is set; false (counted as a connect error)
 /// if the gate refused.
-async fn open_session(run: &Run, r: &mut Stream, w: &mut Stream) -> bool {
+async fn open_session(run: &Run, s: &mut Stream) -> bool {
     let Some(path) = &run.a.ws else {
         return true;
     };
-    if ws_upgrade(w, r, path, run.a.addr).await {
+    if ws_upgrade(s, path, run.a.addr).await {
         return true;
     }
     run.stats
@@ -532,41 +585,77 @@ async fn open_session(run: &Run, r: &mut Stream, w: &mut Stream) -> bool {
     false
 }
 
-/// idle and fanout: heartbeats out, heartbeats (and in fanout, broadcasts) in.
-async fn idle_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
-    if !open_session(&run, &mut r, &mut w).await {
+/// idle and fanout: heartbeats out, heartbeats (and in fanout, broadcasts) in. One fd, one
+/// task: the read is raced against the next heartbeat's timer.
+async fn idle_conn(run: Rc<Run>, mut s: Stream) {
+    if !open_session(&run, &mut s).await {
         return;
     }
     let mut hb = BytesMut::new();
     run.put_wire(&run.packet.heartbeat(0), &mut hb);
-    let reader = {
-        let run = run.clone();
-        glommio::spawn_local(async move {
-            read_frames(&run, r, |frame| {
-                if is_heartbeat(frame) {
-                    Stats::bump(&run.stats.heartbeats);
-                } else if run.route_of(frame) == Some(run.a.route) {
-                    run.fanout_arrival(frame);
-                }
-                true
-            })
-            .await
-        })
-    };
+    let mut fr = FrameReader::new(&run);
+    let mut next_heartbeat = Instant::now() + run.a.heartbeat;
+    enum Event {
+        Read(std::io::Result<usize>),
+        Tick,
+    }
     while run.running() {
-        let left = run.end.get().saturating_duration_since(Instant::now());
-        glommio::timer::sleep(run.a.heartbeat.min(left)).await;
-        if !run.running() || w.write_all(&hb).await.is_err() {
-            break;
+        let wake = next_heartbeat.min(run.end.get());
+        let read = async { Event::Read(s.read(&mut fr.chunk).await) };
+        let tick = async {
+            glommio::timer::sleep(wake.saturating_duration_since(Instant::now())).await;
+            Event::Tick
+        };
+        match futures_lite::future::or(read, tick).await {
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => {
+                run.count_closed_by_gate();
+                return;
+            }
+            Event::Read(Ok(n)) => {
+                fr.take(n, |frame| {
+                    if is_heartbeat(frame) {
+                        Stats::bump(&run.stats.heartbeats);
+                    } else if run.route_of(frame) == Some(run.a.route) {
+                        run.fanout_arrival(frame);
+                    }
+                    true
+                });
+            }
+            Event::Tick => {
+                if Instant::now() >= next_heartbeat && run.running() {
+                    if s.write_all(&hb).await.is_err() {
+                        run.count_closed_by_gate();
+                        return;
+                    }
+                    next_heartbeat += run.a.heartbeat;
+                }
+            }
         }
     }
-    drop(reader);
 }
 
-async fn flood_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
-    if !open_session(&run, &mut r, &mut w).await {
+/// The reader half for a writer task: a duplicate of the connection's fd (counted as a
+/// connect error when the process is out of fds).
+fn reader_of(run: &Run, s: &Stream) -> Option<Stream> {
+    match duplicate(s) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            if run.stats.connect_errors.get() == 0 {
+                eprintln!("dup: {e}");
+            }
+            Stats::bump_usize(&run.stats.connect_errors);
+            None
+        }
+    }
+}
+
+async fn flood_conn(run: Rc<Run>, mut w: Stream) {
+    if !open_session(&run, &mut w).await {
         return;
     }
+    let Some(r) = reader_of(&run, &w) else {
+        return;
+    };
     let reader = {
         let run = run.clone();
         glommio::spawn_local(async move {
@@ -607,10 +696,13 @@ async fn flood_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
     reader.await;
 }
 
-async fn closed_conn(run: Rc<Run>, mut r: Stream, mut w: Stream) {
-    if !open_session(&run, &mut r, &mut w).await {
+async fn closed_conn(run: Rc<Run>, mut w: Stream) {
+    if !open_session(&run, &mut w).await {
         return;
     }
+    let Some(r) = reader_of(&run, &w) else {
+        return;
+    };
     let sent_at: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
     let permits = Rc::new(Cell::new(run.a.inflight.max(1)));
     let waker: Rc<RefCell<Option<std::task::Waker>>> = Rc::default();
@@ -721,9 +813,9 @@ async fn report_and_run(run: Rc<Run>) -> usize {
         }
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % a.sources.max(1) as usize) as u8);
         match connect(a.addr, source) {
-            Ok(pair) => {
+            Ok(s) => {
                 run.stats.open.set(run.stats.open.get() + 1);
-                streams.push(pair);
+                streams.push(s);
             }
             Err(e) => {
                 if run.stats.connect_errors.get() == 0 {
@@ -741,11 +833,11 @@ async fn report_and_run(run: Rc<Run>) -> usize {
         run.end.set(run.start.get() + a.duration);
     }
     let mut tasks = Vec::new();
-    for (r, w) in streams {
+    for s in streams {
         let task = match a.mode.as_str() {
-            "idle" | "fanout" => glommio::spawn_local(idle_conn(run.clone(), r, w)),
-            "flood" => glommio::spawn_local(flood_conn(run.clone(), r, w)),
-            _ => glommio::spawn_local(closed_conn(run.clone(), r, w)),
+            "idle" | "fanout" => glommio::spawn_local(idle_conn(run.clone(), s)),
+            "flood" => glommio::spawn_local(flood_conn(run.clone(), s)),
+            _ => glommio::spawn_local(closed_conn(run.clone(), s)),
         };
         tasks.push(task);
     }
