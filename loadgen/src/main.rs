@@ -248,16 +248,10 @@ impl Run {
 
     /// The route of a received packet, if it is not a heartbeat.
     fn route_of(&self, frame: &[u8]) -> Option<i32> {
-        if frame.len() < 5 || frame[4] & 0x80 != 0 {
+        if is_heartbeat(frame) {
             return None;
         }
-        let r = frame.get(5..5 + self.a.route_bytes as usize)?;
-        Some(match *r {
-            [a] => a as i8 as i32,
-            [a, b] => i16::from_be_bytes([a, b]) as i32,
-            [a, b, c, d] => i32::from_be_bytes([a, b, c, d]),
-            _ => return None,
-        })
+        self.packet.unpack(frame).ok().map(|m| m.route)
     }
 }
 
@@ -265,8 +259,12 @@ impl Run {
     /// fanout: a broadcast packet arrived; its payload starts with the node's clock at the
     /// broadcast (Unix nanoseconds, big-endian). Same machine, same clock.
     fn fanout_arrival(&self, frame: &[u8]) {
-        let at = 5 + self.a.route_bytes as usize + self.a.seq_bytes as usize;
-        let Some(stamp) = frame.get(at..at + 8) else {
+        let Some(stamp) = self
+            .packet
+            .unpack(frame)
+            .ok()
+            .and_then(|m| m.payload.get(..8))
+        else {
             return;
         };
         let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));

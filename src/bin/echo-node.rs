@@ -93,7 +93,6 @@ fn main() {
     let node = std::sync::Arc::new(Node {
         pushes,
         quiet: a.quiet,
-        route_at: 5..5 + a.route_bytes as usize,
         packet: PacketConfig {
             route_bytes: a.route_bytes,
             ..PacketConfig::default()
@@ -109,21 +108,13 @@ fn main() {
 struct Node {
     pushes: crossbeam_channel::Sender<Bytes>,
     quiet: bool,
-    /// Where the route sits in a delivered packet (after the 4-byte size and the header byte).
-    route_at: std::ops::Range<usize>,
     packet: PacketConfig,
 }
 
 impl Node {
-    /// The route of a delivered client packet (big-endian, as the sample configurations say).
+    /// The route of a delivered client packet.
     fn route(&self, packet: &[u8]) -> Option<i32> {
-        let bytes = packet.get(self.route_at.clone())?;
-        Some(match *bytes {
-            [a] => a as i8 as i32,
-            [a, b] => i16::from_be_bytes([a, b]) as i32,
-            [a, b, c, d] => i32::from_be_bytes([a, b, c, d]),
-            _ => return None,
-        })
+        self.packet.unpack(packet).ok().map(|m| m.route)
     }
 
     /// A broadcast request (kind 1: every connection) of the timestamped 64-byte packet.
