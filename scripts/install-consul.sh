@@ -13,7 +13,10 @@ DEST="$ROOT/.tools/consul"
 BIN="$DEST/usr/bin/consul"
 VERSION="1.8.7"
 
-if [ -x "$BIN" ] && "$BIN" version 2>/dev/null | head -1 | grep -q "v$VERSION"; then
+# The version is read into a variable first: with pipefail, `consul version | head -1` fails
+# whenever head exits before consul wrote its second line (SIGPIPE), a race seen on a fresh machine.
+installed_version() { local v; v=$("$BIN" version 2>/dev/null) || true; echo "${v%%$'\n'*}"; }
+if [ -x "$BIN" ] && [[ "$(installed_version)" == *"v$VERSION"* ]]; then
     echo "$BIN"
     exit 0
 fi
@@ -80,7 +83,7 @@ done
 
 deb=$(ls "$APTDIR"/debs/consul_*.deb | head -1)
 dpkg-deb -x "$deb" "$DEST"
-"$BIN" version | head -1 | grep -q "v$VERSION" || { echo "unexpected consul version: $("$BIN" version | head -1)" >&2; exit 1; }
+[[ "$(installed_version)" == *"v$VERSION"* ]] || { echo "unexpected consul version: $(installed_version)" >&2; exit 1; }
 # The lists and the .deb are only needed for installing: keep the tree small.
 rm -rf "$APTDIR/lists" "$APTDIR/cache" "$APTDIR/debs"
 echo "$BIN"
