@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::config::{LocatorConfig, RegistryConfig};
 use crate::connection::upgrade::UpgradeRules;
 use crate::connection::ws::WsRules;
+use crate::connection::ServerCtx;
 use crate::control::Control;
 use crate::dispatch::cluster::ClusterUpstream;
 use crate::dispatch::routes::Strategy;
@@ -27,7 +28,7 @@ use crate::locator::{Locator, MemoryLocator};
 use crate::registry::consul::{ConsulClient, ConsulSettings, Registrar};
 use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
 use crate::session::{Command, Sessions, Transport};
-use crate::shard::{ServerCtx, Shard};
+use crate::shard::Shard;
 
 /// Frames larger than this are refused even in lenient mode.
 const LENIENT_INBOUND_CAP: u32 = 16 << 20;

@@ -11,11 +11,12 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::connection::framing::TcpFraming;
+use crate::connection::machine::Connection;
 use crate::connection::ws::WsRules;
-use crate::connection::{client_ip, tcp, ws};
-use crate::shard::{ServerCtx, Shard};
+use crate::connection::{client_ip, driver, ws, Host, ServerCtx};
 
 /// TLS handshakes that take longer than this are dropped (due has no limit; a client that never
 /// finishes one would hold a connection slot until its heartbeat timeout).
@@ -128,8 +129,8 @@ pub async fn accept_each(
 }
 
 /// Accepts client connections on one shard until `stop` is dropped.
-pub async fn accept_loop(
-    shard: Rc<Shard>,
+pub async fn accept_loop<H: Host + 'static>(
+    host: Rc<H>,
     server: Arc<ServerCtx>,
     ws_rules: Option<Arc<WsRules>>,
     fd: OwnedFd,
@@ -141,23 +142,24 @@ pub async fn accept_loop(
         };
         // One spawn per path, so each task's future is only as large as its own path needs: a
         // plain TCP connection must not pay for TLS or WebSocket handshake state.
-        let (shard, server) = (shard.clone(), server.clone());
+        let (host, server) = (host.clone(), server.clone());
         match (ws_rules.clone(), server.tls.is_some()) {
             (None, false) => {
                 // Admitted before the spawn, so the task's future holds the driver only.
-                if let Some(conn) = admit(&shard, &server, ip) {
-                    glommio::spawn_local(tcp::serve(shard, server, conn, stream)).detach();
+                if let Some(conn) = admit(&*host, &server, ip) {
+                    let framing = TcpFraming::new(*host.packet(), server.inbound_cap);
+                    let machine = Connection::new(conn, framing, server.rules, Instant::now());
+                    glommio::spawn_local(driver::serve(host, server, machine, stream)).detach();
                 }
             }
             (None, true) => {
-                glommio::spawn_local(Box::pin(serve_tls(shard, server, ip, stream))).detach();
+                glommio::spawn_local(Box::pin(serve_tls(host, server, ip, stream))).detach();
             }
             (Some(rules), false) => {
-                glommio::spawn_local(serve_ws_plain(shard, server, rules, ip, stream)).detach();
+                glommio::spawn_local(serve_ws_plain(host, server, rules, ip, stream)).detach();
             }
             (Some(rules), true) => {
-                glommio::spawn_local(Box::pin(serve_wss(shard, server, rules, ip, stream)))
-                    .detach();
+                glommio::spawn_local(Box::pin(serve_wss(host, server, rules, ip, stream))).detach();
             }
         }
     })
@@ -166,46 +168,55 @@ pub async fn accept_loop(
 
 /// A session slot for a new connection from `ip`, or `None` (logged as due logs it) when the
 /// server is full; the caller then drops the stream, which closes it.
-fn admit(shard: &Shard, server: &ServerCtx, ip: IpAddr) -> Option<Rc<crate::session::Conn>> {
-    let conn = shard.admit(server, ip);
+fn admit<H: Host + ?Sized>(
+    host: &H,
+    server: &ServerCtx,
+    ip: IpAddr,
+) -> Option<Rc<crate::session::Conn>> {
+    let conn = host.admit(server, ip);
     if conn.is_none() {
         tracing::warn!(%ip, "connection allocate error: too many connection");
     }
     conn
 }
 
-async fn serve_tls(shard: Rc<Shard>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {
-    let Some(conn) = admit(&shard, &server, ip) else {
+async fn serve_tls<H: Host>(host: Rc<H>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {
+    let Some(conn) = admit(&*host, &server, ip) else {
         return;
     };
     let tls = server.tls.as_ref().expect("TLS server");
     match tls_handshake(tls, stream, ip).await {
-        Some(s) => tcp::serve(shard, server, conn, s).await,
-        None => shard.release(&server, &conn),
+        Some(s) => {
+            let framing = TcpFraming::new(*host.packet(), server.inbound_cap);
+            let machine = Connection::new(conn, framing, server.rules, Instant::now());
+            driver::serve(host, server, machine, s).await
+        }
+        None => host.release(&server, &conn),
     }
 }
 
-async fn serve_ws_plain(
-    shard: Rc<Shard>,
+async fn serve_ws_plain<H: Host>(
+    host: Rc<H>,
     server: Arc<ServerCtx>,
     rules: Arc<WsRules>,
     ip: IpAddr,
     stream: TcpStream,
 ) {
-    ws::accept(&shard, &server, &rules, ip, stream).await
+    ws::accept(host, server, &rules, ip, stream).await
 }
 
-async fn serve_wss(
-    shard: Rc<Shard>,
+async fn serve_wss<H: Host>(
+    host: Rc<H>,
     server: Arc<ServerCtx>,
     rules: Arc<WsRules>,
     ip: IpAddr,
     stream: TcpStream,
 ) {
     let tls = server.tls.as_ref().expect("TLS server");
-    if let Some(s) = tls_handshake(tls, stream, ip).await {
-        ws::accept(&shard, &server, &rules, ip, s).await
-    }
+    let Some(s) = tls_handshake(tls, stream, ip).await else {
+        return;
+    };
+    ws::accept(host, server, &rules, ip, s).await
 }
 
 async fn tls_handshake(

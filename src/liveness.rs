@@ -5,6 +5,7 @@
 //! fired at `now`", and asks it when to wake up next. Keeping the rule free of sockets and clocks
 //! lets the unit tests walk through every boundary with synthetic instants.
 
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// What the connection must do after a timer check.
@@ -29,6 +30,15 @@ pub struct LivenessRules {
     pub tick_mode: bool,
     /// Zero disables the authorization deadline.
     pub authorize: Duration,
+}
+
+/// A [`Liveness`] as plain data: every instant as a duration from the moment of export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessRecord {
+    pub since_last_receive: Duration,
+    pub until_next_tick: Option<Duration>,
+    /// `None`: no authorization deadline is running (bound, or switched off).
+    pub until_authorize: Option<Duration>,
 }
 
 /// The state of one connection.
@@ -65,6 +75,32 @@ impl Liveness {
     pub fn on_unbound(&mut self, now: Instant) {
         if !self.rules.authorize.is_zero() {
             self.auth_deadline = Some(now + self.rules.authorize);
+        }
+    }
+
+    /// The state as durations relative to `now` (instants do not cross processes).
+    pub fn export(&self, now: Instant) -> LivenessRecord {
+        LivenessRecord {
+            since_last_receive: now.saturating_duration_since(self.last_receive),
+            until_next_tick: self.next_tick.map(|t| t.saturating_duration_since(now)),
+            until_authorize: self.auth_deadline.map(|t| t.saturating_duration_since(now)),
+        }
+    }
+
+    /// The state `record` describes, taken up at `now` under `rules`. A rule switched off since
+    /// the export stays off; one switched on starts from `now`.
+    pub fn import(rules: LivenessRules, record: &LivenessRecord, now: Instant) -> Self {
+        let fresh = Liveness::new(rules, now);
+        Liveness {
+            rules,
+            last_receive: now.checked_sub(record.since_last_receive).unwrap_or(now),
+            next_tick: fresh
+                .next_tick
+                .map(|t| record.until_next_tick.map_or(t, |d| now + d)),
+            auth_deadline: match (rules.authorize.is_zero(), record.until_authorize) {
+                (true, _) | (false, None) => None,
+                (false, Some(d)) => Some(now + d),
+            },
         }
     }
 

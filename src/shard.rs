@@ -8,75 +8,15 @@ use bytes::Bytes;
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{HeartbeatMechanism, ServerConfig};
-use crate::dispatch::{EventKind, Upstream};
-use crate::liveness::LivenessRules;
+use crate::connection::{Host, ServerCtx};
+use crate::dispatch::{Delivery, EventKind, Upstream};
 use crate::packet::PacketConfig;
 use crate::session::{
-    event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, SessionError, Sessions,
-    Table, Transport,
+    event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, SessionError, Sessions, Table,
 };
-
-/// Settings and counters of one client-facing server (TCP or WS), shared by all shards.
-pub struct ServerCtx {
-    pub transport: Transport,
-    pub config: ServerConfig,
-    pub rules: LivenessRules,
-    /// `heartbeatMechanism = "resp"`: answer each client heartbeat.
-    pub reply_heartbeats: bool,
-    /// Largest accepted `size` field.
-    pub inbound_cap: u32,
-    pub tls: Option<futures_rustls::TlsAcceptor>,
-    /// Admitted and not yet released connections, across shards (maxConnNum).
-    live: Arc<AtomicUsize>,
-}
-
-impl ServerCtx {
-    pub fn new(
-        transport: Transport,
-        config: ServerConfig,
-        inbound_cap: u32,
-        tls: Option<futures_rustls::TlsAcceptor>,
-    ) -> Self {
-        let rules = LivenessRules {
-            interval: config.heartbeat_interval,
-            tick_mode: config.heartbeat_mechanism == HeartbeatMechanism::Tick,
-            authorize: config.authorize_timeout,
-        };
-        ServerCtx {
-            transport,
-            reply_heartbeats: config.heartbeat_mechanism == HeartbeatMechanism::Resp,
-            rules,
-            inbound_cap,
-            tls,
-            config,
-            live: Arc::default(),
-        }
-    }
-
-    /// Connections currently admitted on this server.
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
-    }
-
-    fn try_admit(&self) -> bool {
-        let max = self.config.max_conn_num;
-        self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// The counter to decrement when a released connection's last work is done.
-    fn slot(&self) -> Arc<AtomicUsize> {
-        self.live.clone()
-    }
-}
 
 /// The state owned by one shard's executor thread.
 pub struct Shard {
@@ -140,10 +80,28 @@ impl Shard {
         }
         self.sessions.push_nowait(kind, target, bytes)
     }
+}
+
+impl Host for Shard {
+    fn packet(&self) -> &PacketConfig {
+        &self.packet
+    }
+
+    fn heartbeat(&self) -> Bytes {
+        Shard::heartbeat(self)
+    }
+
+    fn deliver(&self, d: Delivery) {
+        self.upstream.deliver(d)
+    }
+
+    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.upstream.poll_ready(cx)
+    }
 
     /// Admits a new connection if `server` has room: allocates its cid, registers the session and
     /// emits Connect. `None` means the server is full (the caller closes the socket, no bytes).
-    pub fn admit(&self, server: &ServerCtx, ip: IpAddr) -> Option<Rc<Conn>> {
+    fn admit(&self, server: &ServerCtx, ip: IpAddr) -> Option<Rc<Conn>> {
         if !server.try_admit() {
             return None;
         }
@@ -163,7 +121,7 @@ impl Shard {
 
     /// Releases a connection whose socket is closed: removes it from the tables, unbinds its
     /// user, emits Disconnect with the uid bound at this moment and frees its server slot.
-    pub fn release(&self, server: &ServerCtx, conn: &Conn) {
+    fn release(&self, server: &ServerCtx, conn: &Conn) {
         conn.set_state(ConnState::Closed);
         let uid = self.table.borrow_mut().remove(conn);
         let slot = server.slot();
@@ -192,6 +150,3 @@ impl Shard {
         }
     }
 }
-
-/// Shared handle to the per-server contexts, indexed by transport.
-pub type Servers = Vec<Arc<ServerCtx>>;

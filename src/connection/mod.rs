@@ -1,23 +1,114 @@
-//! Client connections: the per-connection IO drivers (TCP, WebSocket) and what they share —
-//! inbound frame handling, close reasons and the per-shard read scratch buffer.
+//! Client connections: the sans-IO connection machine (`machine`, over a transport's `framing`),
+//! its exportable `record`, the one IO `driver` for both transports, and the WS handshake.
 //!
 //! One task per connection does all of its IO: it reads, writes queued packets in batches and
 //! runs its heartbeat/authorization timer. Session operations reach it only through [`Conn`].
+//! What a connection needs from the shard it lives on is the narrow [`Host`] trait.
 
-pub mod tcp;
+pub mod driver;
+pub mod framing;
+pub mod machine;
+pub mod record;
 pub mod upgrade;
 pub mod ws;
 pub mod ws_frame;
 
+#[cfg(test)]
+mod tests;
+
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::{HeartbeatMechanism, ServerConfig};
 use crate::dispatch::Delivery;
-use crate::liveness::{Liveness, Verdict};
-use crate::packet::FrameKind;
-use crate::session::{Conn, ConnState};
-use crate::shard::{ServerCtx, Shard};
+use crate::liveness::LivenessRules;
+use crate::packet::PacketConfig;
+use crate::session::{Conn, Transport};
+
+/// What a client connection needs from the shard it lives on. The shard implements it; unit
+/// tests implement it with a recorder.
+pub trait Host {
+    /// The packet layout of this gate.
+    fn packet(&self) -> &PacketConfig;
+    /// The heartbeat packet to send now (with the current time when configured).
+    fn heartbeat(&self) -> Bytes;
+    /// A client data packet, in per-connection arrival order.
+    fn deliver(&self, d: Delivery);
+    /// `Pending` while nodes are not keeping up: connections stop reading their clients and are
+    /// woken when it clears.
+    fn poll_ready(&self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
+    /// Admits a new connection from `ip` if `server` has room (registers its session, emits
+    /// Connect). `None` = the server is full.
+    fn admit(&self, server: &ServerCtx, ip: IpAddr) -> Option<Rc<Conn>>;
+    /// Releases a connection whose socket is closed (tables, locator, Disconnect, server slot).
+    fn release(&self, server: &ServerCtx, conn: &Conn);
+}
+
+/// Settings and counters of one client-facing server (TCP or WS), shared by all shards.
+pub struct ServerCtx {
+    pub transport: Transport,
+    pub config: ServerConfig,
+    pub rules: machine::MachineRules,
+    /// Largest accepted `size` field.
+    pub inbound_cap: u32,
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// Admitted and not yet released connections, across shards (maxConnNum).
+    live: Arc<AtomicUsize>,
+}
+
+impl ServerCtx {
+    pub fn new(
+        transport: Transport,
+        config: ServerConfig,
+        inbound_cap: u32,
+        tls: Option<futures_rustls::TlsAcceptor>,
+    ) -> Self {
+        let liveness = LivenessRules {
+            interval: config.heartbeat_interval,
+            tick_mode: config.heartbeat_mechanism == HeartbeatMechanism::Tick,
+            authorize: config.authorize_timeout,
+        };
+        ServerCtx {
+            transport,
+            rules: machine::MachineRules {
+                liveness,
+                reply_heartbeats: config.heartbeat_mechanism == HeartbeatMechanism::Resp,
+            },
+            inbound_cap,
+            tls,
+            config,
+            live: Arc::default(),
+        }
+    }
+
+    /// Connections currently admitted on this server.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Takes a connection slot if the server has room (`maxConnNum`).
+    pub fn try_admit(&self) -> bool {
+        let max = self.config.max_conn_num;
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// The counter to decrement when a released connection's last work is done.
+    pub fn slot(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
+    }
+}
 
 /// Bytes read per `recv` into the shard's scratch buffer.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -33,7 +124,7 @@ thread_local! {
 }
 
 /// Why a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CloseReason {
     /// The client closed or reset the connection.
     PeerClosed,
@@ -78,6 +169,16 @@ impl InputTail {
         r
     }
 
+    /// A tail holding `bytes` (a rebuilt connection's undecoded input).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        InputTail(bytes::BytesMut::from(bytes))
+    }
+
+    /// The bytes held.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Drops whatever is buffered (input after a Close is never read).
     pub fn clear(&mut self) {
         self.0 = bytes::BytesMut::new();
@@ -99,76 +200,6 @@ pub(crate) fn poll_read_into<S: futures_lite::io::AsyncRead + Unpin>(
             Poll::Ready(Err(CloseReason::PeerClosed))
         }
         Poll::Ready(Err(e)) => Poll::Ready(Err(CloseReason::Io(e.to_string()))),
-    }
-}
-
-/// Frame handling shared by both transports.
-pub(crate) struct Inbound<'a> {
-    pub shard: &'a Shard,
-    pub server: &'a ServerCtx,
-    pub conn: &'a Conn,
-}
-
-impl Inbound<'_> {
-    /// Handles one complete frame (or WS message) of kind `kind`; `frame` includes the size
-    /// prefix. Liveness is refreshed by the caller.
-    pub fn frame(&self, kind: FrameKind, frame: &[u8]) {
-        if self.conn.state() != ConnState::Opened {
-            return;
-        }
-        match kind {
-            FrameKind::Empty => {}
-            FrameKind::Heartbeat => {
-                if self.server.reply_heartbeats {
-                    self.conn.owe_heartbeat();
-                }
-            }
-            FrameKind::Data => match self.shard.packet.unpack(frame) {
-                Ok(m) => self.shard.upstream.deliver(Delivery {
-                    cid: self.conn.cid,
-                    uid: self.conn.uid(),
-                    route: m.route,
-                    seq: m.seq,
-                    frame: Bytes::copy_from_slice(frame),
-                }),
-                Err(e) => {
-                    tracing::warn!(cid = self.conn.cid, len = frame.len(), "{e}, frame dropped")
-                }
-            },
-        }
-    }
-
-    /// Applies the session's orders and due timers. `Err` = close now for that reason.
-    pub fn housekeeping(&self, live: &mut Liveness, now: Instant) -> Result<(), CloseReason> {
-        {
-            let mut orders = self.conn.orders.borrow_mut();
-            if orders.forced_close {
-                return Err(CloseReason::Forced);
-            }
-            if std::mem::take(&mut orders.auth_changed) {
-                if self.conn.uid() == 0 {
-                    live.on_unbound(now);
-                } else {
-                    live.on_bound();
-                }
-            }
-        }
-        loop {
-            match live.check(now) {
-                Verdict::Idle => return Ok(()),
-                Verdict::SendHeartbeat => self.conn.owe_heartbeat(),
-                Verdict::HeartbeatTimeout => {
-                    tracing::debug!(cid = self.conn.cid, "connection heartbeat timeout");
-                    return Err(CloseReason::HeartbeatTimeout);
-                }
-                Verdict::AuthorizeTimeout => {
-                    if self.conn.uid() == 0 {
-                        tracing::debug!(cid = self.conn.cid, "connection authorize timeout");
-                        return Err(CloseReason::AuthorizeTimeout);
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -18,6 +18,8 @@
 //! The decoder needs a complete frame (header and payload) in the slice before it yields a
 //! binary or control frame; the caller keeps the undecoded tail. Payloads are unmasked in place.
 
+use bytes::BufMut;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 /// Largest payload of a control frame (RFC 6455 §5.5).
@@ -100,8 +102,8 @@ impl std::fmt::Display for FrameError {
 impl std::error::Error for FrameError {}
 
 /// The data message in progress, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Message {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
     None,
     Binary,
     Text,
@@ -120,6 +122,17 @@ pub struct Decoder {
     partial: Vec<u8>,
 }
 
+/// A [`Decoder`]'s state between two reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecoderRecord {
+    /// The data message in progress.
+    pub message: Message,
+    /// Text payload bytes still to skip.
+    pub skip: u64,
+    /// Fragments of the binary message in progress.
+    pub partial: Vec<u8>,
+}
+
 impl Decoder {
     /// A decoder accepting binary messages of up to `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
@@ -128,6 +141,30 @@ impl Decoder {
             message: Message::None,
             skip: 0,
             partial: Vec::new(),
+        }
+    }
+
+    /// The cap this decoder was built with.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// The decoding state as plain data (for a connection hand-off).
+    pub fn export(&self) -> DecoderRecord {
+        DecoderRecord {
+            message: self.message,
+            skip: self.skip,
+            partial: self.partial.clone(),
+        }
+    }
+
+    /// A decoder in the state `record` describes, with cap `max_message`.
+    pub fn import(max_message: usize, record: DecoderRecord) -> Self {
+        Decoder {
+            max_message,
+            message: record.message,
+            skip: record.skip,
+            partial: record.partial,
         }
     }
 
@@ -328,25 +365,25 @@ pub fn frame_len(len: usize) -> usize {
 }
 
 /// Appends an unmasked FIN frame header.
-fn encode_header(b0: u8, len: usize, out: &mut Vec<u8>) {
-    out.push(b0);
+fn encode_header(b0: u8, len: usize, out: &mut impl BufMut) {
+    out.put_u8(b0);
     match len {
-        0..=125 => out.push(len as u8),
+        0..=125 => out.put_u8(len as u8),
         126..=0xffff => {
-            out.push(126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.put_u8(126);
+            out.put_u16(len as u16);
         }
         _ => {
-            out.push(127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
+            out.put_u8(127);
+            out.put_u64(len as u64);
         }
     }
 }
 
 /// Appends one binary message as a single unfragmented frame, as gorilla writes every message.
-pub fn encode_binary(payload: &[u8], out: &mut Vec<u8>) {
+pub fn encode_binary(payload: &[u8], out: &mut impl BufMut) {
     encode_header(FIN | OP_BINARY, payload.len(), out);
-    out.extend_from_slice(payload);
+    out.put_slice(payload);
 }
 
 /// Appends the Pong answering a Ping with `payload` (at most 125 bytes, as decoded).

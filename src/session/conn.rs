@@ -6,6 +6,7 @@
 //! leaves its shard's thread.
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use std::task::Waker;
 use super::SessionError;
 
 /// due's connection states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConnState {
     Opened,
     /// Graceful close in progress: queued data is flushed, new pushes fail, input is ignored.
@@ -23,7 +24,7 @@ pub enum ConnState {
 }
 
 /// Which server accepted the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Transport {
     Tcp,
     Ws,
@@ -38,6 +39,26 @@ pub(crate) struct Orders {
     pub auth_changed: bool,
     /// Waiters of a graceful close, answered once the socket is closed.
     pub graceful_waiters: Vec<flume::Sender<Result<(), SessionError>>>,
+}
+
+/// The session half of a connection as plain data (see `connection::record`). The waiters of a
+/// graceful close are not part of it: they belong to requests of the process that exported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub cid: i64,
+    pub uid: i64,
+    pub ip: IpAddr,
+    pub transport: Transport,
+    pub state: ConnState,
+    /// Channels the connection is subscribed to, in subscription order.
+    pub channels: Vec<String>,
+    /// Packets queued for the client and not yet taken for writing, in order.
+    pub outbox: Vec<Vec<u8>>,
+    pub heartbeats_owed: u32,
+    /// A forced close was ordered and not yet carried out.
+    pub forced_close: bool,
+    /// The uid changed since the driver last looked (the authorization deadline is re-checked).
+    pub auth_changed: bool,
 }
 
 /// One admitted client connection as the session table sees it.
@@ -73,6 +94,43 @@ impl Conn {
             orders: RefCell::new(Orders::default()),
             channels: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The session state as plain data.
+    pub fn export(&self) -> SessionRecord {
+        let orders = self.orders.borrow();
+        SessionRecord {
+            cid: self.cid,
+            uid: self.uid.get(),
+            ip: self.ip,
+            transport: self.transport,
+            state: self.state.get(),
+            channels: self
+                .channels
+                .borrow()
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            outbox: self.outbox.borrow().iter().map(|b| b.to_vec()).collect(),
+            heartbeats_owed: self.heartbeats_owed.get(),
+            forced_close: orders.forced_close,
+            auth_changed: orders.auth_changed,
+        }
+    }
+
+    /// The connection `record` describes, with queue limit `queue_limit`.
+    pub fn import(record: SessionRecord, queue_limit: usize) -> Self {
+        let conn = Conn::new(record.cid, record.ip, record.transport, queue_limit);
+        conn.state.set(record.state);
+        conn.uid.set(record.uid);
+        *conn.outbox.borrow_mut() = record.outbox.into_iter().map(Bytes::from).collect();
+        conn.heartbeats_owed.set(record.heartbeats_owed);
+        *conn.channels.borrow_mut() = record.channels.into_iter().map(Into::into).collect();
+        let mut orders = conn.orders.borrow_mut();
+        orders.forced_close = record.forced_close;
+        orders.auth_changed = record.auth_changed;
+        drop(orders);
+        conn
     }
 
     pub fn state(&self) -> ConnState {
@@ -132,6 +190,11 @@ impl Conn {
     pub(crate) fn owe_heartbeat(&self) {
         self.heartbeats_owed
             .set(self.heartbeats_owed.get().saturating_add(1));
+    }
+
+    /// Heartbeats owed to the client.
+    pub(crate) fn heartbeats_owed(&self) -> u32 {
+        self.heartbeats_owed.get()
     }
 
     /// Takes the count of heartbeats owed (the caller writes them).

@@ -9,7 +9,7 @@
 mod conn;
 mod table;
 
-pub use conn::{Conn, ConnState, Transport};
+pub use conn::{Conn, ConnState, SessionRecord, Transport};
 pub use table::{Command, Table};
 
 use bytes::Bytes;

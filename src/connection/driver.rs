@@ -1,0 +1,187 @@
+//! The one IO driver of client connections: moves bytes between a socket and a [`Connection`]
+//! machine, runs its timer, and releases the connection when the machine is done.
+//!
+//! Works on any futures-io stream (plain TCP or TLS) and any [`Framing`] (TCP or WebSocket).
+//! Reads land in the shard's scratch buffer; queued packets leave in batches of up to 64 KiB, so
+//! a burst of pushes to one client costs one syscall, not one per packet.
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::framing::Framing;
+use super::machine::{CloseStatus, Connection};
+use super::{CloseReason, DeadlineTimer, Host, ServerCtx, IO_BUDGET, SCRATCH};
+
+/// Serves one admitted connection until it closes, then releases it through `host`.
+///
+/// The driver is built before the returned future rather than inside an `async fn`: an async
+/// fn keeps its moved-from arguments (the stream) in its state beside the driver for the
+/// connection's whole life, and every idle connection would pay for that copy.
+pub fn serve<H, F, S>(
+    host: Rc<H>,
+    server: Arc<ServerCtx>,
+    machine: Connection<F>,
+    stream: S,
+) -> impl Future<Output = ()>
+where
+    H: Host + ?Sized,
+    F: Framing,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut d = Driver {
+        stream,
+        machine,
+        timer: DeadlineTimer::new(),
+    };
+    async move {
+        let reason = std::future::poll_fn(|cx| d.poll(&*host, cx)).await;
+        let conn = d.machine.conn().clone();
+        match &reason {
+            CloseReason::Protocol(e) | CloseReason::Io(e) => {
+                tracing::info!(cid = conn.cid, reason = %e, "connection closed")
+            }
+            r => tracing::debug!(cid = conn.cid, reason = ?r, "connection closed"),
+        }
+        drop(d);
+        host.release(&server, &conn);
+    }
+}
+
+struct Driver<F, S> {
+    stream: S,
+    machine: Connection<F>,
+    timer: DeadlineTimer,
+}
+
+impl<F: Framing, S: AsyncRead + AsyncWrite + Unpin> Driver<F, S> {
+    fn poll<H: Host + ?Sized>(&mut self, host: &H, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        self.machine.conn().register_waker(cx.waker());
+        for _ in 0..IO_BUDGET {
+            let now = Instant::now();
+            if let Err(r) = self.machine.handle_timeout(now) {
+                return Poll::Ready(self.abort(r, cx));
+            }
+            if self
+                .timer
+                .poll(self.machine.poll_timeout(), now, cx)
+                .is_ready()
+            {
+                continue;
+            }
+            let mut progress = false;
+            match self.poll_write(host, cx) {
+                Poll::Ready(Err(r)) => return Poll::Ready(r),
+                Poll::Ready(Ok(wrote)) => progress |= wrote,
+                Poll::Pending => {}
+            }
+            match self.machine.poll_close() {
+                CloseStatus::Open => {}
+                // A goodbye was queued: write it.
+                CloseStatus::Goodbye => continue,
+                CloseStatus::Done(end) => {
+                    if end.shutdown && Pin::new(&mut self.stream).poll_close(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(end.reason);
+                }
+            }
+            // Back-pressure: while a node is not keeping up, leave client bytes in the kernel.
+            if !self.machine.wants_read() || host.poll_ready(cx).is_pending() {
+                if progress {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            match self.poll_read(host, cx) {
+                Poll::Ready(Err(r)) => return Poll::Ready(r),
+                Poll::Ready(Ok(())) => progress = true,
+                Poll::Pending => {}
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Budget spent: let the shard's other connections run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes what the machine has to send. `Ok(true)` = something was written.
+    fn poll_write<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<bool, CloseReason>> {
+        let mut wrote = false;
+        loop {
+            let Some(buf) = self.machine.poll_transmit(host) else {
+                return Poll::Ready(Ok(wrote));
+            };
+            match Pin::new(&mut self.stream).poll_write(cx, buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
+                Poll::Ready(Ok(n)) => {
+                    wrote = true;
+                    // TLS buffers records: push them out once the batch is handed over.
+                    if self.machine.transmitted(n) {
+                        if let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
+                            return Poll::Ready(Err(write_error(e)));
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_error(e))),
+                Poll::Pending => {
+                    return if wrote {
+                        Poll::Ready(Ok(true))
+                    } else {
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads once and hands the bytes to the machine. `Ok(())` = bytes were read.
+    fn poll_read<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), CloseReason>> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = match super::poll_read_into(&mut self.stream, cx, &mut scratch[..]) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other.map(|r| r.map(|_| ())),
+            };
+            Poll::Ready(
+                self.machine
+                    .handle_input(&mut scratch[..n], Instant::now(), host),
+            )
+        })
+    }
+
+    /// A close other than graceful: the machine's farewell is tried once, without waiting for a
+    /// client that does not read.
+    fn abort(&mut self, reason: CloseReason, cx: &mut Context<'_>) -> CloseReason {
+        if let Some(bye) = self.machine.farewell() {
+            if let Poll::Ready(Ok(_)) = Pin::new(&mut self.stream).poll_write(cx, &bye) {
+                let _ = Pin::new(&mut self.stream).poll_flush(cx);
+            }
+        }
+        reason
+    }
+}
+
+/// A client that vanished while we wrote is an ordinary close.
+fn write_error(e: std::io::Error) -> CloseReason {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+            CloseReason::PeerClosed
+        }
+        _ => CloseReason::Io(e.to_string()),
+    }
+}
