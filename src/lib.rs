@@ -7,6 +7,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod dispatch;
+pub mod drpc;
 pub mod gate;
 pub mod link;
 pub mod listener;

@@ -2,5 +2,4 @@
 //! Nodes dial the gate's link server; the gate dials nodes to deliver client packets and events.
 
 pub mod client;
-pub mod codec;
 pub mod server;

@@ -12,16 +12,11 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::codec::{self, Cmd, Frame, Request};
+use crate::drpc::{self as codec, Cmd, Frame, Request, LINK_HEARTBEAT, MAX_LINK_FRAME};
 use crate::session::{Kind, SessionError, Sessions};
 use crate::shard::Shard;
-
-/// due's link heartbeat period; a connection silent for two of them is cut.
-pub const LINK_HEARTBEAT: Duration = Duration::from_secs(10);
-/// Largest link frame accepted (a multicast to 65,535 targets plus a client packet fits).
-pub const MAX_LINK_FRAME: u32 = 16 << 20;
 
 /// What the link server shares across shards.
 pub struct LinkShared {
