@@ -14,6 +14,8 @@ pub mod listener;
 pub mod liveness;
 pub mod locator;
 pub mod logging;
+pub mod net;
+pub mod node_api;
 pub mod packet;
 pub mod registry;
 pub mod session;

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::config::{HeartbeatMechanism, ServerConfig};
 use crate::dispatch::{EventKind, Upstream};
 use crate::liveness::LivenessRules;
+use crate::node_api::LocalSessions;
 use crate::packet::PacketConfig;
 use crate::session::{
     event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, SessionError, Sessions,
@@ -195,3 +196,14 @@ impl Shard {
 
 /// Shared handle to the per-server contexts, indexed by transport.
 pub type Servers = Vec<Arc<ServerCtx>>;
+
+/// The node API runs its commands against the shard it was accepted on.
+impl LocalSessions for Shard {
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    fn push_nowait(&self, kind: Kind, target: i64, bytes: Bytes) -> Result<(), SessionError> {
+        Shard::push_nowait(self, kind, target, bytes)
+    }
+}

@@ -1,5 +1,4 @@
-//! The link module owns the internal gate↔node protocol ("drpc"): framing, commands, answers.
-//! Nodes dial the gate's link server; the gate dials nodes to deliver client packets and events.
+//! The gate's outbound link to nodes (deliver and trigger frames over drpc).
+//! The codec is [`crate::drpc`]; the inbound node API is [`crate::node_api`].
 
 pub mod client;
-pub mod server;
