@@ -1,5 +1,6 @@
 //! gatehouse: a thread-per-core io_uring gate that speaks due v2.4.1's client protocol.
-//! The tree follows a packet: listener → connection → session → dispatch (→ link → node) and back.
+//! The tree follows a packet: listener → connection → session → dispatch (→ drpc → node) and back
+//! (node → node_api → session → connection).
 
 pub mod banner;
 pub mod cli;
@@ -9,7 +10,6 @@ pub mod control;
 pub mod dispatch;
 pub mod drpc;
 pub mod gate;
-pub mod link;
 pub mod listener;
 pub mod liveness;
 pub mod locator;

@@ -14,8 +14,8 @@ pub async fn accept_each(
     what: &'static str,
     mut on_accept: impl FnMut(TcpStream),
 ) {
-    // SAFETY: `fd` is a listening TCP socket we own (created by `listener::bind_shared`); ownership moves
-    // into the glommio listener, which closes it exactly once when dropped.
+    // SAFETY: `fd` is a listening TCP socket we own (created by `listener::bind_shared`);
+    // ownership moves into the glommio listener, which closes it exactly once when dropped.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
     let mut backoff = Duration::from_millis(5);
     loop {

@@ -12,11 +12,11 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::node_link::NodeLinks;
 use super::routes::{RouteTable, Strategy};
 use super::{Delivery, EventKind, GateEvent, Upstream};
 use crate::control::Control;
 use crate::drpc;
-use crate::link::client::NodeLinks;
 use crate::registry::ServiceInstance;
 
 /// Routes client packets to nodes through this shard's link connections.

@@ -1,5 +1,5 @@
 //! The publish command (11): a node writes one client packet to a channel's subscribers.
-//! Owns its request `chanLen(1) | channel | message`, both answer layouts (v2.4.1, v2.5.5+), vectors.
+//! Owns its request `chanLen | channel | message`, both answer layouts (v2.4.1, v2.5.5+), vectors.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

@@ -1,5 +1,5 @@
 //! The subscribe (12) and unsubscribe (13) commands: a node adds targets to, or removes them
-//! from, a channel. Owns their shared layout `kind | count(2) | targets | channel`, limits, vectors.
+//! from, a channel. Owns their layout `kind | count(2) | targets | channel`, limits, vectors.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

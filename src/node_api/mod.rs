@@ -1,5 +1,5 @@
 //! The inbound node API: what nodes and meshes ask of the gate over drpc (bind, push, stat, …),
-//! as pure per-command plans ([`command`]) run against the sessions by a thin socket loop ([`server`]).
+//! as pure per-command plans ([`command`]) run on the sessions by a socket loop ([`server`]).
 //!
 //! It sits above [`crate::session`] and below the shard: it never names the shard, the client
 //! listeners or the gate. What it needs of the shard it owns is the [`LocalSessions`] trait.

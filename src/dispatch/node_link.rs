@@ -1,5 +1,5 @@
-//! The gate's link client: per shard, one connection to each node's link server, carrying
-//! deliver and trigger frames (seq 0), handshaken as kind 1 with the gate's id.
+//! The gate's outbound link to nodes: per shard, one connection to each node's link server,
+//! carrying deliver and trigger frames (seq 0), handshaken as kind 1 with the gate's id.
 //!
 //! Because a client connection is used only by the shard that owns it, and a cid's packets are
 //! all read on the cid's shard, per-client order is kept without pinning tables: one shard, one
