@@ -21,10 +21,10 @@ use crate::control::Control;
 use crate::dispatch::cluster::ClusterUpstream;
 use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
-use crate::link::server::{self as link_server, LinkShared};
 use crate::listener;
 use crate::locator::redis::{RedisLocator, RedisSettings};
 use crate::locator::{Locator, MemoryLocator};
+use crate::node_api::{self, LinkShared};
 use crate::registry::consul::{ConsulClient, ConsulSettings, Registrar};
 use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
 use crate::session::{Command, Sessions, Transport};
@@ -236,7 +236,7 @@ impl Gate {
                         ))
                         .detach();
                     }
-                    glommio::spawn_local(link_server::accept_loop(
+                    glommio::spawn_local(node_api::accept_loop(
                         shard.clone(),
                         link,
                         link_fd,

@@ -8,7 +8,7 @@
 use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use crate::connection::framing::TcpFraming;
 use crate::connection::machine::Connection;
 use crate::connection::ws::WsRules;
 use crate::connection::{client_ip, driver, ws, Host, ServerCtx};
+use crate::net::accept_each;
 
 /// TLS handshakes that take longer than this are dropped (due has no limit; a client that never
 /// finishes one would hold a connection slot until its heartbeat timeout).
@@ -91,41 +92,6 @@ pub fn bind_shared(
         fds.push(OwnedFd::from(s));
     }
     Ok((fds, bound))
-}
-
-/// Accepts on `fd` until `stop` is dropped, handing each connection to `on_accept`. Accept
-/// errors (EMFILE/ENFILE when the fd limit is reached, …) back off from 5 ms doubling to 1 s:
-/// the shard keeps serving its connections and tries again later, never spinning.
-pub async fn accept_each(
-    fd: OwnedFd,
-    stop: flume::Receiver<()>,
-    what: &'static str,
-    mut on_accept: impl FnMut(TcpStream),
-) {
-    // SAFETY: `fd` is a listening TCP socket we own (created by `bind_shared`); ownership moves
-    // into the glommio listener, which closes it exactly once when dropped.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = stop.recv_async().await;
-            None
-        })
-        .await;
-        match next {
-            None => break,
-            Some(Ok(stream)) => {
-                backoff = Duration::from_millis(5);
-                let _ = stream.set_nodelay(true);
-                on_accept(stream);
-            }
-            Some(Err(e)) => {
-                tracing::warn!(listener = what, error = %e, delay = ?backoff, "accept failed, backing off");
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
 }
 
 /// Accepts client connections on one shard until `stop` is dropped.

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::connection::{Host, ServerCtx};
 use crate::dispatch::{Delivery, EventKind, Upstream};
+use crate::node_api::LocalSessions;
 use crate::packet::PacketConfig;
 use crate::session::{
     event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, SessionError, Sessions, Table,
@@ -148,5 +149,16 @@ impl Host for Shard {
         for w in conn.orders.borrow_mut().graceful_waiters.drain(..) {
             let _ = w.send(Ok(()));
         }
+    }
+}
+
+/// The node API runs its commands against the shard it was accepted on.
+impl LocalSessions for Shard {
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    fn push_nowait(&self, kind: Kind, target: i64, bytes: Bytes) -> Result<(), SessionError> {
+        Shard::push_nowait(self, kind, target, bytes)
     }
 }

@@ -8,7 +8,7 @@ use common::*;
 use gatehouse::dispatch::cluster::ClusterUpstream;
 use gatehouse::dispatch::routes::Strategy;
 use gatehouse::dispatch::UpstreamFactory;
-use gatehouse::link::codec;
+use gatehouse::drpc;
 use gatehouse::registry::{endpoint_url, InstanceState, RouteInfo, ServiceInstance};
 use gatehouse::session::Transport;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -181,27 +181,27 @@ fn link_commands() {
     let link = g.gate().link_addr.clone();
     let mut s = std::net::TcpStream::connect(&link).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let hs = call(&mut s, |o| codec::put_handshake(o, 1, 2, b"node-x"), 16);
+    let hs = call(&mut s, |o| drpc::put_handshake(o, 1, 2, b"node-x"), 16);
     assert_eq!(hs, hex("0000000c 00 01 0000000000000001 0000"));
-    assert_eq!(call(&mut s, codec::put_heartbeat, 5), hex("0000000180"));
-    let bind = call(&mut s, |o| codec::put_bind(o, 5, cid, 42), 16);
+    assert_eq!(call(&mut s, drpc::put_heartbeat, 5), hex("0000000180"));
+    let bind = call(&mut s, |o| drpc::put_bind(o, 5, cid, 42), 16);
     assert_eq!(bind, hex("0000000c 00 02 0000000000000005 0000"));
-    let missing = call(&mut s, |o| codec::put_bind(o, 6, 999_999, 42), 16);
+    let missing = call(&mut s, |o| drpc::put_bind(o, 6, 999_999, 42), 16);
     assert_eq!(missing, hex("0000000c 00 02 0000000000000006 0001"));
-    let ip = call(&mut s, |o| codec::put_getip(o, 7, 2, 42), 20);
+    let ip = call(&mut s, |o| drpc::put_getip(o, 7, 2, 42), 20);
     assert_eq!(ip, hex("00000010 00 04 0000000000000007 0000 7f000001"));
-    let stat = call(&mut s, |o| codec::put_stat(o, 8, 1), 24);
+    let stat = call(&mut s, |o| drpc::put_stat(o, 8, 1), 24);
     assert_eq!(
         stat,
         hex("00000014 00 05 0000000000000008 0000 0000000000000001")
     );
-    let bad_kind = call(&mut s, |o| codec::put_stat(o, 9, 7), 16);
+    let bad_kind = call(&mut s, |o| drpc::put_stat(o, 9, 7), 16);
     assert_eq!(bad_kind, hex("0000000c 00 05 0000000000000009 0002"));
-    let online = call(&mut s, |o| codec::put_isonline(o, 10, 2, 42), 17);
+    let online = call(&mut s, |o| drpc::put_isonline(o, 10, 2, 42), 17);
     assert_eq!(online, hex("0000000d 00 06 000000000000000a 0000 01"));
-    let offline = call(&mut s, |o| codec::put_isonline(o, 11, 2, 43), 17);
+    let offline = call(&mut s, |o| drpc::put_isonline(o, 11, 2, 43), 17);
     assert_eq!(offline, hex("0000000d 00 06 000000000000000b 0000 00"));
-    let state = call(&mut s, |o| codec::put_getstate(o, 0), 17);
+    let state = call(&mut s, |o| drpc::put_getstate(o, 0), 17);
     assert_eq!(
         state,
         hex("0000000d 00 10 0000000000000000 0000 01"),
@@ -211,18 +211,18 @@ fn link_commands() {
     // Push by uid (seq 0, no answer), then a subscribe call and a publish call.
     let p = g.packet.encode(9, 0, b"pushed").unwrap();
     let mut out = BytesMut::new();
-    codec::put_push(&mut out, 0, 0, 2, 42, &p);
+    drpc::put_push(&mut out, 0, 0, 2, 42, &p);
     s.write_all(&out).unwrap();
     assert_eq!(client.frame(), p.to_vec());
     let sub = call(
         &mut s,
-        |o| codec::put_subscribe(o, 12, 1, &[cid], b"room").unwrap(),
+        |o| drpc::put_subscribe(o, 12, 1, &[cid], b"room").unwrap(),
         16,
     );
     assert_eq!(sub, hex("0000000c 00 0c 000000000000000c 0000"));
     let publish = call(
         &mut s,
-        |o| codec::put_publish(o, 0, 13, b"room", &p).unwrap(),
+        |o| drpc::put_publish(o, 0, 13, b"room", &p).unwrap(),
         22,
     );
     assert_eq!(
@@ -236,7 +236,7 @@ fn link_commands() {
     s.write_all(&unknown).unwrap();
     let mc = call(
         &mut s,
-        |o| codec::put_multicast(o, 0, 14, 1, &[cid, 5555], &p).unwrap(),
+        |o| drpc::put_multicast(o, 0, 14, 1, &[cid, 5555], &p).unwrap(),
         24,
     );
     assert_eq!(
@@ -246,8 +246,8 @@ fn link_commands() {
     assert_eq!(client.frame(), p.to_vec());
     // Graceful disconnect (seq 0): queued push first, then the close.
     let mut out = BytesMut::new();
-    codec::put_push(&mut out, 0, 0, 1, cid, &p);
-    codec::put_disconnect(&mut out, 0, 1, cid, false);
+    drpc::put_push(&mut out, 0, 0, 1, cid, &p);
+    drpc::put_disconnect(&mut out, 0, 1, cid, false);
     s.write_all(&out).unwrap();
     assert_eq!(client.frame(), p.to_vec());
     client.wait_closed(Duration::from_secs(2));

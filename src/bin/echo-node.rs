@@ -13,7 +13,7 @@
 //! one reader per inbound connection and one writer that batches pushes into few writes.
 
 use bytes::{Bytes, BytesMut};
-use gatehouse::link::codec::{self, Frame, Request};
+use gatehouse::drpc::{self, Frame, Request};
 use gatehouse::packet::PacketConfig;
 use gatehouse::registry::consul::{ConsulClient, ConsulSettings};
 use gatehouse::registry::{InstanceState, RouteInfo, ServiceInstance};
@@ -129,7 +129,7 @@ impl Node {
             .encode(BROADCAST_ROUTE, 0, &payload)
             .expect("route 20 fits every route width");
         let mut out = BytesMut::with_capacity(32 + message.len());
-        codec::put_broadcast(&mut out, 0, 0, 1, &message);
+        drpc::put_broadcast(&mut out, 0, 0, 1, &message);
         out.freeze()
     }
 }
@@ -182,7 +182,7 @@ fn start_pusher(gate: String, id: String) -> crossbeam_channel::Sender<Bytes> {
         };
         let _ = s.set_nodelay(true);
         let mut out = BytesMut::new();
-        codec::put_handshake(&mut out, 1, 2, id.as_bytes());
+        drpc::put_handshake(&mut out, 1, 2, id.as_bytes());
         if s.write_all(&out).is_err() {
             continue;
         }
@@ -205,7 +205,7 @@ fn start_pusher(gate: String, id: String) -> crossbeam_channel::Sender<Bytes> {
                         }
                     }
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => codec::put_heartbeat(&mut out),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => drpc::put_heartbeat(&mut out),
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
             if s.write_all(&out).is_err() {
@@ -230,14 +230,14 @@ fn serve_gate(mut s: TcpStream, node: &Node) {
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        while let Ok(Some(len)) = codec::frame_len(&buf, 64 << 20) {
+        while let Ok(Some(len)) = drpc::frame_len(&buf, 64 << 20) {
             let frame = buf.split_to(len).freeze();
-            match codec::decode(frame) {
-                Ok(Frame::Heartbeat) => codec::put_heartbeat(&mut out),
+            match drpc::decode(frame) {
+                Ok(Frame::Heartbeat) => drpc::put_heartbeat(&mut out),
                 Ok(Frame::Request { seq, req, .. }) => match req {
                     Request::Handshake { id, .. } => {
                         gid = String::from_utf8_lossy(&id).into_owned();
-                        codec::put_code(&mut out, codec::Cmd::Handshake, seq, 0);
+                        drpc::put_code(&mut out, drpc::Cmd::Handshake, seq, 0);
                     }
                     Request::Trigger { event, cid, uid } => {
                         let name = match event {
@@ -251,7 +251,7 @@ fn serve_gate(mut s: TcpStream, node: &Node) {
                             let _ = std::io::stdout().flush();
                         }
                         if seq != 0 {
-                            codec::put_code(&mut out, codec::Cmd::Trigger, seq, 0);
+                            drpc::put_code(&mut out, drpc::Cmd::Trigger, seq, 0);
                         }
                     }
                     Request::Deliver { cid, message, .. } => {
@@ -259,11 +259,11 @@ fn serve_gate(mut s: TcpStream, node: &Node) {
                             let _ = node.pushes.send(node.broadcast());
                         } else {
                             let mut push = BytesMut::with_capacity(23 + message.len());
-                            codec::put_push(&mut push, 0, 0, 1, cid, &message);
+                            drpc::put_push(&mut push, 0, 0, 1, cid, &message);
                             let _ = node.pushes.send(push.freeze());
                         }
                         if seq != 0 {
-                            codec::put_code(&mut out, codec::Cmd::Deliver, seq, 0);
+                            drpc::put_code(&mut out, drpc::Cmd::Deliver, seq, 0);
                         }
                     }
                     _ => {}

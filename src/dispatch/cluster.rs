@@ -12,11 +12,11 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::node_link::NodeLinks;
 use super::routes::{RouteTable, Strategy};
 use super::{Delivery, EventKind, GateEvent, Upstream};
 use crate::control::Control;
-use crate::link::client::NodeLinks;
-use crate::link::codec;
+use crate::drpc;
 use crate::registry::ServiceInstance;
 
 /// Routes client packets to nodes through this shard's link connections.
@@ -73,7 +73,7 @@ impl Inner {
         let (cid, uid, frame): (i64, i64, &Bytes) = (d.cid, d.uid, &d.frame);
         if !self
             .links
-            .send(addr, cid, |out| codec::put_deliver(out, 0, cid, uid, frame))
+            .send(addr, cid, |out| drpc::put_deliver(out, 0, cid, uid, frame))
         {
             tracing::warn!(
                 addr,
@@ -218,7 +218,7 @@ impl Upstream for ClusterUpstream {
         };
         for ep in targets {
             if !inner.links.send(&ep.address, e.cid, |out| {
-                codec::put_trigger(out, 0, e.kind as u8, e.cid, uid)
+                drpc::put_trigger(out, 0, e.kind as u8, e.cid, uid)
             }) {
                 tracing::warn!(addr = %ep.address, kind = ?e.kind, cid = e.cid, "node unavailable, event dropped");
             }

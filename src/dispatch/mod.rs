@@ -5,6 +5,7 @@
 //! packet is a plain method call on shard-local state — no lock, no cross-thread hop.
 
 pub mod cluster;
+pub mod node_link;
 pub mod routes;
 
 use bytes::Bytes;

@@ -1,5 +1,5 @@
-//! The gate's link client: per shard, one connection to each node's link server, carrying
-//! deliver and trigger frames (seq 0), handshaken as kind 1 with the gate's id.
+//! The gate's outbound link to nodes: per shard, one connection to each node's link server,
+//! carrying deliver and trigger frames (seq 0), handshaken as kind 1 with the gate's id.
 //!
 //! Because a client connection is used only by the shard that owns it, and a cid's packets are
 //! all read on the cid's shard, per-client order is kept without pinning tables: one shard, one
@@ -15,8 +15,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::codec::{self, Head};
-use super::server::LINK_HEARTBEAT;
+use crate::drpc::{self, Head, LINK_HEARTBEAT};
 
 /// due's dial rules: 500 ms per attempt, 3 attempts, 5 ms then 10 ms between them.
 const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -242,7 +241,7 @@ async fn dial(addr: &str) -> Option<glommio::net::TcpStream> {
 /// as in due).
 async fn handshake(stream: &mut glommio::net::TcpStream, gid: &str) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    codec::put_handshake(&mut out, 1, KIND_GATE, gid.as_bytes());
+    drpc::put_handshake(&mut out, 1, KIND_GATE, gid.as_bytes());
     stream.write_all(&out).await?;
     let mut buf = BytesMut::new();
     let r = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
@@ -255,9 +254,9 @@ async fn handshake(stream: &mut glommio::net::TcpStream, gid: &str) -> std::io::
                 ));
             }
             buf.extend_from_slice(&chunk[..n]);
-            while let Ok(Some(len)) = codec::frame_len(&buf, 1 << 20) {
+            while let Ok(Some(len)) = drpc::frame_len(&buf, 1 << 20) {
                 let frame = buf.split_to(len);
-                if let Ok(Head::Data { seq: 1, .. }) = codec::peek(&frame) {
+                if let Ok(Head::Data { seq: 1, .. }) = drpc::peek(&frame) {
                     return Ok(());
                 }
             }
@@ -339,7 +338,7 @@ async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
                 if echoes_seen && last_recv.elapsed() > LINK_HEARTBEAT * 2 {
                     return "no frame from node for 20 s".into();
                 }
-                codec::put_heartbeat(&mut link.queue.borrow_mut());
+                drpc::put_heartbeat(&mut link.queue.borrow_mut());
                 next_heartbeat = Instant::now() + LINK_HEARTBEAT;
             }
             Event::Work => {}

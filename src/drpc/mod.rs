@@ -1,5 +1,5 @@
-//! The drpc link protocol as a sans-IO codec: frame boundaries, request and response layouts.
-//! Owns every byte the gate exchanges with nodes (both directions); sockets and clocks live elsewhere.
+//! drpc, the gate↔node link protocol, as a sans-IO codec: framing, header bits, command bytes,
+//! errors, the decode dispatch and shared helpers; each command's layout lives in its own module.
 //!
 //! Why sans-IO: the link server and client only move bytes; every protocol rule (sizes, optional
 //! fields, the v2.4.1/v2.5 differences) sits here where a table of hex vectors can pin it down.
@@ -19,13 +19,58 @@
 //! ```
 //!
 //! A frame whose header has bit 0x80 set is a heartbeat and has nothing else of interest.
+//!
+//! One module per command (or closely related pair), each with its encoders, its body decoder
+//! and its test vectors: [`handshake`], [`bind`], [`unbind`], [`getip`], [`stat`],
+//! [`isonline`], [`disconnect`], [`push`], [`multicast`], [`broadcast`], [`publish`],
+//! [`subscribe`] (and unsubscribe), [`state`] (getstate, setstate), [`trigger`], [`deliver`],
+//! [`heartbeat`]. Their public functions are re-exported here.
+
+pub mod bind;
+pub mod broadcast;
+pub mod deliver;
+pub mod disconnect;
+pub mod getip;
+pub mod handshake;
+pub mod heartbeat;
+pub mod isonline;
+pub mod multicast;
+pub mod publish;
+pub mod push;
+pub mod stat;
+pub mod state;
+pub mod subscribe;
+pub mod trigger;
+pub mod unbind;
+
+#[cfg(test)]
+mod testing;
+
+pub use bind::put_bind;
+pub use broadcast::put_broadcast;
+pub use deliver::{put_deliver, put_deliver_head};
+pub use disconnect::put_disconnect;
+pub use getip::{put_getip, put_getip_res};
+pub use handshake::put_handshake;
+pub use heartbeat::{put_heartbeat, HEARTBEAT};
+pub use isonline::{put_isonline, put_isonline_res};
+pub use multicast::put_multicast;
+pub use publish::{put_publish, put_publish_res_v24, put_publish_res_v25};
+pub use push::put_push;
+pub use stat::put_stat;
+pub use state::{put_getstate, put_getstate_res, put_setstate};
+pub use subscribe::{put_subscribe, put_unsubscribe};
+pub use trigger::put_trigger;
+pub use unbind::put_unbind;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use std::net::IpAddr;
 use std::ops::Range;
+use std::time::Duration;
 
-/// The one heartbeat frame every due version writes: size 1, header 0x80.
-pub const HEARTBEAT: [u8; 5] = [0, 0, 0, 1, 0x80];
+/// due's link heartbeat period; a connection silent for two of them is cut.
+pub const LINK_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Largest link frame accepted (a multicast to 65,535 targets plus a client packet fits).
+pub const MAX_LINK_FRAME: u32 = 16 << 20;
 
 /// Header bit that makes a frame a heartbeat. It is the *only* thing a reader looks at to
 /// classify a frame, so a heartbeat with trailing bytes is still a heartbeat.
@@ -471,75 +516,23 @@ pub fn decode(frame: Bytes) -> Result<Frame, LinkError> {
     };
     let mut r = Reader::body(&frame, cmd_byte);
     let req = match cmd {
-        Cmd::Handshake => Request::Handshake {
-            kind: r.u8()?,
-            id: frame.slice(r.rest()),
-        },
-        Cmd::Bind => Request::Bind {
-            cid: r.i64()?,
-            uid: r.i64()?,
-        },
-        Cmd::Unbind => Request::Unbind { uid: r.i64()? },
-        Cmd::GetIp => Request::GetIp {
-            kind: r.u8()?,
-            target: r.i64()?,
-        },
-        Cmd::Stat => Request::Stat { kind: r.u8()? },
-        Cmd::IsOnline => Request::IsOnline {
-            kind: r.u8()?,
-            target: r.i64()?,
-        },
-        Cmd::Disconnect => Request::Disconnect {
-            kind: r.u8()?,
-            target: r.i64()?,
-            force: r.u8()? == 1,
-        },
-        Cmd::Push => Request::Push {
-            kind: r.u8()?,
-            target: r.i64()?,
-            message: frame.slice(r.rest()),
-        },
-        Cmd::Multicast => Request::Multicast {
-            kind: r.u8()?,
-            targets: r.targets()?,
-            message: frame.slice(r.rest()),
-        },
-        Cmd::Broadcast => Request::Broadcast {
-            kind: r.u8()?,
-            message: frame.slice(r.rest()),
-        },
-        Cmd::Publish => {
-            let clen = r.u8()? as usize;
-            let channel = frame.slice(r.take(clen)?);
-            Request::Publish {
-                channel,
-                message: frame.slice(r.rest()),
-            }
-        }
-        Cmd::Subscribe => Request::Subscribe {
-            kind: r.u8()?,
-            targets: r.targets()?,
-            channel: frame.slice(r.rest()),
-        },
-        Cmd::Unsubscribe => Request::Unsubscribe {
-            kind: r.u8()?,
-            targets: r.targets()?,
-            channel: frame.slice(r.rest()),
-        },
-        Cmd::Trigger => {
-            let event = r.u8()?;
-            let cid = r.i64()?;
-            // Absent (23-byte frame) or whole: a partial uid is a torn frame, not "uid 0".
-            let uid = if r.remaining() == 0 { 0 } else { r.i64()? };
-            Request::Trigger { event, cid, uid }
-        }
-        Cmd::Deliver => Request::Deliver {
-            cid: r.i64()?,
-            uid: r.i64()?,
-            message: frame.slice(r.rest()),
-        },
+        Cmd::Handshake => handshake::decode(&mut r, &frame)?,
+        Cmd::Bind => bind::decode(&mut r)?,
+        Cmd::Unbind => unbind::decode(&mut r)?,
+        Cmd::GetIp => getip::decode(&mut r)?,
+        Cmd::Stat => stat::decode(&mut r)?,
+        Cmd::IsOnline => isonline::decode(&mut r)?,
+        Cmd::Disconnect => disconnect::decode(&mut r)?,
+        Cmd::Push => push::decode(&mut r, &frame)?,
+        Cmd::Multicast => multicast::decode(&mut r, &frame)?,
+        Cmd::Broadcast => broadcast::decode(&mut r, &frame)?,
+        Cmd::Publish => publish::decode(&mut r, &frame)?,
+        Cmd::Subscribe => subscribe::decode_subscribe(&mut r, &frame)?,
+        Cmd::Unsubscribe => subscribe::decode_unsubscribe(&mut r, &frame)?,
+        Cmd::Trigger => trigger::decode(&mut r)?,
+        Cmd::Deliver => deliver::decode(&mut r, &frame)?,
         Cmd::GetState => Request::GetState,
-        Cmd::SetState => Request::SetState { state: r.u8()? },
+        Cmd::SetState => state::decode_setstate(&mut r)?,
     };
     Ok(Frame::Request { header, seq, req })
 }
@@ -608,8 +601,6 @@ pub fn decode_response(cmd: Cmd, frame: &[u8]) -> Result<Response, LinkError> {
             got,
         });
     }
-    let len = frame.len();
-    let bad = LinkError::BadLength { cmd: got, len };
     let mut r = Reader::body(frame, got);
     let mut res = Response {
         seq,
@@ -625,61 +616,51 @@ pub fn decode_response(cmd: Cmd, frame: &[u8]) -> Result<Response, LinkError> {
         | Cmd::Unsubscribe
         | Cmd::Trigger
         | Cmd::Deliver
-        | Cmd::SetState => {
-            if len != 16 {
-                return Err(bad);
-            }
-            res.code = Some(r.u16()?);
-        }
-        Cmd::GetIp => {
-            if len != 16 && len != 20 {
-                return Err(bad);
-            }
-            res.code = Some(r.u16()?);
-            if len == 20 {
-                res.ip = Some(r.array()?);
-            }
-        }
-        Cmd::Stat | Cmd::Multicast | Cmd::Broadcast => {
-            if len != 16 && len != 24 {
-                return Err(bad);
-            }
-            res.code = Some(r.u16()?);
-            if len == 24 {
-                res.total = Some(r.u64()?);
-            }
-        }
-        Cmd::IsOnline => {
-            if len != 17 {
-                return Err(bad);
-            }
-            res.code = Some(r.u16()?);
-            res.online = Some(r.u8()? == 1);
-        }
-        Cmd::GetState => {
-            if len != 17 {
-                return Err(bad);
-            }
-            res.code = Some(r.u16()?);
-            res.state = Some(r.u8()?);
-        }
-        Cmd::Publish => match len {
-            16 => res.code = Some(r.u16()?),
-            24 => {
-                res.code = Some(r.u16()?);
-                res.total = Some(r.u64()?);
-            }
-            _ if len >= 22 => res.total = Some(r.u64()?),
-            _ => return Err(bad),
-        },
+        | Cmd::SetState => read_code_res(&mut r, &mut res)?,
+        Cmd::GetIp => getip::read_res(&mut r, &mut res)?,
+        Cmd::Stat | Cmd::Multicast | Cmd::Broadcast => read_total_res(&mut r, &mut res)?,
+        Cmd::IsOnline => isonline::read_res(&mut r, &mut res)?,
+        Cmd::GetState => state::read_getstate_res(&mut r, &mut res)?,
+        Cmd::Publish => publish::read_res(&mut r, &mut res)?,
     }
     Ok(res)
 }
 
+/// The length error a response decoder returns for a frame due's decoder would not accept.
+fn bad_length(r: &Reader<'_>) -> LinkError {
+    LinkError::BadLength {
+        cmd: r.cmd,
+        len: r.buf.len(),
+    }
+}
+
+/// The code-only response body: exactly 16 bytes.
+fn read_code_res(r: &mut Reader<'_>, res: &mut Response) -> Result<(), LinkError> {
+    if r.buf.len() != 16 {
+        return Err(bad_length(r));
+    }
+    res.code = Some(r.u16()?);
+    Ok(())
+}
+
+/// The `code | [total(8)]` response body of stat, multicast and broadcast: 16 or 24 bytes.
+fn read_total_res(r: &mut Reader<'_>, res: &mut Response) -> Result<(), LinkError> {
+    let len = r.buf.len();
+    if len != 16 && len != 24 {
+        return Err(bad_length(r));
+    }
+    res.code = Some(r.u16()?);
+    if len == 24 {
+        res.total = Some(r.u64()?);
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
-// Encoders. Each reserves its exact length once, then appends. All write header 0 unless they
-// take a `header` (push, multicast, broadcast, publish, where v2.5.3 uses HEADER_DISCONNECT).
-// A header with bit 0x80 set would make the peer read the frame as a heartbeat.
+// Shared encoder helpers. Each encoder reserves its exact length once, then appends. All write
+// header 0 unless they take a `header` (push, multicast, broadcast, publish, where v2.5.3 uses
+// HEADER_DISCONNECT). A header with bit 0x80 set would make the peer read the frame as a
+// heartbeat.
 // ---------------------------------------------------------------------------------------------
 
 /// Writes `size | header | cmd | seq` for a body of `body` bytes and reserves room for the body.
@@ -710,42 +691,11 @@ fn check_targets(targets: &[i64]) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// `00 00 00 01 80`.
-pub fn put_heartbeat(out: &mut BytesMut) {
-    out.extend_from_slice(&HEARTBEAT);
-}
-
-/// Handshake request: `kind(1) | id`. A gate always sends seq 1 and kind 1 with its registered
-/// instance ID: nodes use that ID as the gate ID when they answer clients.
-pub fn put_handshake(out: &mut BytesMut, seq: u64, kind: u8, id: &[u8]) {
-    put_head(out, 0, Cmd::Handshake, seq, 1 + id.len());
-    out.put_u8(kind);
-    out.put_slice(id);
-}
-
 /// The 16-byte code-only response (handshake, bind, unbind, disconnect, push, subscribe,
 /// unsubscribe, trigger, deliver, setstate).
 pub fn put_code(out: &mut BytesMut, cmd: Cmd, seq: u64, code: u16) {
     put_head(out, 0, cmd, seq, 2);
     out.put_u16(code);
-}
-
-/// Getip response: `code | [ipv4(4)]`. The IP is present (20 bytes) only for code 0 with an
-/// address; IPv4 and IPv4-mapped IPv6 are written as the 4 address bytes, any other IPv6 as
-/// `0.0.0.0` (Go's `To4()` fails, the field stays zero). Otherwise 16 bytes.
-pub fn put_getip_res(out: &mut BytesMut, seq: u64, code: u16, ip: Option<IpAddr>) {
-    match ip {
-        Some(ip) if code == 0 => {
-            let v4 = match ip {
-                IpAddr::V4(v4) => v4.octets(),
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or([0; 4], |v4| v4.octets()),
-            };
-            put_head(out, 0, Cmd::GetIp, seq, 6);
-            out.put_u16(code);
-            out.put_slice(&v4);
-        }
-        _ => put_code(out, Cmd::GetIp, seq, code),
-    }
 }
 
 /// Stat, multicast and broadcast response: `code | [total(8)]`, 24 bytes when code 0 and
@@ -758,212 +708,6 @@ pub fn put_total_res(out: &mut BytesMut, cmd: Cmd, seq: u64, code: u16, total: u
     } else {
         put_code(out, cmd, seq, code);
     }
-}
-
-/// Isonline response: `code | online(1)`, always 17 bytes.
-pub fn put_isonline_res(out: &mut BytesMut, seq: u64, code: u16, online: bool) {
-    put_head(out, 0, Cmd::IsOnline, seq, 3);
-    out.put_u16(code);
-    out.put_u8(online as u8);
-}
-
-/// v2.4.1 publish response: `total(8)`, 22 bytes, **no code**. A v2.5.5+ node cannot decode it.
-pub fn put_publish_res_v24(out: &mut BytesMut, seq: u64, total: u64) {
-    put_head(out, 0, Cmd::Publish, seq, 8);
-    out.put_u64(total);
-}
-
-/// v2.5.5+ publish response: `code | [total(8)]`, 24 bytes when code 0 and total ≠ 0, else the
-/// well-formed 16 bytes (size 12, unlike the Go v2.5.5–v2.5.8 gate which says 20).
-/// A v2.4.1 node cannot decode it.
-pub fn put_publish_res_v25(out: &mut BytesMut, seq: u64, code: u16, total: u64) {
-    put_total_res(out, Cmd::Publish, seq, code, total);
-}
-
-/// Getstate response: `code | state(1)`, always 17 bytes.
-pub fn put_getstate_res(out: &mut BytesMut, seq: u64, code: u16, state: u8) {
-    put_head(out, 0, Cmd::GetState, seq, 3);
-    out.put_u16(code);
-    out.put_u8(state);
-}
-
-/// Bind request: `cid | uid` (30 bytes).
-pub fn put_bind(out: &mut BytesMut, seq: u64, cid: i64, uid: i64) {
-    put_head(out, 0, Cmd::Bind, seq, 16);
-    out.put_i64(cid);
-    out.put_i64(uid);
-}
-
-/// Unbind request: `uid` (22 bytes).
-pub fn put_unbind(out: &mut BytesMut, seq: u64, uid: i64) {
-    put_head(out, 0, Cmd::Unbind, seq, 8);
-    out.put_i64(uid);
-}
-
-/// Getip request: `kind | target` (23 bytes).
-pub fn put_getip(out: &mut BytesMut, seq: u64, kind: u8, target: i64) {
-    put_head(out, 0, Cmd::GetIp, seq, 9);
-    out.put_u8(kind);
-    out.put_i64(target);
-}
-
-/// Stat request: `kind` (15 bytes).
-pub fn put_stat(out: &mut BytesMut, seq: u64, kind: u8) {
-    put_head(out, 0, Cmd::Stat, seq, 1);
-    out.put_u8(kind);
-}
-
-/// Isonline request: `kind | target` (23 bytes).
-pub fn put_isonline(out: &mut BytesMut, seq: u64, kind: u8, target: i64) {
-    put_head(out, 0, Cmd::IsOnline, seq, 9);
-    out.put_u8(kind);
-    out.put_i64(target);
-}
-
-/// Disconnect request: `kind | target | force` (24 bytes).
-pub fn put_disconnect(out: &mut BytesMut, seq: u64, kind: u8, target: i64, force: bool) {
-    put_head(out, 0, Cmd::Disconnect, seq, 10);
-    out.put_u8(kind);
-    out.put_i64(target);
-    out.put_u8(force as u8);
-}
-
-/// Push request: `kind | target | message` (23 + m bytes).
-pub fn put_push(out: &mut BytesMut, header: u8, seq: u64, kind: u8, target: i64, message: &[u8]) {
-    put_head(out, header, Cmd::Push, seq, 9 + message.len());
-    out.put_u8(kind);
-    out.put_i64(target);
-    out.put_slice(message);
-}
-
-/// Multicast request: `kind | count(2) | targets | message` (17 + 8n + m bytes).
-/// More than 65535 targets is refused (`out` untouched): the count would wrap.
-pub fn put_multicast(
-    out: &mut BytesMut,
-    header: u8,
-    seq: u64,
-    kind: u8,
-    targets: &[i64],
-    message: &[u8],
-) -> Result<(), LinkError> {
-    check_targets(targets)?;
-    put_head(
-        out,
-        header,
-        Cmd::Multicast,
-        seq,
-        3 + 8 * targets.len() + message.len(),
-    );
-    out.put_u8(kind);
-    put_targets(out, targets);
-    out.put_slice(message);
-    Ok(())
-}
-
-/// Broadcast request: `kind | message` (15 + m bytes).
-pub fn put_broadcast(out: &mut BytesMut, header: u8, seq: u64, kind: u8, message: &[u8]) {
-    put_head(out, header, Cmd::Broadcast, seq, 1 + message.len());
-    out.put_u8(kind);
-    out.put_slice(message);
-}
-
-/// Publish request: `chanLen(1) | channel | message` (15 + c + m bytes).
-/// A channel over 255 bytes is refused (`out` untouched), as due nodes refuse it.
-pub fn put_publish(
-    out: &mut BytesMut,
-    header: u8,
-    seq: u64,
-    channel: &[u8],
-    message: &[u8],
-) -> Result<(), LinkError> {
-    let clen = u8::try_from(channel.len())
-        .map_err(|_| LinkError::ChannelTooLong { len: channel.len() })?;
-    put_head(
-        out,
-        header,
-        Cmd::Publish,
-        seq,
-        1 + channel.len() + message.len(),
-    );
-    out.put_u8(clen);
-    out.put_slice(channel);
-    out.put_slice(message);
-    Ok(())
-}
-
-fn put_sub(
-    out: &mut BytesMut,
-    cmd: Cmd,
-    seq: u64,
-    kind: u8,
-    targets: &[i64],
-    channel: &[u8],
-) -> Result<(), LinkError> {
-    check_targets(targets)?;
-    put_head(out, 0, cmd, seq, 3 + 8 * targets.len() + channel.len());
-    out.put_u8(kind);
-    put_targets(out, targets);
-    out.put_slice(channel);
-    Ok(())
-}
-
-/// Subscribe request: `kind | count(2) | targets | channel` (17 + 8n + c bytes).
-pub fn put_subscribe(
-    out: &mut BytesMut,
-    seq: u64,
-    kind: u8,
-    targets: &[i64],
-    channel: &[u8],
-) -> Result<(), LinkError> {
-    put_sub(out, Cmd::Subscribe, seq, kind, targets, channel)
-}
-
-/// Unsubscribe request: same layout as subscribe.
-pub fn put_unsubscribe(
-    out: &mut BytesMut,
-    seq: u64,
-    kind: u8,
-    targets: &[i64],
-    channel: &[u8],
-) -> Result<(), LinkError> {
-    put_sub(out, Cmd::Unsubscribe, seq, kind, targets, channel)
-}
-
-/// Trigger request: `event | cid | [uid]`; the uid is omitted when 0 (23 or 31 bytes), exactly
-/// as the Go gate does. The gate sends it with seq 0.
-pub fn put_trigger(out: &mut BytesMut, seq: u64, event: u8, cid: i64, uid: i64) {
-    let body = if uid == 0 { 9 } else { 17 };
-    put_head(out, 0, Cmd::Trigger, seq, body);
-    out.put_u8(event);
-    out.put_i64(cid);
-    if uid != 0 {
-        out.put_i64(uid);
-    }
-}
-
-/// Deliver request: `cid | uid | message` (30 + m bytes). The gate sends it with seq 0.
-pub fn put_deliver(out: &mut BytesMut, seq: u64, cid: i64, uid: i64, message: &[u8]) {
-    put_deliver_head(out, seq, cid, uid, message.len());
-    out.put_slice(message);
-}
-
-/// The first 30 bytes of a deliver frame whose `message_len`-byte message the caller writes
-/// itself, e.g. as a separate [`Bytes`] in a vectored write, to skip copying large packets.
-pub fn put_deliver_head(out: &mut BytesMut, seq: u64, cid: i64, uid: i64, message_len: usize) {
-    put_head(out, 0, Cmd::Deliver, seq, 16 + message_len);
-    out.put_i64(cid);
-    out.put_i64(uid);
-}
-
-/// Getstate request: no body (14 bytes).
-pub fn put_getstate(out: &mut BytesMut, seq: u64) {
-    put_head(out, 0, Cmd::GetState, seq, 0);
-}
-
-/// Setstate request: `state` (15 bytes).
-pub fn put_setstate(out: &mut BytesMut, seq: u64, state: u8) {
-    put_head(out, 0, Cmd::SetState, seq, 1);
-    out.put_u8(state);
 }
 
 /// Encodes any [`Request`] with an explicit header (the inverse of [`decode`]): convenient for
@@ -1022,313 +766,52 @@ pub fn put_request(
 
 #[cfg(test)]
 mod tests {
+    //! Properties every command shares, run over the vectors of all command modules.
+
+    use super::testing::*;
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
-    /// The client packet of §10.2: route 1, seq 2, body "hello world" (20 bytes).
-    const P: &str = "00000010 00 0001 0002 68656c6c6f20776f726c64";
-
-    /// Hex with spaces allowed and `<P>` standing for the client packet.
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s
-            .replace("<P>", P)
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        assert!(s.len() % 2 == 0, "odd hex: {s}");
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-            .collect()
-    }
-
-    fn p() -> Bytes {
-        Bytes::from(hex(P))
-    }
-
-    fn b(s: &'static str) -> Bytes {
-        Bytes::from_static(s.as_bytes())
-    }
-
-    /// `part` points into `frame`'s memory: the decoder sliced instead of copying.
-    fn within(frame: &Bytes, part: &Bytes) -> bool {
-        let f = frame.as_ptr() as usize;
-        let p = part.as_ptr() as usize;
-        part.is_empty() || (p >= f && p + part.len() <= f + frame.len())
-    }
-
-    fn encode(f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        f(&mut out);
-        out.to_vec()
-    }
-
-    /// One request vector of §10.2.
-    struct ReqVec {
-        name: &'static str,
-        hex: &'static str,
-        header: u8,
-        seq: u64,
-        req: Request,
-        /// Smallest frame length that still holds every required field.
-        min: usize,
-    }
-
+    /// Every command module's request vectors.
     fn request_vectors() -> Vec<ReqVec> {
-        let v = |name, hex, header, seq, req, min| ReqVec {
-            name,
-            hex,
-            header,
-            seq,
-            req,
-            min,
-        };
-        vec![
-            v(
-                "handshake",
-                "00000011 00 01 0000000000000001 01 676174652d31",
-                0,
-                1,
-                Request::Handshake {
-                    kind: 1,
-                    id: b("gate-1"),
-                },
-                15,
-            ),
-            v(
-                "bind",
-                "0000001a 00 02 0000000000000001 0000000000000002 0000000000000003",
-                0,
-                1,
-                Request::Bind { cid: 2, uid: 3 },
-                30,
-            ),
-            v(
-                "unbind",
-                "00000012 00 03 0000000000000002 0000000000000003",
-                0,
-                2,
-                Request::Unbind { uid: 3 },
-                22,
-            ),
-            v(
-                "getip",
-                "00000013 00 04 0000000000000001 02 0000000000000003",
-                0,
-                1,
-                Request::GetIp { kind: 2, target: 3 },
-                23,
-            ),
-            v(
-                "stat",
-                "0000000b 00 05 0000000000000005 01",
-                0,
-                5,
-                Request::Stat { kind: 1 },
-                15,
-            ),
-            v(
-                "isonline",
-                "00000013 00 06 0000000000000001 02 0000000000000001",
-                0,
-                1,
-                Request::IsOnline { kind: 2, target: 1 },
-                23,
-            ),
-            v(
-                "disconnect",
-                "00000014 00 07 0000000000000000 02 0000000000000003 01",
-                0,
-                0,
-                Request::Disconnect {
-                    kind: 2,
-                    target: 3,
-                    force: true,
-                },
-                24,
-            ),
-            v(
-                "push",
-                "00000027 00 08 0000000000000000 02 0000000000000003 <P>",
-                0,
-                0,
-                Request::Push {
-                    kind: 2,
-                    target: 3,
-                    message: p(),
-                },
-                23,
-            ),
-            v(
-                "multicast",
-                "00000039 00 09 0000000000000000 02 0003 0000000000000001 0000000000000002 0000000000000003 <P>",
-                0,
-                0,
-                Request::Multicast {
-                    kind: 2,
-                    targets: vec![1, 2, 3],
-                    message: p(),
-                },
-                41,
-            ),
-            v(
-                "broadcast",
-                "0000001f 00 0a 0000000000000000 01 <P>",
-                0,
-                0,
-                Request::Broadcast {
-                    kind: 1,
-                    message: p(),
-                },
-                15,
-            ),
-            v(
-                "publish",
-                "00000026 00 0b 0000000000000000 07 6368616e6e656c <P>",
-                0,
-                0,
-                Request::Publish {
-                    channel: b("channel"),
-                    message: p(),
-                },
-                22,
-            ),
-            v(
-                "subscribe",
-                "00000019 00 0c 0000000000000009 02 0001 0000000000000001 726f6f6d",
-                0,
-                9,
-                Request::Subscribe {
-                    kind: 2,
-                    targets: vec![1],
-                    channel: b("room"),
-                },
-                25,
-            ),
-            v(
-                "unsubscribe",
-                "00000021 00 0d 000000000000000a 01 0002 0000000000000005 0000000000000006 726f6f6d",
-                0,
-                10,
-                Request::Unsubscribe {
-                    kind: 1,
-                    targets: vec![5, 6],
-                    channel: b("room"),
-                },
-                33,
-            ),
-            v(
-                "trigger without uid",
-                "00000013 00 0e 0000000000000000 01 0000000000000001",
-                0,
-                0,
-                Request::Trigger {
-                    event: 1,
-                    cid: 1,
-                    uid: 0,
-                },
-                23,
-            ),
-            v(
-                "trigger with uid",
-                "0000001b 00 0e 0000000000000000 03 0000000000000001 0000000000000003",
-                0,
-                0,
-                Request::Trigger {
-                    event: 3,
-                    cid: 1,
-                    uid: 3,
-                },
-                23,
-            ),
-            v(
-                "deliver",
-                "0000002e 00 0f 0000000000000000 0000000000000002 0000000000000003 <P>",
-                0,
-                0,
-                Request::Deliver {
-                    cid: 2,
-                    uid: 3,
-                    message: p(),
-                },
-                30,
-            ),
-            v(
-                "deliver uid 0",
-                "0000002e 00 0f 0000000000000000 0000000000000002 0000000000000000 <P>",
-                0,
-                0,
-                Request::Deliver {
-                    cid: 2,
-                    uid: 0,
-                    message: p(),
-                },
-                30,
-            ),
-            v(
-                "getstate",
-                "0000000a 00 10 0000000000000003",
-                0,
-                3,
-                Request::GetState,
-                14,
-            ),
-            v(
-                "setstate",
-                "0000000b 00 11 0000000000000004 02",
-                0,
-                4,
-                Request::SetState { state: 2 },
-                15,
-            ),
-            // v2.5.3+: header bit 0x40 "disconnect after push".
-            v(
-                "v2.5 push disconnect",
-                "00000027 40 08 0000000000000000 01 0000000000000009 <P>",
-                0x40,
-                0,
-                Request::Push {
-                    kind: 1,
-                    target: 9,
-                    message: p(),
-                },
-                23,
-            ),
-            v(
-                "v2.5 multicast disconnect ack",
-                "00000031 40 09 0000000000000006 02 0002 0000000000000001 0000000000000002 <P>",
-                0x40,
-                6,
-                Request::Multicast {
-                    kind: 2,
-                    targets: vec![1, 2],
-                    message: p(),
-                },
-                33,
-            ),
-            v(
-                "v2.5 broadcast disconnect",
-                "0000001f 40 0a 0000000000000000 02 <P>",
-                0x40,
-                0,
-                Request::Broadcast {
-                    kind: 2,
-                    message: p(),
-                },
-                15,
-            ),
-            v(
-                "v2.5 publish disconnect",
-                "00000023 40 0b 0000000000000000 04 726f6f6d <P>",
-                0x40,
-                0,
-                Request::Publish {
-                    channel: b("room"),
-                    message: p(),
-                },
-                19,
-            ),
+        [
+            handshake::tests::request_vectors(),
+            bind::tests::request_vectors(),
+            unbind::tests::request_vectors(),
+            getip::tests::request_vectors(),
+            stat::tests::request_vectors(),
+            isonline::tests::request_vectors(),
+            disconnect::tests::request_vectors(),
+            push::tests::request_vectors(),
+            multicast::tests::request_vectors(),
+            broadcast::tests::request_vectors(),
+            publish::tests::request_vectors(),
+            subscribe::tests::request_vectors(),
+            trigger::tests::request_vectors(),
+            deliver::tests::request_vectors(),
+            state::tests::request_vectors(),
         ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Every command module's response vectors.
+    fn response_vectors() -> Vec<ResVec> {
+        [
+            handshake::tests::response_vectors(),
+            bind::tests::response_vectors(),
+            getip::tests::response_vectors(),
+            stat::tests::response_vectors(),
+            isonline::tests::response_vectors(),
+            multicast::tests::response_vectors(),
+            broadcast::tests::response_vectors(),
+            publish::tests::response_vectors(),
+            subscribe::tests::response_vectors(),
+            state::tests::response_vectors(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Whether a size-consistent frame of `len` bytes cut from vector `v` must decode.
@@ -1338,15 +821,6 @@ mod tests {
             Request::Trigger { .. } => len == 23 || len >= 31,
             _ => len >= v.min,
         }
-    }
-
-    /// Copy of `frame[..len]` with its size field rewritten to `len - 4`.
-    fn cut(frame: &[u8], len: usize) -> Vec<u8> {
-        let mut c = frame[..len].to_vec();
-        if len >= 4 {
-            c[..4].copy_from_slice(&((len - 4) as u32).to_be_bytes());
-        }
-        c
     }
 
     /// Every `Bytes` field of a request.
@@ -1363,6 +837,27 @@ mod tests {
             }
             _ => vec![],
         }
+    }
+
+    /// The response lengths `decode_response` accepts for `cmd` (due's decoder rules).
+    fn response_len_ok(cmd: Cmd, len: usize) -> bool {
+        match cmd {
+            Cmd::GetIp => len == 16 || len == 20,
+            Cmd::Stat | Cmd::Multicast | Cmd::Broadcast => len == 16 || len == 24,
+            Cmd::IsOnline | Cmd::GetState => len == 17,
+            Cmd::Publish => len == 16 || len >= 22,
+            _ => len == 16,
+        }
+    }
+
+    #[test]
+    fn every_command_has_vectors() {
+        let reqs: Vec<Cmd> = request_vectors().iter().map(|v| v.req.cmd()).collect();
+        for cmd in Cmd::ALL {
+            assert!(reqs.contains(&cmd), "no request vector for {cmd}");
+        }
+        assert_eq!(request_vectors().len(), 23);
+        assert_eq!(response_vectors().len(), 17);
     }
 
     #[test]
@@ -1464,275 +959,6 @@ mod tests {
     }
 
     #[test]
-    fn request_encoders_exact_hex() {
-        let pk = hex(P);
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            (
-                "00000011 00 01 0000000000000001 01 676174652d31",
-                encode(|o| put_handshake(o, 1, 1, b"gate-1")),
-            ),
-            (
-                "0000001a 00 02 0000000000000001 0000000000000002 0000000000000003",
-                encode(|o| put_bind(o, 1, 2, 3)),
-            ),
-            (
-                "00000012 00 03 0000000000000002 0000000000000003",
-                encode(|o| put_unbind(o, 2, 3)),
-            ),
-            (
-                "00000013 00 04 0000000000000001 02 0000000000000003",
-                encode(|o| put_getip(o, 1, 2, 3)),
-            ),
-            (
-                "0000000b 00 05 0000000000000005 01",
-                encode(|o| put_stat(o, 5, 1)),
-            ),
-            (
-                "00000013 00 06 0000000000000001 02 0000000000000001",
-                encode(|o| put_isonline(o, 1, 2, 1)),
-            ),
-            (
-                "00000014 00 07 0000000000000000 02 0000000000000003 01",
-                encode(|o| put_disconnect(o, 0, 2, 3, true)),
-            ),
-            (
-                "00000027 00 08 0000000000000000 02 0000000000000003 <P>",
-                encode(|o| put_push(o, 0, 0, 2, 3, &pk)),
-            ),
-            (
-                "00000039 00 09 0000000000000000 02 0003 0000000000000001 0000000000000002 0000000000000003 <P>",
-                encode(|o| put_multicast(o, 0, 0, 2, &[1, 2, 3], &pk).unwrap()),
-            ),
-            (
-                "0000001f 00 0a 0000000000000000 01 <P>",
-                encode(|o| put_broadcast(o, 0, 0, 1, &pk)),
-            ),
-            (
-                "00000026 00 0b 0000000000000000 07 6368616e6e656c <P>",
-                encode(|o| put_publish(o, 0, 0, b"channel", &pk).unwrap()),
-            ),
-            (
-                "00000019 00 0c 0000000000000009 02 0001 0000000000000001 726f6f6d",
-                encode(|o| put_subscribe(o, 9, 2, &[1], b"room").unwrap()),
-            ),
-            (
-                "00000021 00 0d 000000000000000a 01 0002 0000000000000005 0000000000000006 726f6f6d",
-                encode(|o| put_unsubscribe(o, 10, 1, &[5, 6], b"room").unwrap()),
-            ),
-            (
-                "00000013 00 0e 0000000000000000 01 0000000000000001",
-                encode(|o| put_trigger(o, 0, 1, 1, 0)),
-            ),
-            (
-                "0000001b 00 0e 0000000000000000 03 0000000000000001 0000000000000003",
-                encode(|o| put_trigger(o, 0, 3, 1, 3)),
-            ),
-            (
-                "0000002e 00 0f 0000000000000000 0000000000000002 0000000000000003 <P>",
-                encode(|o| put_deliver(o, 0, 2, 3, &pk)),
-            ),
-            (
-                "0000002e 00 0f 0000000000000000 0000000000000002 0000000000000000 <P>",
-                encode(|o| put_deliver(o, 0, 2, 0, &pk)),
-            ),
-            (
-                "0000000a 00 10 0000000000000003",
-                encode(|o| put_getstate(o, 3)),
-            ),
-            (
-                "0000000b 00 11 0000000000000004 02",
-                encode(|o| put_setstate(o, 4, 2)),
-            ),
-            // v2.5.3+ disconnect bit.
-            (
-                "00000027 40 08 0000000000000000 01 0000000000000009 <P>",
-                encode(|o| put_push(o, HEADER_DISCONNECT, 0, 1, 9, &pk)),
-            ),
-            (
-                "00000031 40 09 0000000000000006 02 0002 0000000000000001 0000000000000002 <P>",
-                encode(|o| put_multicast(o, HEADER_DISCONNECT, 6, 2, &[1, 2], &pk).unwrap()),
-            ),
-            (
-                "0000001f 40 0a 0000000000000000 02 <P>",
-                encode(|o| put_broadcast(o, HEADER_DISCONNECT, 0, 2, &pk)),
-            ),
-            (
-                "00000023 40 0b 0000000000000000 04 726f6f6d <P>",
-                encode(|o| put_publish(o, HEADER_DISCONNECT, 0, b"room", &pk).unwrap()),
-            ),
-            ("00000001 80", encode(put_heartbeat)),
-        ];
-        for (want, got) in cases {
-            assert_eq!(got, hex(want), "{want}");
-            // Every size field = total length - 4.
-            assert_eq!(
-                u32::from_be_bytes(got[..4].try_into().unwrap()) as usize,
-                got.len() - 4
-            );
-        }
-    }
-
-    /// One response vector of §10.2 with the encoder that must produce it.
-    struct ResVec {
-        hex: &'static str,
-        cmd: Cmd,
-        res: Response,
-        put: fn(&mut BytesMut),
-    }
-
-    fn response_vectors() -> Vec<ResVec> {
-        let code = |seq, code| Response {
-            seq,
-            code: Some(code),
-            ..Response::default()
-        };
-        vec![
-            ResVec {
-                hex: "0000000c 00 01 0000000000000001 0000",
-                cmd: Cmd::Handshake,
-                res: code(1, 0),
-                put: |o| put_code(o, Cmd::Handshake, 1, 0),
-            },
-            ResVec {
-                hex: "0000000c 00 02 0000000000000001 0000",
-                cmd: Cmd::Bind,
-                res: code(1, 0),
-                put: |o| put_code(o, Cmd::Bind, 1, 0),
-            },
-            ResVec {
-                hex: "0000000c 00 02 0000000000000007 0001",
-                cmd: Cmd::Bind,
-                res: code(7, 1),
-                put: |o| put_code(o, Cmd::Bind, 7, 1),
-            },
-            ResVec {
-                hex: "00000010 00 04 0000000000000001 0000 7f000001",
-                cmd: Cmd::GetIp,
-                res: Response {
-                    ip: Some([127, 0, 0, 1]),
-                    ..code(1, 0)
-                },
-                put: |o| put_getip_res(o, 1, 0, Some(IpAddr::V4(Ipv4Addr::LOCALHOST))),
-            },
-            ResVec {
-                hex: "0000000c 00 04 0000000000000001 0001",
-                cmd: Cmd::GetIp,
-                res: code(1, 1),
-                put: |o| put_getip_res(o, 1, 1, None),
-            },
-            ResVec {
-                hex: "00000010 00 04 0000000000000001 0000 00000000",
-                cmd: Cmd::GetIp,
-                res: Response {
-                    ip: Some([0; 4]),
-                    ..code(1, 0)
-                },
-                put: |o| put_getip_res(o, 1, 0, Some(IpAddr::V6(Ipv6Addr::LOCALHOST))),
-            },
-            ResVec {
-                hex: "00000014 00 05 0000000000000005 0000 0000000000000014",
-                cmd: Cmd::Stat,
-                res: Response {
-                    total: Some(20),
-                    ..code(5, 0)
-                },
-                put: |o| put_total_res(o, Cmd::Stat, 5, 0, 20),
-            },
-            ResVec {
-                hex: "0000000c 00 05 0000000000000005 0000",
-                cmd: Cmd::Stat,
-                res: code(5, 0),
-                put: |o| put_total_res(o, Cmd::Stat, 5, 0, 0),
-            },
-            ResVec {
-                hex: "0000000d 00 06 0000000000000001 0000 01",
-                cmd: Cmd::IsOnline,
-                res: Response {
-                    online: Some(true),
-                    ..code(1, 0)
-                },
-                put: |o| put_isonline_res(o, 1, 0, true),
-            },
-            ResVec {
-                hex: "00000014 00 09 0000000000000004 0000 0000000000000003",
-                cmd: Cmd::Multicast,
-                res: Response {
-                    total: Some(3),
-                    ..code(4, 0)
-                },
-                put: |o| put_total_res(o, Cmd::Multicast, 4, 0, 3),
-            },
-            ResVec {
-                hex: "00000014 00 0a 0000000000000001 0000 0000000000000014",
-                cmd: Cmd::Broadcast,
-                res: Response {
-                    total: Some(20),
-                    ..code(1, 0)
-                },
-                put: |o| put_total_res(o, Cmd::Broadcast, 1, 0, 20),
-            },
-            ResVec {
-                hex: "00000012 00 0b 0000000000000001 000000000000000a",
-                cmd: Cmd::Publish,
-                res: Response {
-                    seq: 1,
-                    total: Some(10),
-                    ..Response::default()
-                },
-                put: |o| put_publish_res_v24(o, 1, 10),
-            },
-            ResVec {
-                hex: "0000000c 00 0c 0000000000000009 0000",
-                cmd: Cmd::Subscribe,
-                res: code(9, 0),
-                put: |o| put_code(o, Cmd::Subscribe, 9, 0),
-            },
-            ResVec {
-                hex: "0000000d 00 10 0000000000000003 0000 01",
-                cmd: Cmd::GetState,
-                res: Response {
-                    state: Some(1),
-                    ..code(3, 0)
-                },
-                put: |o| put_getstate_res(o, 3, 0, 1),
-            },
-            ResVec {
-                hex: "0000000c 00 11 0000000000000004 0000",
-                cmd: Cmd::SetState,
-                res: code(4, 0),
-                put: |o| put_code(o, Cmd::SetState, 4, 0),
-            },
-            // v2.5.5+ publish responses.
-            ResVec {
-                hex: "00000014 00 0b 0000000000000001 0000 000000000000000a",
-                cmd: Cmd::Publish,
-                res: Response {
-                    total: Some(10),
-                    ..code(1, 0)
-                },
-                put: |o| put_publish_res_v25(o, 1, 0, 10),
-            },
-            ResVec {
-                hex: "0000000c 00 0b 0000000000000001 0000",
-                cmd: Cmd::Publish,
-                res: code(1, 0),
-                put: |o| put_publish_res_v25(o, 1, 0, 0),
-            },
-        ]
-    }
-
-    /// The response lengths `decode_response` accepts for `cmd` (due's decoder rules).
-    fn response_len_ok(cmd: Cmd, len: usize) -> bool {
-        match cmd {
-            Cmd::GetIp => len == 16 || len == 20,
-            Cmd::Stat | Cmd::Multicast | Cmd::Broadcast => len == 16 || len == 24,
-            Cmd::IsOnline | Cmd::GetState => len == 17,
-            Cmd::Publish => len == 16 || len >= 22,
-            _ => len == 16,
-        }
-    }
-
-    #[test]
     fn response_vectors_encode_and_decode() {
         for v in response_vectors() {
             let want = hex(v.hex);
@@ -1742,59 +968,7 @@ mod tests {
     }
 
     #[test]
-    fn go_v25_publish_size_bug_is_refused() {
-        let bug = hex("00000014 00 0b 0000000000000001 0000");
-        assert_eq!(
-            decode_response(Cmd::Publish, &bug),
-            Err(LinkError::SizeMismatch { size: 20, len: 16 })
-        );
-        // In a stream the bogus size swallows 8 bytes of the next frame.
-        let mut stream = bug.clone();
-        stream.extend_from_slice(&HEARTBEAT);
-        assert_eq!(frame_len(&stream, 1 << 20), Ok(None));
-    }
-
-    #[test]
-    fn response_encoder_variants() {
-        // getip: IPv4-mapped IPv6 is written as its IPv4 address.
-        let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
-        assert_eq!(
-            encode(|o| put_getip_res(o, 1, 0, Some(mapped))),
-            hex("00000010 00 04 0000000000000001 0000 0a000005")
-        );
-        // A non-zero code never carries the IP, nor a missing address.
-        let v4 = Some(IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)));
-        assert_eq!(
-            encode(|o| put_getip_res(o, 1, 2, v4)),
-            hex("0000000c 00 04 0000000000000001 0002")
-        );
-        assert_eq!(
-            encode(|o| put_getip_res(o, 1, 0, None)),
-            hex("0000000c 00 04 0000000000000001 0000")
-        );
-        // Totals are omitted for non-zero codes.
-        assert_eq!(
-            encode(|o| put_total_res(o, Cmd::Multicast, 2, 2, 5)),
-            hex("0000000c 00 09 0000000000000002 0002")
-        );
-        assert_eq!(
-            encode(|o| put_publish_res_v25(o, 3, 1, 10)),
-            hex("0000000c 00 0b 0000000000000003 0001")
-        );
-        // v2.4.1 always carries the total, even 0.
-        assert_eq!(
-            encode(|o| put_publish_res_v24(o, 3, 0)),
-            hex("00000012 00 0b 0000000000000003 0000000000000000")
-        );
-        assert_eq!(
-            encode(|o| put_isonline_res(o, 1, 2, false)),
-            hex("0000000d 00 06 0000000000000001 0002 00")
-        );
-        assert_eq!(
-            encode(|o| put_getstate_res(o, 1, 0, 3)),
-            hex("0000000d 00 10 0000000000000001 0000 03")
-        );
-        // Code-only responses for every command that uses them.
+    fn code_only_responses_for_every_command_that_uses_them() {
         for cmd in [Cmd::Unbind, Cmd::Disconnect, Cmd::Push, Cmd::Unsubscribe]
             .into_iter()
             .chain([Cmd::Trigger, Cmd::Deliver])
@@ -1928,26 +1102,6 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_is_decided_by_the_header_bit_alone() {
-        for h in [
-            "00000001 80",
-            "00000003 80 0102",
-            "00000001 c0",
-            "00000001 ff",
-            // A data-looking frame with the heartbeat bit is still a heartbeat.
-            "0000001a 80 02 0000000000000001 0000000000000002 0000000000000003",
-        ] {
-            let f = hex(h);
-            assert_eq!(decode(Bytes::from(f.clone())), Ok(Frame::Heartbeat), "{h}");
-            assert_eq!(peek(&f), Ok(Head::Heartbeat), "{h}");
-            assert_eq!(
-                decode_response(Cmd::Bind, &f),
-                Err(LinkError::UnexpectedHeartbeat)
-            );
-        }
-    }
-
-    #[test]
     fn short_data_frames_are_errors() {
         assert_eq!(
             decode(Bytes::from(hex("00000001 00"))),
@@ -1982,88 +1136,6 @@ mod tests {
     }
 
     #[test]
-    fn body_edge_cases() {
-        // Booleans: only 1 is true.
-        for (byte, force) in [(0u8, false), (1, true), (2, false), (0xff, false)] {
-            let mut f = hex("00000014 00 07 0000000000000000 02 0000000000000003 01");
-            f[23] = byte;
-            let Ok(Frame::Request {
-                req: Request::Disconnect { force: got, .. },
-                ..
-            }) = decode(Bytes::from(f))
-            else {
-                panic!("disconnect")
-            };
-            assert_eq!(got, force, "force byte {byte}");
-            let mut r = hex("0000000d 00 06 0000000000000001 0000 01");
-            r[16] = byte;
-            assert_eq!(
-                decode_response(Cmd::IsOnline, &r).unwrap().online,
-                Some(force)
-            );
-        }
-        // Fixed layouts ignore trailing bytes.
-        assert_eq!(
-            decode(Bytes::from(hex(
-                "0000001c 00 02 0000000000000001 0000000000000002 0000000000000003 abcd"
-            ))),
-            Ok(Frame::Request {
-                header: 0,
-                seq: 1,
-                req: Request::Bind { cid: 2, uid: 3 }
-            })
-        );
-        // A huge count with no targets behind it fails before allocating.
-        assert_eq!(
-            decode(Bytes::from(hex("0000000d 00 09 0000000000000000 02 ffff"))),
-            Err(LinkError::Short { cmd: 9, len: 17 })
-        );
-        // A channel length running past the frame.
-        assert_eq!(
-            decode(Bytes::from(hex("0000000d 00 0b 0000000000000000 05 6162"))),
-            Err(LinkError::Short { cmd: 11, len: 17 })
-        );
-        // Empty fields are fine: empty handshake ID, empty message, empty channel, 0 targets.
-        assert_eq!(
-            decode(Bytes::from(hex("0000000b 00 01 0000000000000001 02"))),
-            Ok(Frame::Request {
-                header: 0,
-                seq: 1,
-                req: Request::Handshake {
-                    kind: 2,
-                    id: Bytes::new()
-                }
-            })
-        );
-        assert_eq!(
-            decode(Bytes::from(hex("0000000d 00 0c 0000000000000001 01 0000"))),
-            Ok(Frame::Request {
-                header: 0,
-                seq: 1,
-                req: Request::Subscribe {
-                    kind: 1,
-                    targets: vec![],
-                    channel: Bytes::new()
-                }
-            })
-        );
-        // Kind bytes are passed through unvalidated; negative ids survive.
-        let mut out = BytesMut::new();
-        put_getip(&mut out, 1, 9, -1);
-        assert_eq!(
-            decode(out.freeze()),
-            Ok(Frame::Request {
-                header: 0,
-                seq: 1,
-                req: Request::GetIp {
-                    kind: 9,
-                    target: -1
-                }
-            })
-        );
-    }
-
-    #[test]
     fn response_mismatches() {
         let bind_res = hex("0000000c 00 02 0000000000000001 0000");
         assert_eq!(
@@ -2078,16 +1150,6 @@ mod tests {
         assert_eq!(
             decode_response(Cmd::Bind, &long),
             Err(LinkError::BadLength { cmd: 2, len: 17 })
-        );
-        // v2.4.1 publish: any length >= 22 (other than 24) reads the total at offset 14.
-        let v24_long = hex("00000013 00 0b 0000000000000001 000000000000000a ff");
-        assert_eq!(
-            decode_response(Cmd::Publish, &v24_long),
-            Ok(Response {
-                seq: 1,
-                total: Some(10),
-                ..Response::default()
-            })
         );
     }
 
@@ -2197,53 +1259,6 @@ mod tests {
             "0000002e 00 0f 0000000000000000 0000000000000002 0000000000000003 <P>",
         ));
         assert_eq!(out.to_vec(), want);
-
-        // The deliver head plus the message written separately is the same frame.
-        let mut head = BytesMut::new();
-        put_deliver_head(&mut head, 0, 2, 3, 20);
-        head.extend_from_slice(&hex(P));
-        assert_eq!(head.to_vec(), encode(|o| put_deliver(o, 0, 2, 3, &hex(P))));
-    }
-
-    #[test]
-    fn encoder_limits_leave_the_buffer_untouched() {
-        let mut out = BytesMut::from(&b"keep"[..]);
-        let many = vec![1i64; 65536];
-        assert_eq!(
-            put_multicast(&mut out, 0, 0, 1, &many, b"m"),
-            Err(LinkError::TooManyTargets { count: 65536 })
-        );
-        assert_eq!(
-            put_subscribe(&mut out, 1, 1, &many, b"c"),
-            Err(LinkError::TooManyTargets { count: 65536 })
-        );
-        assert_eq!(
-            put_unsubscribe(&mut out, 1, 1, &many, b"c"),
-            Err(LinkError::TooManyTargets { count: 65536 })
-        );
-        assert_eq!(
-            put_publish(&mut out, 0, 0, &[b'c'; 256], b"m"),
-            Err(LinkError::ChannelTooLong { len: 256 })
-        );
-        assert_eq!(&out[..], b"keep");
-
-        // The limits themselves are fine.
-        let mut out = BytesMut::new();
-        put_multicast(&mut out, 0, 0, 1, &many[..65535], b"m").unwrap();
-        assert_eq!(out.len(), 17 + 8 * 65535 + 1);
-        let Ok(Frame::Request {
-            req: Request::Multicast {
-                targets, message, ..
-            },
-            ..
-        }) = decode(out.freeze())
-        else {
-            panic!("multicast")
-        };
-        assert_eq!((targets.len(), &message[..]), (65535, &b"m"[..]));
-        let mut out = BytesMut::new();
-        put_publish(&mut out, 0, 0, &[b'c'; 255], b"").unwrap();
-        assert_eq!(out.len(), 15 + 255);
     }
 
     #[test]
