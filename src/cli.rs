@@ -21,7 +21,7 @@ pub struct Flags {
 
 /// Parses `args` (the command line **without** `argv[0]`) the way due's `flag` package does.
 ///
-/// Rules (client-protocol spec §5.2):
+/// Rules (client-protocol.md §5.2):
 /// * scanning starts at the first argument and stops at the first argument that is not a flag
 ///   (does not start with `-`, or is a lone `-`) or right after a `--` terminator;
 /// * a flag is `-name` or `--name`, optionally with `=value`;

@@ -320,7 +320,7 @@ mod tests {
         }
     }
 
-    /// Spec §9.2 D1–D24: route 1, seq 2, payload "hi".
+    /// client-protocol.md §9.2 D1–D24: route 1, seq 2, payload "hi".
     const DATA_VECTORS: &[(ByteOrder, u8, u8, &str)] = &[
         (ByteOrder::Big, 1, 0, "00000004 00 01 6869"),
         (ByteOrder::Big, 1, 1, "00000005 00 01 02 6869"),

@@ -15,7 +15,7 @@
 //! assertions check the spec's rule, not equality. Not covered: items 31–33 (lifecycle: 31 and 33
 //! are in tests/interop_faults.rs, on the same harness), 35 (etcd) and 36 (v2.5.8). Item 34
 //! (mesh): the Go peers contain no mesh program, so a mesh is played by the test itself over a
-//! raw link connection (handshake kind 3, push frame built from spec §2.6.7).
+//! raw link connection (handshake kind 3, push frame built from cluster-protocol.md §2.6.7).
 //!
 //! Shortened or unobservable parts: item 2's "TTL stays passing for 2 minutes" and item 6's
 //! "idle for 2 minutes" share one idle window of 32 s (longer than a v2.4.1 node's 20–30 s
@@ -338,7 +338,7 @@ fn raw_link(kind: GateKind, tag: &str) {
         Some(frame(16, 8, &[0, 0, 1])),
         "getstate: code 0, work"
     );
-    // Frames before any handshake are processed too (spec §2.4).
+    // Frames before any handshake are processed too (cluster-protocol.md §2.4).
     let mut early = Link::connect(g.link);
     early.send(&frame(6, 9, &isonline));
     assert_eq!(early.read_data(WAIT), Some(frame(6, 9, &[0, 0, 0])));
@@ -397,7 +397,7 @@ fn raw_link(kind: GateKind, tag: &str) {
     );
 
     // The other node→gate commands a mesh may send, with seq ≠ 0 so the gate's answers are
-    // observable (spec §2.6.8–2.6.11, v2.4.1 layouts).
+    // observable (cluster-protocol.md §2.6.8–2.6.11, v2.4.1 layouts).
     let with_total = |total: u64| {
         let mut b = vec![0, 0];
         b.extend_from_slice(&total.to_be_bytes());
@@ -659,7 +659,8 @@ fn dispatch_rr_states(kind: GateKind, tag: &str) {
         p.is_none()
     });
     assert!(!cl.disconnected());
-    // Events still go to nodes in any state (spec §4): connect and disconnect reach both.
+    // Events still go to nodes in any state (cluster-protocol.md §4): connect and disconnect reach
+    // both.
     let count = |i: usize, what: &str| {
         c.nodes[i]
             .proc
@@ -688,8 +689,8 @@ fn dispatch_wrr(kind: GateKind, tag: &str) {
     );
     let mut cl = c.connect(0, Proto::Tcp);
     until_all_nodes_seen(&c, &mut cl);
-    // Smooth WRR with weights 4/2/1 repeats a 7-pick pattern (A B A C A B A, spec §10.4; the
-    // letters follow the registry's list order): every 7 consecutive picks are 4:2:1.
+    // Smooth WRR with weights 4/2/1 repeats a 7-pick pattern (A B A C A B A, cluster-protocol.md
+    // §10.4; the letters follow the registry's list order): every 7 consecutive picks are 4:2:1.
     let picks: Vec<usize> = (0..21)
         .map(|_| route_one(&c, &mut cl, WAIT).expect("delivered"))
         .collect();
@@ -807,8 +808,8 @@ fn bind(kind: GateKind, tag: &str) {
         "bind, bind, bind, unbind"
     );
 
-    // Rebinding a connection to another uid (spec §2.6.1 step 3): the old uid leaves the gate's
-    // index, its Redis location stays until a push finds it stale.
+    // Rebinding a connection to another uid (cluster-protocol.md §2.6.1 step 3): the old uid leaves
+    // the gate's index, its Redis location stays until a push finds it stale.
     let mut e = c.connect(0, proto);
     c.bind(&mut e, 1701);
     c.bind(&mut e, 1702);
@@ -1138,7 +1139,7 @@ fn query(kind: GateKind, tag: &str) {
     assert_eq!(n.ok("/isonline", &conn, ""), json!(true));
     assert_eq!(n.ok("/isonline", &user, ""), json!(true));
 
-    // 27. Stat with 3 clients: 0 on a v2.4.1 node (decoder quirk, spec §2.6.4).
+    // 27. Stat with 3 clients: 0 on a v2.4.1 node (decoder quirk, cluster-protocol.md §2.6.4).
     let _b = c.connect(0, Proto::Tcp);
     let _d = c.connect(0, Proto::Tcp);
     assert_eq!(n.ok("/stat", &[("kind", "conn")], ""), json!(0));
@@ -1232,7 +1233,7 @@ fn disconnect(kind: GateKind, tag: &str) {
         d,
         json!({"event": "disconnect", "gid": g.gid, "cid": a.cid, "uid": uid})
     );
-    // The gate runs UnbindGate before it triggers the disconnect event (spec §4).
+    // The gate runs UnbindGate before it triggers the disconnect event (cluster-protocol.md §4).
     assert_eq!(redis.get(&gate_key(uid)), None);
     c.sub
         .wait_exact(GATE_CHANNEL, &location_event(uid, 3, &g.gid, "gate", ""));

@@ -1,7 +1,8 @@
-//! Faults in a real cluster: spec §11 items 31 and 33 plus Redis and Consul agent restarts,
-//! against REAL Redis, a REAL Consul agent and the real due v2.4.1 Go node and Go clients — and,
-//! like tests/interop.rs, every scenario runs against both gates: gatehouse and due's own Go gate
-//! (`<scenario>::gatehouse`, `<scenario>::due_reference`). The harness is tests/interop_support.
+//! Faults in a real cluster: cluster-protocol.md §11 items 31 and 33 plus Redis and Consul agent
+//! restarts, against REAL Redis, a REAL Consul agent and the real due v2.4.1 Go node and Go clients
+//! — and, like tests/interop.rs, every scenario runs against both gates: gatehouse and due's own Go
+//! gate (`<scenario>::gatehouse`, `<scenario>::due_reference`). The harness is
+//! tests/interop_support.
 //!
 //! Scenarios: the node is SIGKILLed and a new one starts on a new port; Redis is stopped and
 //! restarted (empty) on the same port; the Consul agent is stopped and restarted (a dev agent:
@@ -15,14 +16,14 @@
 //!
 //! Where the gates legitimately differ, the expectation follows due v2.4.1 for the reference and
 //! says so: after a Consul agent restart, due v2.4.1's registrar only logs failed TTL updates and
-//! never registers again (spec §5.2), while gatehouse re-registers (a deliberate improvement);
-//! due's gate logs nothing when a bind fails on a lost Redis, gatehouse logs it. Both deregister
-//! before they drop the remaining clients (spec §7 Destroy). On SIGTERM, the node's
-//! Disconnect event for a client dropped by the destroy phase (spec §11 item 33) is asserted for
-//! gatehouse only: due v2.4.1 queues that trigger asynchronously and exits right after, so the
-//! node often never gets it (reported per run). Binds accept a node-side `BindGate` timeout (a
-//! due v2.4.1 node bug, see `node_call_timed_out` in tests/interop_support) and assert the gate's
-//! side instead.
+//! never registers again (cluster-protocol.md §5.2), while gatehouse re-registers (a deliberate
+//! improvement); due's gate logs nothing when a bind fails on a lost Redis, gatehouse logs it. Both
+//! deregister before they drop the remaining clients (cluster-protocol.md §7 Destroy). On SIGTERM,
+//! the node's Disconnect event for a client dropped by the destroy phase (cluster-protocol.md §11
+//! item 33) is asserted for gatehouse only: due v2.4.1 queues that trigger asynchronously and exits
+//! right after, so the node often never gets it (reported per run). Binds accept a node-side
+//! `BindGate` timeout (a due v2.4.1 node bug, see `node_call_timed_out` in tests/interop_support)
+//! and assert the gate's side instead.
 //!
 //! Skipped (with a message) when the Go peers, redis-server or consul are missing, unless
 //! `GATEHOUSE_REQUIRE_SERVICES=1` (then it fails). Each test starts its own Redis and Consul.
@@ -210,11 +211,11 @@ fn redis_outage(kind: GateKind, tag: &str) {
 
 // ---------------------------------------------------------------------------------------------
 // The Consul agent stopped and restarted (dev agent: it comes back empty) on the same HTTP port.
-// gatehouse registers again and becomes passing. due v2.4.1's registrar does not: its TTL loop
-// only logs the failed updates ("CheckID … does not have associated TTL", spec §5.2) and never
-// re-registers, so the reference gate stays out of Consul (until it restarts) while it keeps
-// running. (due's later registrars re-register from the TTL loop; v2.4.1's cannot — that code
-// needs `xcall.Backoff`, which v2.4.1 lacks.) This is a deliberate gatehouse deviation (README).
+// gatehouse registers again and becomes passing. due v2.4.1's registrar does not: its TTL loop only
+// logs the failed updates ("CheckID … does not have associated TTL", cluster-protocol.md §5.2) and
+// never re-registers, so the reference gate stays out of Consul (until it restarts) while it keeps
+// running. (due's later registrars re-register from the TTL loop; v2.4.1's cannot — that code needs
+// `xcall.Backoff`, which v2.4.1 lacks.) This is a deliberate gatehouse deviation (README).
 
 fn consul_outage(kind: GateKind, tag: &str) {
     let spec = Spec {
@@ -270,9 +271,9 @@ fn consul_outage(kind: GateKind, tag: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Item 33: SIGTERM with a bound client (spec §7): Consul Meta.state becomes hang; during the
-// close phase the gate keeps serving and every push the node makes reaches the client; the
-// client is closed only once shutdownMaxWaitTime is over; then the node hears Disconnect with
+// Item 33: SIGTERM with a bound client (cluster-protocol.md §7): Consul Meta.state becomes hang;
+// during the close phase the gate keeps serving and every push the node makes reaches the client;
+// the client is closed only once shutdownMaxWaitTime is over; then the node hears Disconnect with
 // the uid, Redis forgets the user (type-3 event), Consul forgets the gate, the process exits 0.
 
 fn sigterm_drain(kind: GateKind, tag: &str) {
@@ -342,8 +343,9 @@ fn sigterm_drain(kind: GateKind, tag: &str) {
         "closed only after shutdownMaxWaitTime ({closed_after:?})"
     );
     eprintln!("[{tag}] client closed {closed_after:?} after SIGTERM");
-    // When the deregistration is first seen (polled from the client's close on). Only reported:
-    // due deregisters before it drops the remaining clients (spec §7 Destroy), gatehouse after.
+    // When the deregistration is first seen (polled from the client's close on). Only reported: due
+    // deregisters before it drops the remaining clients (cluster-protocol.md §7 Destroy), gatehouse
+    // after.
     let deregistered = wait_some("deregistration", Duration::from_secs(8), || {
         c.env
             .consul

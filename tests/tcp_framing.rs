@@ -154,7 +154,8 @@ fn classification() {
     assert_eq!(c.frame(), hex("0000000180"));
 }
 
-/// Items 6, 7: a size-0 frame is ignored; coalesced and split frames parse (spec §9.6).
+/// Items 6, 7: a size-0 frame is ignored; coalesced and split frames parse (client-protocol.md
+/// §9.6).
 #[test]
 fn zero_size_coalesced_and_split_frames() {
     let g = TestGate::tcp("");

@@ -1,6 +1,6 @@
-//! The WebSocket server over real sockets: conformance items 29–37 of spec §10, the WS side of
-//! items 1, 3, 10, 12, 17, 20, 22 and 34, and hostile input (slowloris upgrades, bad origins,
-//! text frames, garbage, oversize and unmasked frames, bytes before the 101).
+//! The WebSocket server over real sockets: conformance items 29–37 of client-protocol.md §10, the
+//! WS side of items 1, 3, 10, 12, 17, 20, 22 and 34, and hostile input (slowloris upgrades, bad
+//! origins, text frames, garbage, oversize and unmasked frames, bytes before the 101).
 //!
 //! Exact wire checks use a raw socket (`Raw`): the HTTP response bytes and the server's frames
 //! are parsed by hand, client frames are built and masked by hand. Everything else uses the
@@ -381,7 +381,8 @@ fn ws_gate_with_packet(packet: &str) -> TestGate {
     ))
 }
 
-/// Route 1, seq 2, "hi" encoded by hand (spec §9.2), independently of the gate's packer.
+/// Route 1, seq 2, "hi" encoded by hand (client-protocol.md §9.2), independently of the gate's
+/// packer.
 fn d_vector(little: bool, r: u8, s: u8) -> Vec<u8> {
     let int = |v: u32, n: u8| -> Vec<u8> {
         let b = if little {
@@ -1302,7 +1303,8 @@ fn oversize_messages_close_the_connection() {
     assert_eq!(g.delivery().frame.as_ref(), &over[..]);
 }
 
-/// Closed either plainly or with Close(1009) first (spec §3.4 allows both); nothing else.
+/// Closed either plainly or with Close(1009) first (client-protocol.md §3.4 allows both); nothing
+/// else.
 fn assert_oversize_close(c: &mut WsClient) {
     match c.read_message(ms(2000)) {
         WsRead::Closed => {}

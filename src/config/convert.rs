@@ -1,5 +1,6 @@
-//! Value conversion rules of due's `etc` (spec §5.3): durations, byte sizes, booleans, ints, strings.
-//! Owns turning one generic config value into one typed value; key names and defaults live in `load`.
+//! Value conversion rules of due's `etc` (client-protocol.md §5.3): durations, byte sizes,
+//! booleans, ints, strings. Owns turning one generic config value into one typed value; key names
+//! and defaults live in `load`.
 //!
 //! The generic value is a `serde_json::Value` whatever the file format was (TOML, YAML, JSON and
 //! XML are all converted to it by `load`). The functions here report failures as plain messages

@@ -1414,7 +1414,7 @@ mod tests {
 
     const S: Duration = SECOND;
 
-    /// Spec §5.10, verbatim.
+    /// client-protocol.md §5.10, verbatim.
     const EXAMPLE_TOML: &str = r#"
 pid = "./run/gate.pid"
 mode = "release"
@@ -1525,7 +1525,7 @@ log:
 }"#;
 
     const EXAMPLE_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<!-- spec §5.10 as XML -->
+<!-- client-protocol.md §5.10 as XML -->
 <etc>
   <pid>./run/gate.pid</pid>
   <mode>release</mode>

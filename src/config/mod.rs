@@ -62,11 +62,12 @@ pub struct Config {
 pub enum LocatorConfig {
     /// No `[locate.redis]`: bindings live in this process only (a gate with no external service).
     Memory,
-    /// `[locate.redis]` (spec §6.5). Other `[locate.*]` sections (etcd, …) are not read.
+    /// `[locate.redis]` (cluster-protocol.md §6.5). Other `[locate.*]` sections (etcd, …) are not
+    /// read.
     Redis(RedisConfig),
 }
 
-/// `[locate.redis]`, due's keys and defaults (spec §6.5).
+/// `[locate.redis]`, due's keys and defaults (cluster-protocol.md §6.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// `addrs`: `host:port` list, default `["127.0.0.1:6379"]` (an empty list means the default,
@@ -118,12 +119,12 @@ pub enum RegistryConfig {
     /// No `[registry.consul]`: the nodes are the static list `gatehouse.nodes` and the gate
     /// registers nowhere.
     Static,
-    /// `[registry.consul]` (spec §5.6); `gatehouse.nodes` is then ignored.
+    /// `[registry.consul]` (cluster-protocol.md §5.6); `gatehouse.nodes` is then ignored.
     Consul(ConsulConfig),
 }
 
-/// `[registry.consul]`, due's keys and defaults (spec §5.6). Integers are seconds, as in due;
-/// duration strings (`"10s"`, `"1m"`) are accepted too.
+/// `[registry.consul]`, due's keys and defaults (cluster-protocol.md §5.6). Integers are seconds,
+/// as in due; duration strings (`"10s"`, `"1m"`) are accepted too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsulConfig {
     /// `addr`: the agent's `host:port`, default `127.0.0.1:8500`.

@@ -1,5 +1,6 @@
-//! The dispatcher's view of the cluster (spec 3.2, 3.3): which node serves a message route or event.
-//! Owns the route table built from the registry's node list and the random/rr/wrr endpoint picks.
+//! The dispatcher's view of the cluster (cluster-protocol.md §3.2, §3.3): which node serves a
+//! message route or event. Owns the route table built from the registry's node list and the
+//! random/rr/wrr endpoint picks.
 //!
 //! The table is rebuilt from scratch on every registry change and never patched: a rebuild is
 //! cheap (a few nodes × their routes), it resets the rr counters and wrr weights exactly like

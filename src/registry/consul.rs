@@ -1,6 +1,7 @@
-//! The Consul agent client and the registrar/watcher threads of the gate (spec 5.2, 5.4, 7).
-//! Owns the exact HTTP requests due v2.4.1 sends to the agent, the TTL heartbeat loop (with
-//! re-registration when the agent has lost the service) and the blocking-query watch of `node`.
+//! The Consul agent client and the registrar/watcher threads of the gate (cluster-protocol.md §5.2,
+//! §5.4, §7). Owns the exact HTTP requests due v2.4.1 sends to the agent, the TTL heartbeat loop
+//! (with re-registration when the agent has lost the service) and the blocking-query watch of
+//! `node`.
 //!
 //! Everything here blocks and runs on plain std threads: it is the gate's control plane and must
 //! never run on a shard thread. The HTTP client is `ureq` without TLS (the agent speaks plain HTTP,
@@ -40,7 +41,8 @@ const MAX_BODY: u64 = 64 << 20;
 /// The service the gate watches.
 const NODE_SERVICE: &str = "node";
 
-/// The Consul registry settings (spec 5.6), as the lead builds them from the configuration.
+/// The Consul registry settings (cluster-protocol.md §5.6), as the lead builds them from the
+/// configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsulSettings {
     /// Register a TCP check on the link address (`healthCheck`).
@@ -164,7 +166,7 @@ impl ConsulClient {
         })
     }
 
-    /// `PUT /v1/agent/service/register` with the registration of `inst` (spec 5.2).
+    /// `PUT /v1/agent/service/register` with the registration of `inst` (cluster-protocol.md §5.2).
     pub fn register(
         &self,
         inst: &ServiceInstance,
@@ -536,8 +538,8 @@ impl Worker {
 
 impl Registrar {
     /// Registers `instance` (normally state `work`), fetches the current passing `node` list and
-    /// hands it to `on_nodes` before returning (spec 7 steps 3–4: both are fatal in due when they
-    /// fail — an error here should end the gate), then starts the threads:
+    /// hands it to `on_nodes` before returning (cluster-protocol.md §7 start-up steps 3–4: both are
+    /// fatal in due when they fail — an error here should end the gate), then starts the threads:
     ///
     /// * `consul-ttl` (only with `heartbeat_check`): passes the TTL check every
     ///   `heartbeat_check_interval / 2`; if the agent no longer knows the check (it restarted, or
@@ -1108,7 +1110,7 @@ mod real_agent {
         let registrar =
             Registrar::start(client, inst.clone(), ConsulSettings::default(), |_| {}).unwrap();
 
-        // The agent's view of the registration (spec 11 item 1).
+        // The agent's view of the registration (cluster-protocol.md §11 item 1).
         let services = get_json(&addr, "/v1/agent/services");
         let service = &services[&sid];
         assert_eq!(service["ID"], sid.as_str());
@@ -1238,7 +1240,7 @@ mod real_agent {
         };
         assert_eq!(seen(true), Some(node.clone()));
 
-        // Gone from the next list once deregistered (spec 11 item 4: within ~2 s).
+        // Gone from the next list once deregistered (cluster-protocol.md §11 item 4: within ~2 s).
         let start = Instant::now();
         client.deregister_service(&service_id(&node)).unwrap();
         assert_eq!(seen(false), None);

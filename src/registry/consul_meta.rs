@@ -1,5 +1,6 @@
-//! The Consul `Meta` encoding of a [`ServiceInstance`] (spec 5.2): what we register, what we read back.
-//! Owns the Meta keys, the `routes-N` chunk format and due's tolerant decoding rules.
+//! The Consul `Meta` encoding of a [`ServiceInstance`] (cluster-protocol.md §5.2): what we
+//! register, what we read back. Owns the Meta keys, the `routes-N` chunk format and due's tolerant
+//! decoding rules.
 //!
 //! Consul only stores flat string→string Meta (values ≤ 512 characters, ≤ 64 keys), so due
 //! flattens the instance record into it: scalar fields under fixed keys, lists as compact JSON or
@@ -234,7 +235,7 @@ mod tests {
         }
     }
 
-    /// Routes 0..99 internal+stateful, 1000 authorized, −5 stateful (spec 10.4).
+    /// Routes 0..99 internal+stateful, 1000 authorized, −5 stateful (cluster-protocol.md §10.4).
     fn vector_routes() -> Vec<RouteInfo> {
         let mut routes: Vec<_> = (0..100).map(|id| route(id, true, true, false)).collect();
         routes.push(route(1000, false, false, true));

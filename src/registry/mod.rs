@@ -14,7 +14,7 @@ pub mod consul_meta;
 /// One registered instance — a gate, a node or a mesh — as the registry publishes it.
 ///
 /// All fields are plain data so that codecs can build and take apart the record freely; the
-/// meaning of each field is that of spec 5.1.
+/// meaning of each field is that of cluster-protocol.md §5.1.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInstance {
     /// The instance ID (gid / nid). Also the ID the instance uses in link handshakes.

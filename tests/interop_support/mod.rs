@@ -32,7 +32,7 @@ pub const START: Duration = Duration::from_secs(20);
 /// Extra quiet time after a barrier before asserting that something did not happen.
 pub const GRACE: Duration = Duration::from_millis(300);
 
-/// The default locator prefix doubled by due's key formats (spec §6.1).
+/// The default locator prefix doubled by due's key formats (cluster-protocol.md §6.1).
 pub const GATE_CHANNEL: &str = "due:locate:locate:cluster:gate:event";
 pub const NODE_CHANNEL: &str = "due:locate:locate:cluster:node:event";
 
@@ -692,7 +692,7 @@ impl Drop for Subscriber {
     }
 }
 
-/// The exact JSON due publishes for a location event (spec §6.3: field order fixed).
+/// The exact JSON due publishes for a location event (cluster-protocol.md §6.3: field order fixed).
 pub fn location_event(uid: i64, kind: u8, ins_id: &str, ins_kind: &str, ins_name: &str) -> String {
     format!(
         r#"{{"uid":{uid},"type":{kind},"insID":"{ins_id}","insKind":"{ins_kind}","insName":"{ins_name}"}}"#
@@ -1149,8 +1149,8 @@ impl Client {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw link connection (speaks the internal protocol of spec §2 directly: used to observe the
-// gate's own answers, and as a mesh for item 34)
+// Raw link connection (speaks the internal protocol of cluster-protocol.md §2 directly: used to
+// observe the gate's own answers, and as a mesh for item 34)
 
 pub struct Link {
     pub s: TcpStream,

@@ -284,7 +284,7 @@ func (w *watcher) Stop() error {
 	return nil
 }
 
-// encodeMeta builds the Meta map of spec §5.2.
+// encodeMeta builds the Meta map of cluster-protocol.md §5.2.
 func encodeMeta(ins *registry.ServiceInstance) map[string]string {
 	meta := make(map[string]string, 8+len(ins.Metadata))
 	meta[metaID] = ins.ID
