@@ -10,6 +10,7 @@ pub mod control;
 pub mod dispatch;
 pub mod drpc;
 pub mod gate;
+pub mod instance;
 pub mod listener;
 pub mod liveness;
 pub mod locator;

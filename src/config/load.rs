@@ -15,8 +15,8 @@ use super::{
     LogConfig, LogFormat, LogLevel, Mode, RedisConfig, RegistryConfig, Rotate, ServerConfig,
     StaticNode, WsConfig,
 };
+use crate::instance::{InstanceState, RouteInfo};
 use crate::packet::{ByteOrder, PacketConfig};
-use crate::registry::{InstanceState, RouteInfo};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;

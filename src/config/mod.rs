@@ -7,8 +7,8 @@ mod load;
 pub use convert::{parse_bool, parse_duration, parse_size};
 pub use load::{load, resolve_etc_path, ConfigError};
 
+use crate::instance::{InstanceState, RouteInfo};
 use crate::packet::PacketConfig;
-use crate::registry::{InstanceState, RouteInfo};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,12 +1,13 @@
 //! The registry's abstract instance record (due's `registry.ServiceInstance`), independent of backend.
-//! Owns instance states and their text/byte forms, route flags, and the `drpc://` endpoint string.
+//! Owns the record and the `drpc://` endpoint string; states and route flags are `crate::instance`.
 //!
 //! Every backend (Consul, etcd) stores and returns this same record; the dispatcher builds its
 //! route table from a list of them (see [`crate::dispatch::routes`]). Keeping the record free of
 //! any backend detail lets the codecs and the dispatcher be tested without a registry running.
 
 use std::collections::BTreeMap;
-use std::fmt;
+
+pub use crate::instance::{InstanceState, RouteInfo};
 
 pub mod consul;
 pub mod consul_meta;
@@ -39,93 +40,6 @@ pub struct ServiceInstance {
     pub weight: i32,
     /// Free-form string metadata published with the instance.
     pub metadata: BTreeMap<String, String>,
-}
-
-/// One message route an instance serves, with the three flags the gate acts on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct RouteInfo {
-    pub id: i32,
-    /// Only reachable from other nodes: the gate drops client packets for it.
-    pub internal: bool,
-    /// Delivered to the node the user is bound to (located through Redis), not balanced.
-    pub stateful: bool,
-    /// Needs a bound user (uid ≠ 0); anonymous packets for it are dropped.
-    pub authorized: bool,
-}
-
-/// An instance's life-cycle state (due's `cluster.State`).
-///
-/// The registry carries it as text, the link's getstate/setstate commands as one byte. The order
-/// of the variants is the byte value, so `Shut` (0) is also the natural default: a record that
-/// says nothing about its state is treated as not serving.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum InstanceState {
-    /// Closed: not reachable for new work. Also what an unknown state text means (see
-    /// [`InstanceState::from_text`]).
-    #[default]
-    Shut = 0,
-    /// Serving normally: preferred by stateless dispatch.
-    Work = 1,
-    /// Serving but loaded: used by stateless dispatch only when no instance is in `Work`.
-    Busy = 2,
-    /// Shutting down: never picked for stateless routes, still reached by stateful routes and
-    /// events.
-    Hang = 3,
-}
-
-impl InstanceState {
-    /// The registry text: `shut`, `work`, `busy` or `hang`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Shut => "shut",
-            InstanceState::Work => "work",
-            InstanceState::Busy => "busy",
-            InstanceState::Hang => "hang",
-        }
-    }
-
-    /// Reads the registry text (exact, case-sensitive match as in Go).
-    ///
-    /// The spec does not say what an unknown text means, so it maps to `Shut`. That is not an
-    /// arbitrary choice: due's dispatcher files an instance with an unknown state in no state
-    /// bucket but still in the route's ID map and event lists — which is exactly how a `shut`
-    /// instance is treated (never picked by stateless dispatch, still found by stateful routes,
-    /// still sent events). So the mapping changes nothing observable for routing.
-    pub fn from_text(text: &str) -> InstanceState {
-        match text {
-            "work" => InstanceState::Work,
-            "busy" => InstanceState::Busy,
-            "hang" => InstanceState::Hang,
-            _ => InstanceState::Shut,
-        }
-    }
-
-    /// The one-byte form used by getstate/setstate: 0 shut, 1 work, 2 busy, 3 hang.
-    pub fn as_byte(self) -> u8 {
-        self as u8
-    }
-
-    /// Reads the one-byte form; `None` for values above 3.
-    ///
-    /// Returning `None` (rather than guessing) matters because a v2.4.1 gate stores a setstate
-    /// byte unvalidated and getstate echoes it back raw; the link layer decides whether to keep
-    /// the raw byte. Go renders such a value as the text `shut`, i.e.
-    /// `from_byte(b).unwrap_or(InstanceState::Shut)` gives Go's text.
-    pub fn from_byte(byte: u8) -> Option<InstanceState> {
-        match byte {
-            0 => Some(InstanceState::Shut),
-            1 => Some(InstanceState::Work),
-            2 => Some(InstanceState::Busy),
-            3 => Some(InstanceState::Hang),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for InstanceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The `host:port` a link client must dial for an endpoint string such as
@@ -190,48 +104,6 @@ pub fn endpoint_url(host_port: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_text_round_trips() {
-        for state in [
-            InstanceState::Shut,
-            InstanceState::Work,
-            InstanceState::Busy,
-            InstanceState::Hang,
-        ] {
-            assert_eq!(InstanceState::from_text(state.as_str()), state);
-            assert_eq!(state.to_string(), state.as_str());
-        }
-        assert_eq!(InstanceState::Work.as_str(), "work");
-        assert_eq!(InstanceState::Shut.as_str(), "shut");
-        assert_eq!(InstanceState::Busy.as_str(), "busy");
-        assert_eq!(InstanceState::Hang.as_str(), "hang");
-    }
-
-    #[test]
-    fn unknown_state_text_is_shut() {
-        for text in ["", "WORK", "Work", "working", " work", "idle", "1"] {
-            assert_eq!(
-                InstanceState::from_text(text),
-                InstanceState::Shut,
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn state_bytes() {
-        assert_eq!(InstanceState::Shut.as_byte(), 0);
-        assert_eq!(InstanceState::Work.as_byte(), 1);
-        assert_eq!(InstanceState::Busy.as_byte(), 2);
-        assert_eq!(InstanceState::Hang.as_byte(), 3);
-        for b in 0..=3u8 {
-            assert_eq!(InstanceState::from_byte(b).unwrap().as_byte(), b);
-        }
-        for b in [4u8, 7, 255] {
-            assert_eq!(InstanceState::from_byte(b), None);
-        }
-    }
 
     #[test]
     fn default_state_is_shut() {
