@@ -5,8 +5,6 @@
 //! through channels; it never touches shard state directly.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +22,11 @@ use crate::dispatch::UpstreamFactory;
 use crate::listener;
 use crate::locator::redis::{RedisLocator, RedisSettings};
 use crate::locator::{Locator, MemoryLocator};
-use crate::node_api::{self, LinkShared};
+use crate::node_api::LinkShared;
 use crate::registry::consul::{ConsulClient, ConsulSettings, Registrar};
 use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
-use crate::session::{Command, Sessions, Transport};
-use crate::shard::Shard;
+use crate::session::{Sessions, Transport};
+use crate::shard::{fan_out, ClientListener, Shard, ShardInbox, ShardMsg, ShardSpec};
 
 /// Frames larger than this are refused even in lenient mode.
 const LENIENT_INBOUND_CAP: u32 = 16 << 20;
@@ -48,19 +46,11 @@ pub struct Gate {
     metadata: std::collections::BTreeMap<String, String>,
     /// Consul registration, TTL and node watch (none with a static registry).
     registrar: Option<Registrar>,
-    stop_accepting: Option<flume::Sender<()>>,
-    stop_link: Option<flume::Sender<()>>,
-    exit: Option<flume::Sender<()>>,
+    /// Each shard's inbox, by shard index.
+    inboxes: Vec<ShardInbox>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Control,
     control_thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// One server as handed to each shard: its context, WS rules and this shard's socket.
-struct ShardListener {
-    server: Arc<ServerCtx>,
-    ws: Option<Arc<WsRules>>,
-    fd: OwnedFd,
 }
 
 impl Gate {
@@ -93,7 +83,8 @@ impl Gate {
         };
 
         // Bind every listener first: a busy port must fail start-up before anything runs.
-        let mut per_shard: Vec<Vec<ShardListener>> = (0..shard_count).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<Vec<ClientListener>> =
+            (0..shard_count).map(|_| Vec::new()).collect();
         let mut servers = Vec::new();
         let tcp = cfg.tcp.clone().map(|s| (Transport::Tcp, s, None));
         let ws = cfg.ws.clone().map(|w| {
@@ -118,7 +109,7 @@ impl Gate {
                 listener::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)?;
             let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
             for (i, fd) in fds.into_iter().enumerate() {
-                per_shard[i].push(ShardListener {
+                per_shard[i].push(ClientListener {
                     server: server.clone(),
                     ws: ws_rules.clone(),
                     fd,
@@ -182,75 +173,36 @@ impl Gate {
                 ))
             })
         });
-        let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) =
-            (0..shard_count).map(|_| flume::unbounded()).unzip();
-        let sessions = Sessions::new(cmd_txs, control.clone());
-        let (stop_tx, stop_rx) = flume::bounded::<()>(1);
-        let (exit_tx, exit_rx) = flume::bounded::<()>(1);
-        // The link keeps serving nodes until the very end (after clients are gone).
-        let (link_stop_tx, link_stop_rx) = flume::bounded::<()>(1);
+        let (inboxes, inbox_rxs): (Vec<_>, Vec<_>) =
+            (0..shard_count).map(|_| ShardInbox::new()).unzip();
+        let mailboxes = inboxes
+            .iter()
+            .map(|i| Box::new(i.clone()) as Box<dyn crate::session::Mailbox>)
+            .collect();
+        let sessions = Sessions::new(mailboxes, control.clone());
 
         let mut shards = Vec::with_capacity(shard_count);
-        let shard_inputs = per_shard.into_iter().zip(cmd_rxs).zip(link_fds);
-        for (index, ((listeners, cmd_rx), link_fd)) in shard_inputs.enumerate() {
+        let shard_inputs = per_shard.into_iter().zip(inbox_rxs).zip(link_fds);
+        for (index, ((clients, inbox), link_fd)) in shard_inputs.enumerate() {
             let placement = match (cfg.gatehouse.pin, cpus.get(index % cpus.len().max(1))) {
                 (true, Some(&cpu)) => Placement::Fixed(cpu),
                 _ => Placement::Unbound,
             };
-            let (sessions, upstream, stop_rx, exit_rx, link, link_stop) = (
-                sessions.clone(),
-                upstream.clone(),
-                stop_rx.clone(),
-                exit_rx.clone(),
-                link.clone(),
-                link_stop_rx.clone(),
-            );
+            let spec = ShardSpec {
+                index,
+                count: shard_count,
+                packet,
+                sessions: sessions.clone(),
+                inbox,
+                clients,
+                link_fd,
+                link: link.clone(),
+            };
+            let upstream = upstream.clone();
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
                 .io_memory(cfg.gatehouse.io_memory)
-                .spawn(move || async move {
-                    let shard = Rc::new(Shard::new(
-                        index,
-                        shard_count,
-                        packet,
-                        upstream(index),
-                        sessions,
-                    ));
-                    let inbox = shard.clone();
-                    glommio::spawn_local(async move {
-                        while let Ok(cmd) = cmd_rx.recv_async().await {
-                            inbox.apply(cmd);
-                            while let Ok(cmd) = cmd_rx.try_recv() {
-                                inbox.apply(cmd);
-                            }
-                        }
-                    })
-                    .detach();
-                    for l in listeners {
-                        glommio::spawn_local(listener::accept_loop(
-                            shard.clone(),
-                            l.server,
-                            l.ws,
-                            l.fd,
-                            stop_rx.clone(),
-                        ))
-                        .detach();
-                    }
-                    glommio::spawn_local(node_api::accept_loop(
-                        shard.clone(),
-                        link,
-                        link_fd,
-                        link_stop,
-                    ))
-                    .detach();
-                    let _ = exit_rx.recv_async().await;
-                    // Let queued events and packets reach the nodes before the shard stops
-                    // (bounded: an unreachable node must not hold the exit).
-                    let deadline = Instant::now() + Duration::from_secs(1);
-                    while !shard.upstream.idle() && Instant::now() < deadline {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
-                    }
-                })
+                .spawn(move || Shard::run(spec, upstream(index)))
                 .map_err(|e| format!("start shard {index}: {e}"))?;
             shards.push(handle);
         }
@@ -263,9 +215,7 @@ impl Gate {
             locator_name,
             link_addr,
             link,
-            stop_accepting: Some(stop_tx),
-            stop_link: Some(link_stop_tx),
-            exit: Some(exit_tx),
+            inboxes,
             shards,
             control,
             control_thread: Some(control_thread),
@@ -287,13 +237,11 @@ impl Gate {
                     ..ConsulSettings::default()
                 };
                 let client = ConsulClient::new(&c.addr).map_err(|e| format!("registry: {e}"))?;
-                let (sessions, shards) = (gate.sessions.clone(), gate.shard_count);
+                let inboxes = gate.inboxes.clone();
                 let on_nodes = move |nodes: Vec<ServiceInstance>| {
                     tracing::info!(nodes = nodes.len(), "registry: node list changed");
                     let nodes = Arc::new(nodes);
-                    for shard in 0..shards {
-                        sessions.post(shard, Command::Nodes(nodes.clone()));
-                    }
+                    fan_out(&inboxes, || ShardMsg::Nodes(nodes.clone()));
                 };
                 let registrar = Registrar::start(
                     client,
@@ -358,22 +306,18 @@ impl Gate {
 
     /// Closes the listeners; connected clients keep being served.
     pub fn stop_accepting(&mut self) {
-        self.stop_accepting.take();
+        fan_out(&self.inboxes, || ShardMsg::StopAccepting);
     }
 
     /// Asks every shard to close all its connections (graceful: after their queues flush).
     pub fn close_all(&self, graceful: bool) {
-        for shard in 0..self.shard_count {
-            self.sessions.post(shard, Command::CloseAll { graceful });
-        }
+        fan_out(&self.inboxes, || ShardMsg::CloseAll { graceful });
     }
 
     /// Replaces every shard's view of the nodes (registry watch or static list).
     pub fn set_nodes(&self, nodes: Vec<crate::registry::ServiceInstance>) {
         let nodes = Arc::new(nodes);
-        for shard in 0..self.shard_count {
-            self.sessions.post(shard, Command::Nodes(nodes.clone()));
-        }
+        fan_out(&self.inboxes, || ShardMsg::Nodes(nodes.clone()));
     }
 
     /// Waits until no connection is left, or `limit` passed (`None` = no limit).
@@ -394,9 +338,7 @@ impl Gate {
     /// Deregisters, then stops the shards and the control thread and waits for them.
     pub fn join(mut self) {
         self.deregister();
-        self.stop_accepting.take();
-        self.stop_link.take();
-        self.exit.take();
+        fan_out(&self.inboxes, || ShardMsg::Exit);
         for h in self.shards.drain(..) {
             let _ = h.join();
         }

@@ -108,24 +108,24 @@ pub async fn accept_loop<H: Host + 'static>(
         };
         // One spawn per path, so each task's future is only as large as its own path needs: a
         // plain TCP connection must not pay for TLS or WebSocket handshake state.
-        let (host, server) = (host.clone(), server.clone());
+        let server = server.clone();
         match (ws_rules.clone(), server.tls.is_some()) {
             (None, false) => {
                 // Admitted before the spawn, so the task's future holds the driver only.
                 if let Some(conn) = admit(&*host, &server, ip) {
                     let framing = TcpFraming::new(*host.packet(), server.inbound_cap);
                     let machine = Connection::new(conn, framing, server.rules, Instant::now());
-                    glommio::spawn_local(driver::serve(host, server, machine, stream)).detach();
+                    host.spawn(driver::serve(host.clone(), server, machine, stream));
                 }
             }
             (None, true) => {
-                glommio::spawn_local(Box::pin(serve_tls(host, server, ip, stream))).detach();
+                host.spawn(Box::pin(serve_tls(host.clone(), server, ip, stream)));
             }
             (Some(rules), false) => {
-                glommio::spawn_local(serve_ws_plain(host, server, rules, ip, stream)).detach();
+                host.spawn(serve_ws_plain(host.clone(), server, rules, ip, stream));
             }
             (Some(rules), true) => {
-                glommio::spawn_local(Box::pin(serve_wss(host, server, rules, ip, stream))).detach();
+                host.spawn(Box::pin(serve_wss(host.clone(), server, rules, ip, stream)));
             }
         }
     })

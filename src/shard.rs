@@ -1,38 +1,191 @@
-//! One shard: the state a pinned executor owns (session slice, upstream, command inbox) and the
-//! admission and release of the connections it accepts.
+//! One shard: a pinned executor's state (session slice, upstream, timers) and its life — the
+//! inbox, the listeners and the tasks it owns, from start to the end of shutdown.
 //!
-//! A connection is admitted, served and released on one shard. Admission registers the session
-//! and emits Connect before the first byte is read, so a node always hears Connect first.
+//! [`Shard::run`] is the whole life of a shard: it opens the shard's listeners, applies every
+//! [`ShardMsg`] from its inbox in order, and at `Exit` joins its accept loops, waits (bounded) for
+//! its connection tasks and lets queued frames reach the nodes. A connection is admitted, served
+//! and released on one shard; admission registers the session and emits Connect before the first
+//! byte is read, so a node always hears Connect first. Connections and node commands see the
+//! shard only through the narrow traits [`Host`] and [`LocalSessions`].
 
 use bytes::Bytes;
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::connection::ws::WsRules;
 use crate::connection::{Host, ServerCtx};
 use crate::dispatch::{Delivery, EventKind, Upstream};
-use crate::node_api::LocalSessions;
+use crate::listener;
+use crate::node_api::{self, LinkShared, LocalSessions};
 use crate::packet::PacketConfig;
+use crate::registry::ServiceInstance;
 use crate::session::{
-    event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, SessionError, Sessions, Table,
+    event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, Mailbox, SessionError,
+    Sessions, Table,
 };
 
-/// The state owned by one shard's executor thread.
-pub struct Shard {
+/// How long a stopping shard waits for its connection tasks and for queued frames to reach the
+/// nodes (an unreachable node must not hold the exit).
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// Everything that reaches a shard from outside its thread, applied in arrival order.
+pub enum ShardMsg {
+    /// A session operation on data this shard owns (from any shard, the node API or the wiring).
+    Session(Command),
+    /// The registry's view of the nodes changed (the full list, in registry order).
+    Nodes(Arc<Vec<ServiceInstance>>),
+    /// Close the client listeners; connected clients keep being served.
+    StopAccepting,
+    /// Close every client connection, gracefully (queued packets first) or at once.
+    CloseAll { graceful: bool },
+    /// Stop: close the link listener and its connections, let queued frames reach the nodes
+    /// (bounded), and end the shard.
+    Exit,
+}
+
+/// The sending side of a shard's inbox (what the wiring and other shards hold).
+#[derive(Clone)]
+pub struct ShardInbox(flume::Sender<ShardMsg>);
+
+impl ShardInbox {
+    /// A new inbox: the handle to post to and the receiver [`Shard::run`] takes.
+    pub fn new() -> (ShardInbox, flume::Receiver<ShardMsg>) {
+        let (tx, rx) = flume::unbounded();
+        (ShardInbox(tx), rx)
+    }
+
+    /// Queues `msg`; ignored once the shard has stopped.
+    pub fn post(&self, msg: ShardMsg) {
+        let _ = self.0.send(msg);
+    }
+}
+
+impl Mailbox for ShardInbox {
+    fn post(&self, cmd: Command) -> Result<(), SessionError> {
+        self.0
+            .send(ShardMsg::Session(cmd))
+            .map_err(|_| SessionError::Unavailable)
+    }
+}
+
+/// Sends one message to every shard (registry updates, shutdown steps): the one fan-out.
+pub fn fan_out(inboxes: &[ShardInbox], msg: impl Fn() -> ShardMsg) {
+    for inbox in inboxes {
+        inbox.post(msg());
+    }
+}
+
+/// One client server as handed to a shard: its settings, WS rules and this shard's socket.
+pub struct ClientListener {
+    pub server: Arc<ServerCtx>,
+    pub ws: Option<Arc<WsRules>>,
+    pub fd: OwnedFd,
+}
+
+/// What a shard is started with: built on the wiring thread, moved into the executor.
+pub struct ShardSpec {
     pub index: usize,
     pub count: usize,
     pub packet: PacketConfig,
-    pub table: RefCell<Table>,
-    pub upstream: Rc<dyn Upstream>,
     pub sessions: Sessions,
+    pub inbox: flume::Receiver<ShardMsg>,
+    pub clients: Vec<ClientListener>,
+    /// This shard's socket of the link listener (nodes dial it).
+    pub link_fd: OwnedFd,
+    pub link: Arc<LinkShared>,
+}
+
+/// The state owned by one shard's executor thread.
+pub struct Shard {
+    index: usize,
+    count: usize,
+    packet: PacketConfig,
+    table: RefCell<Table>,
+    upstream: Rc<dyn Upstream>,
+    sessions: Sessions,
     /// The heartbeat without time, built once (heartbeatTime = false).
     heartbeat: Bytes,
+    /// Every connection task of this shard, waited for (bounded) when it stops.
+    tasks: glommio::sync::Gate,
 }
 
 impl Shard {
-    pub fn new(
+    /// The whole life of a shard, on its executor: serves until `Exit`, then stops what it owns.
+    pub fn run(spec: ShardSpec, upstream: Box<dyn Upstream>) -> impl Future<Output = ()> {
+        let shard = Rc::new(Shard::new(
+            spec.index,
+            spec.count,
+            spec.packet,
+            upstream,
+            spec.sessions,
+        ));
+        async move {
+            // Listeners stop when their stop channel's sender is dropped.
+            let (stop_accepting, accepting) = flume::bounded::<()>(1);
+            let mut stop_accepting = Some(stop_accepting);
+            let (stop_link, linking) = flume::bounded::<()>(1);
+            let mut loops: Vec<glommio::Task<()>> = spec
+                .clients
+                .into_iter()
+                .map(|l| {
+                    glommio::spawn_local(listener::accept_loop(
+                        shard.clone(),
+                        l.server,
+                        l.ws,
+                        l.fd,
+                        accepting.clone(),
+                    ))
+                })
+                .collect();
+            drop(accepting);
+            let link = glommio::spawn_local(node_api::accept_loop(
+                shard.clone(),
+                spec.link,
+                spec.link_fd,
+                linking,
+            ));
+            while let Ok(msg) = spec.inbox.recv_async().await {
+                if !shard.handle(msg, &mut stop_accepting) {
+                    break;
+                }
+            }
+            drop(stop_accepting);
+            for l in loops.drain(..) {
+                l.await;
+            }
+            drop(stop_link);
+            link.await;
+            let deadline = Instant::now() + EXIT_GRACE;
+            let _ = glommio::timer::timeout(EXIT_GRACE, async {
+                let _ = shard.tasks.close().await;
+                Ok(())
+            })
+            .await;
+            while !shard.upstream.idle() && Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Applies one inbox message. `false` = the shard must stop.
+    fn handle(&self, msg: ShardMsg, stop_accepting: &mut Option<flume::Sender<()>>) -> bool {
+        match msg {
+            ShardMsg::Session(cmd) => self.apply(cmd),
+            ShardMsg::Nodes(nodes) => self.upstream.update_nodes(&nodes),
+            ShardMsg::StopAccepting => drop(stop_accepting.take()),
+            ShardMsg::CloseAll { graceful } => self.table.borrow().close_all(graceful),
+            ShardMsg::Exit => return false,
+        }
+        true
+    }
+
+    fn new(
         index: usize,
         count: usize,
         packet: PacketConfig,
@@ -47,6 +200,7 @@ impl Shard {
             upstream: Rc::from(upstream),
             sessions,
             heartbeat: packet.heartbeat(0),
+            tasks: glommio::sync::Gate::new(),
         }
     }
 
@@ -63,8 +217,8 @@ impl Shard {
         }
     }
 
-    /// Applies a command from another thread (or from this one).
-    pub fn apply(&self, cmd: Command) {
+    /// Applies a session command from another thread (or from this one).
+    fn apply(&self, cmd: Command) {
         self.table
             .borrow_mut()
             .apply(cmd, &self.sessions, &*self.upstream);
@@ -84,6 +238,13 @@ impl Shard {
 }
 
 impl Host for Shard {
+    fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+        // A closed gate means the shard is stopping: the task is dropped (its socket closes).
+        if let Ok(t) = self.tasks.spawn(task) {
+            t.detach();
+        }
+    }
+
     fn packet(&self) -> &PacketConfig {
         &self.packet
     }
@@ -139,12 +300,11 @@ impl Host for Shard {
             // due: the locator forgets the user before nodes hear Disconnect. The slot is held
             // until then, so a draining gate does not exit with the event still unsent.
             let (control, upstream) = (self.sessions.control().clone(), self.upstream.clone());
-            glommio::spawn_local(async move {
+            self.spawn(async move {
                 let _ = control.unbind_user_wait(uid).await;
                 upstream.event(disconnect);
                 slot.fetch_sub(1, Ordering::AcqRel);
-            })
-            .detach();
+            });
         }
         for w in conn.orders.borrow_mut().graceful_waiters.drain(..) {
             let _ = w.send(Ok(()));

@@ -50,6 +50,8 @@ pub trait Host {
     fn admit(&self, server: &ServerCtx, ip: IpAddr) -> Option<Rc<Conn>>;
     /// Releases a connection whose socket is closed (tables, locator, Disconnect, server slot).
     fn release(&self, server: &ServerCtx, conn: &Conn);
+    /// Runs a connection's task on the shard, which waits for it (bounded) when it stops.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static);
 }
 
 /// Settings and counters of one client-facing server (TCP or WS), shared by all shards.

@@ -58,6 +58,9 @@ impl Host for TestHost {
         None
     }
     fn release(&self, _: &ServerCtx, _: &Conn) {}
+    fn spawn(&self, _: impl std::future::Future<Output = ()> + 'static) {
+        unreachable!("the machine spawns nothing")
+    }
 }
 
 fn rules(interval: Duration, tick: bool, authorize: Duration) -> MachineRules {

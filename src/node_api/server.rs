@@ -29,24 +29,30 @@ pub struct LinkShared {
     pub publish_v25: bool,
 }
 
-/// Accepts node connections on one shard until `stop` is dropped.
+/// Accepts node connections on one shard until `stop` is dropped; then every link connection
+/// of this shard ends too, and this returns once they have.
 pub async fn accept_loop<L: LocalSessions + 'static>(
     local: Rc<L>,
     link: Arc<LinkShared>,
     fd: OwnedFd,
     stop: flume::Receiver<()>,
 ) {
-    crate::net::accept_each(fd, stop, "link", |stream| {
-        let (local, link) = (local.clone(), link.clone());
-        glommio::spawn_local(serve(local, link, stream)).detach();
+    let connections = glommio::sync::Gate::new();
+    crate::net::accept_each(fd, stop.clone(), "link", |stream| {
+        let (local, link, stop) = (local.clone(), link.clone(), stop.clone());
+        if let Ok(task) = connections.spawn(serve(local, link, stream, stop)) {
+            task.detach();
+        }
     })
-    .await
+    .await;
+    let _ = connections.close().await;
 }
 
 async fn serve<L: LocalSessions>(
     local: Rc<L>,
     link: Arc<LinkShared>,
     mut stream: glommio::net::TcpStream,
+    stop: flume::Receiver<()>,
 ) {
     let remote = stream
         .peer_addr()
@@ -61,9 +67,24 @@ async fn serve<L: LocalSessions>(
     let mut peer = Peer::default();
     let mut last_seen = Instant::now();
     let reason = loop {
-        let read =
-            glommio::timer::timeout(LINK_HEARTBEAT, async { Ok(stream.read(&mut chunk).await) })
-                .await;
+        let read = futures_lite::future::or(
+            async {
+                Some(
+                    glommio::timer::timeout(LINK_HEARTBEAT, async {
+                        Ok(stream.read(&mut chunk).await)
+                    })
+                    .await,
+                )
+            },
+            async {
+                let _ = stop.recv_async().await;
+                None
+            },
+        )
+        .await;
+        let Some(read) = read else {
+            break "gate stopping".to_string();
+        };
         match read {
             Err(_) => {
                 if last_seen.elapsed() > LINK_HEARTBEAT * 2 {

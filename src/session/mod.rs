@@ -98,6 +98,13 @@ pub fn home_of_uid(uid: i64, shards: usize) -> usize {
 
 type Reply<T> = flume::Sender<T>;
 
+/// A shard's inbox as the session layer sees it: where commands about that shard's data go.
+/// The shard implements it over its own message type, so sessions know nothing of the shard.
+pub trait Mailbox: Send + Sync {
+    /// Queues `cmd` for the shard; `Err` when the shard has stopped.
+    fn post(&self, cmd: Command) -> Result<(), SessionError>;
+}
+
 fn reply<T>() -> (Reply<T>, flume::Receiver<T>) {
     flume::bounded(1)
 }
@@ -106,13 +113,16 @@ fn reply<T>() -> (Reply<T>, flume::Receiver<T>) {
 /// the control thread, tests. Every method is answered by the shards that own the data.
 #[derive(Clone)]
 pub struct Sessions {
-    shards: Vec<flume::Sender<Command>>,
+    shards: std::sync::Arc<[Box<dyn Mailbox>]>,
     control: Control,
 }
 
 impl Sessions {
-    pub fn new(shards: Vec<flume::Sender<Command>>, control: Control) -> Self {
-        Sessions { shards, control }
+    pub fn new(shards: Vec<Box<dyn Mailbox>>, control: Control) -> Self {
+        Sessions {
+            shards: shards.into(),
+            control,
+        }
     }
 
     pub fn shard_count(&self) -> usize {
@@ -120,9 +130,7 @@ impl Sessions {
     }
 
     fn send(&self, shard: usize, cmd: Command) -> Result<(), SessionError> {
-        self.shards[shard]
-            .send(cmd)
-            .map_err(|_| SessionError::Unavailable)
+        self.shards[shard].post(cmd)
     }
 
     async fn ask<T>(

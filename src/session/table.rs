@@ -104,12 +104,6 @@ pub enum Command {
         force: bool,
         reply: Reply<Result<(), SessionError>>,
     },
-    /// Closes every local connection (shutdown's destroy phase).
-    CloseAll {
-        graceful: bool,
-    },
-    /// The registry's node list changed: hand it to the shard's upstream.
-    Nodes(Arc<Vec<crate::registry::ServiceInstance>>),
 }
 
 /// The session data one shard owns.
@@ -179,6 +173,18 @@ impl Table {
         self.conns
             .get(&cid)
             .is_some_and(|c| c.push(bytes.clone()).is_ok())
+    }
+
+    /// Closes every local connection (shutdown's destroy phase): gracefully (queued packets
+    /// first) or at once.
+    pub fn close_all(&self, graceful: bool) {
+        for c in self.conns.values() {
+            if graceful {
+                c.close_graceful(None);
+            } else {
+                c.close_forced();
+            }
+        }
     }
 
     /// Applies one command; `sessions` reaches other shards, `upstream` receives events.
@@ -344,16 +350,6 @@ impl Table {
                 }
                 Some(c) => c.close_graceful(Some(reply)),
             },
-            Command::Nodes(nodes) => upstream.update_nodes(&nodes),
-            Command::CloseAll { graceful } => {
-                for c in self.conns.values() {
-                    if graceful {
-                        c.close_graceful(None);
-                    } else {
-                        c.close_forced();
-                    }
-                }
-            }
         }
     }
 }
