@@ -464,13 +464,19 @@ fn client_to_node(kind: GateKind, tag: &str, proto: Proto) {
         connect,
         json!({"event": "connect", "gid": g.gid, "cid": cl.cid, "uid": 0})
     );
-    let events = node.events();
-    let pos = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).unwrap();
-    assert!(
-        pos(&|v| v["event"] == "connect" && v["cid"] == cl.cid)
-            < pos(&|v| v["event"] == "message" && v["cid"] == cl.cid),
-        "connect before the first message"
-    );
+    // The order holds for gatehouse, which pins triggers and delivers of one cid to one link
+    // connection. due v2.4.1's gate sends triggers on its shared, unpinned queue
+    // (cluster-protocol.md §1.3), so its Connect can overtake or trail the first message: seen
+    // as a flaky failure of this assertion against the reference, never against gatehouse.
+    if kind == GateKind::Gatehouse {
+        let events = node.events();
+        let pos = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).unwrap();
+        assert!(
+            pos(&|v| v["event"] == "connect" && v["cid"] == cl.cid)
+                < pos(&|v| v["event"] == "message" && v["cid"] == cl.cid),
+            "connect before the first message"
+        );
+    }
 
     // 10. Same route/seq/payload at the node; the response comes back with route and seq.
     let p = c.unique("hello");

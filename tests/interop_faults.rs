@@ -343,9 +343,9 @@ fn sigterm_drain(kind: GateKind, tag: &str) {
         "closed only after shutdownMaxWaitTime ({closed_after:?})"
     );
     eprintln!("[{tag}] client closed {closed_after:?} after SIGTERM");
-    // When the deregistration is first seen (polled from the client's close on). Only reported: due
-    // deregisters before it drops the remaining clients (cluster-protocol.md §7 Destroy), gatehouse
-    // after.
+    // When the deregistration is first seen (polled from the client's close on). Only reported:
+    // both gates deregister before they drop the remaining clients (cluster-protocol.md §7
+    // Destroy; gatehouse: src/main.rs wait_for_signal_and_drain), so it is usually already gone.
     let deregistered = wait_some("deregistration", Duration::from_secs(8), || {
         c.env
             .consul

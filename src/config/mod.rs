@@ -298,7 +298,8 @@ pub struct GatehouseConfig {
     /// `maxInboundFrame`: largest accepted `size` field; 0 = derived strict cap
     /// `max(9, 1 + routeBytes + seqBytes + bufferBytes)`.
     pub max_inbound_frame: u32,
-    /// `lenientInbound`: accept frames up to `lenientInboundLimit` instead of the strict cap.
+    /// `lenientInbound`: accept frames up to a fixed 16 MiB (`gate.rs` LENIENT_INBOUND_CAP)
+    /// instead of the strict cap.
     pub lenient_inbound: bool,
     /// `wsCloseFrame`: send a Close(1000) frame before a server-initiated WS close.
     pub ws_close_frame: bool,
