@@ -161,15 +161,23 @@ impl Shard {
             }
             drop(stop_link);
             link.await;
+            // Bounded: an unreachable node must not hold the exit.
             let deadline = Instant::now() + EXIT_GRACE;
-            let _ = glommio::timer::timeout(EXIT_GRACE, async {
+            let left = || deadline.saturating_duration_since(Instant::now());
+            let _ = glommio::timer::timeout(left(), async {
                 let _ = shard.tasks.close().await;
                 Ok(())
             })
             .await;
-            while !shard.upstream.idle() && Instant::now() < deadline {
+            // Let queued events and packets reach the nodes, then stop the node links.
+            while !shard.upstream.idle() && !left().is_zero() {
                 glommio::timer::sleep(Duration::from_millis(5)).await;
             }
+            let _ = glommio::timer::timeout(left().max(Duration::from_millis(50)), async {
+                shard.upstream.close().await;
+                Ok(())
+            })
+            .await;
         }
     }
 
@@ -300,7 +308,7 @@ impl Host for Shard {
             // due: the locator forgets the user before nodes hear Disconnect. The slot is held
             // until then, so a draining gate does not exit with the event still unsent.
             let (control, upstream) = (self.sessions.control().clone(), self.upstream.clone());
-            self.spawn(async move {
+            Host::spawn(self, async move {
                 let _ = control.unbind_user_wait(uid).await;
                 upstream.event(disconnect);
                 slot.fetch_sub(1, Ordering::AcqRel);
@@ -320,5 +328,9 @@ impl LocalSessions for Shard {
 
     fn push_nowait(&self, kind: Kind, target: i64, bytes: Bytes) -> Result<(), SessionError> {
         Shard::push_nowait(self, kind, target, bytes)
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+        Host::spawn(self, task)
     }
 }

@@ -36,6 +36,8 @@ struct Inner {
     waiting: RefCell<AHashMap<i64, VecDeque<Delivery>>>,
     /// xorshift state for the `random` strategy (no lock, no syscall per pick).
     rng: Cell<u64>,
+    /// The stateful-route lookups in flight, waited for by `close`.
+    lookups: glommio::sync::Gate,
 }
 
 impl ClusterUpstream {
@@ -54,6 +56,7 @@ impl ClusterUpstream {
                 control,
                 waiting: RefCell::new(AHashMap::new()),
                 rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ ((shard as u64 + 1) << 32) ^ seed()),
+                lookups: glommio::sync::Gate::new(),
             }),
         }
     }
@@ -199,7 +202,12 @@ impl Upstream for ClusterUpstream {
         }
         if let Some(group) = inner.route(&d) {
             inner.waiting.borrow_mut().insert(d.cid, VecDeque::new());
-            glommio::spawn_local(locate_then_drain(inner.clone(), d, group)).detach();
+            if let Ok(t) = inner
+                .lookups
+                .spawn(locate_then_drain(inner.clone(), d, group))
+            {
+                t.detach();
+            }
         }
     }
 
@@ -231,6 +239,14 @@ impl Upstream for ClusterUpstream {
 
     fn idle(&self) -> bool {
         self.inner.waiting.borrow().is_empty() && self.inner.links.idle()
+    }
+
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let _ = inner.lookups.close().await;
+            inner.links.close().await;
+        })
     }
 
     fn update_nodes(&self, nodes: &Arc<Vec<ServiceInstance>>) {

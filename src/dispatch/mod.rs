@@ -55,6 +55,12 @@ pub trait Upstream {
         true
     }
 
+    /// Stops the upstream's own tasks (node links, locator lookups) and resolves once they have
+    /// ended. Called last, when the shard stops.
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// The registry's view of the nodes changed (the full list, in registry order).
     fn update_nodes(&self, _nodes: &std::sync::Arc<Vec<crate::registry::ServiceInstance>>) {}
 }

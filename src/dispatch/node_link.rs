@@ -40,6 +40,8 @@ pub struct NodeLinks {
     nodes: RefCell<AHashMap<String, Vec<Rc<NodeLink>>>>,
     conns_per_node: usize,
     pressure: Rc<Pressure>,
+    /// The connection tasks, waited for by [`NodeLinks::close`].
+    tasks: glommio::sync::Gate,
 }
 
 /// Which of this shard's node queues are over the high-water mark, and who waits for them.
@@ -67,6 +69,7 @@ impl NodeLinks {
             nodes: RefCell::new(AHashMap::new()),
             conns_per_node: conns_per_node.max(1),
             pressure: Rc::default(),
+            tasks: glommio::sync::Gate::new(),
         }
     }
 
@@ -92,7 +95,9 @@ impl NodeLinks {
                 (0..self.conns_per_node)
                     .map(|_| {
                         let l = Rc::new(NodeLink::new(addr, self.pressure.clone()));
-                        glommio::spawn_local(run(l.clone(), self.gid.clone())).detach();
+                        if let Ok(t) = self.tasks.spawn(run(l.clone(), self.gid.clone())) {
+                            t.detach();
+                        }
                         l
                     })
                     .collect()
@@ -110,6 +115,12 @@ impl NodeLinks {
             .values()
             .flatten()
             .all(|l| l.queue.borrow().is_empty() && !l.writing.get())
+    }
+
+    /// Closes every node connection of this shard and resolves once their tasks have ended.
+    pub async fn close(&self) {
+        self.retain(|_| false);
+        let _ = self.tasks.close().await;
     }
 
     /// Forgets nodes no longer in the registry view; their connections close.

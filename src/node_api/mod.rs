@@ -21,4 +21,7 @@ pub trait LocalSessions {
     /// A fire-and-forget push, applied without a channel hop when this shard owns the target
     /// (otherwise like [`Sessions::push_nowait`]).
     fn push_nowait(&self, kind: Kind, target: i64, bytes: Bytes) -> Result<(), SessionError>;
+    /// Runs a follow-up of a command (a disconnect not awaited) as a task of the shard, which
+    /// waits for it (bounded) when it stops.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static);
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use super::command::{self, Effect, Outcome, Peer, Rules};
 use super::LocalSessions;
 use crate::drpc::{self, Frame, LINK_HEARTBEAT, MAX_LINK_FRAME};
-use crate::session::{Kind, Sessions};
+use crate::session::Kind;
 
 /// What the link server shares across shards.
 pub struct LinkShared {
@@ -172,12 +172,11 @@ async fn run<L: LocalSessions>(
             force,
         } => {
             let s = s.clone();
-            glommio::spawn_local(async move {
+            local.spawn(async move {
                 if let Err(e) = s.disconnect(kind, target, force).await {
                     tracing::debug!(target, error = %e, "disconnect refused");
                 }
-            })
-            .detach();
+            });
             Outcome::Unit(Ok(()))
         }
         Effect::PushNowait {
@@ -193,7 +192,7 @@ async fn run<L: LocalSessions>(
         } => {
             let r = s.push(kind, target, message).await;
             if r.is_ok() && close_after {
-                close_each(s, kind, &[target]);
+                close_each(local, kind, &[target]);
             }
             Outcome::Unit(r)
         }
@@ -205,7 +204,7 @@ async fn run<L: LocalSessions>(
         } => {
             let r = s.multicast(kind, &targets, message).await;
             if close_after {
-                close_each(s, kind, &targets);
+                close_each(local, kind, &targets);
             }
             Outcome::Count(r)
         }
@@ -252,12 +251,11 @@ async fn run<L: LocalSessions>(
 }
 
 /// v2.5.3+ "disconnect after push": close each target gracefully once its message is queued.
-fn close_each(s: &Sessions, kind: Kind, targets: &[i64]) {
+fn close_each<L: LocalSessions>(local: &L, kind: Kind, targets: &[i64]) {
     for &t in targets {
-        let s = s.clone();
-        glommio::spawn_local(async move {
+        let s = local.sessions().clone();
+        local.spawn(async move {
             let _ = s.disconnect(kind, t, false).await;
-        })
-        .detach();
+        });
     }
 }
