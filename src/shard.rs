@@ -245,11 +245,33 @@ impl Shard {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A task holding a pass of the shard's gate, so the shard can wait for it at exit. A plain
+    /// struct rather than glommio's `Gate::spawn`, whose async wrapper stores the task's future
+    /// twice: every idle connection would pay for the copy.
+    struct Gated<F> {
+        #[pin]
+        task: F,
+        pass: glommio::sync::Pass,
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().task.poll(cx)
+    }
+}
+
 impl Host for Shard {
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
         // A closed gate means the shard is stopping: the task is dropped (its socket closes).
-        if let Ok(t) = self.tasks.spawn(task) {
-            t.detach();
+        if let Ok(pass) = self.tasks.enter() {
+            glommio::spawn_local(Gated { task, pass }).detach();
         }
     }
 
