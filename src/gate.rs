@@ -24,6 +24,7 @@ use crate::dispatch::UpstreamFactory;
 use crate::listener;
 use crate::locator::redis::{RedisLocator, RedisSettings};
 use crate::locator::{Locator, MemoryLocator};
+use crate::net;
 use crate::node_api::{self, LinkShared};
 use crate::registry::consul::{ConsulClient, ConsulSettings, Registrar};
 use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
@@ -115,7 +116,7 @@ impl Gate {
                 None
             };
             let (fds, bound) =
-                listener::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)?;
+                net::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)?;
             let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
             for (i, fd) in fds.into_iter().enumerate() {
                 per_shard[i].push(ShardListener {
@@ -128,7 +129,7 @@ impl Gate {
         }
 
         // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
-        let (link_fds, link_bound) = listener::bind_shared(
+        let (link_fds, link_bound) = net::bind_shared(
             if cfg.gate.addr.is_empty() {
                 ":0"
             } else {
@@ -137,7 +138,7 @@ impl Gate {
             shard_count,
             cfg.gatehouse.listen_backlog,
         )?;
-        let link_addr = listener::advertised(&cfg.gate.addr, link_bound);
+        let link_addr = net::advertised(&cfg.gate.addr, link_bound);
         let link = Arc::new(LinkShared {
             state: std::sync::atomic::AtomicU8::new(1),
             publish_v25: cfg.gatehouse.publish_v25,

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::consul_meta::{decode_meta, encode_meta};
-use super::{endpoint_address, InstanceState, ServiceInstance};
+use super::{endpoint_host_port, InstanceState, ServiceInstance};
 
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -371,18 +371,10 @@ fn seconds(d: Duration) -> String {
 /// without brackets in `Address`/`TaggedAddresses`, with them in the TCP check. Fails when the
 /// endpoint has no dialable host:port (due fails the registration the same way).
 fn registration_body(inst: &ServiceInstance, settings: &ConsulSettings) -> Result<String, String> {
-    let host_port = endpoint_address(&inst.endpoint)
+    let address = endpoint_host_port(&inst.endpoint)
         .ok_or_else(|| format!("endpoint {:?} has no host:port", inst.endpoint))?;
-    let (host, port) = host_port
-        .rsplit_once(':')
-        .ok_or_else(|| format!("endpoint {:?} has no port", inst.endpoint))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("endpoint {:?}: invalid port {port:?}", inst.endpoint))?;
+    let host = address.host.to_string();
+    let (host, port, host_port) = (host.as_str(), address.port, address.to_string());
     let scheme = inst.endpoint.split_once("://").map_or("", |(s, _)| s);
 
     let deregister_after = seconds(settings.deregister_critical_service_after);
