@@ -22,11 +22,11 @@ use crate::dispatch::cluster::ClusterUpstream;
 use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
 use crate::listener;
-use crate::locator::redis::{RedisLocator, RedisSettings};
+use crate::locator::redis::RedisLocator;
 use crate::locator::{Locator, MemoryLocator};
 use crate::net;
 use crate::node_api::{self, LinkShared};
-use crate::registry::consul::{ConsulClient, ConsulSettings, Registrar};
+use crate::registry::consul::{ConsulClient, Registrar};
 use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
 use crate::session::{Command, Sessions, Transport};
 use crate::shard::Shard;
@@ -146,24 +146,9 @@ impl Gate {
 
         let locator: Box<dyn Locator> = match &cfg.locator {
             LocatorConfig::Memory => Box::new(MemoryLocator::default()),
-            LocatorConfig::Redis(r) => {
-                if r.addrs.len() > 1 || r.tls() {
-                    tracing::warn!("locate.redis: only the first address is used, without TLS");
-                }
-                let settings = RedisSettings {
-                    addr: r
-                        .addrs
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| "127.0.0.1:6379".into()),
-                    db: r.db,
-                    username: r.username.clone(),
-                    password: r.password.clone(),
-                    prefix: r.prefix.clone(),
-                    timeout: cfg.gate.timeout,
-                };
-                Box::new(RedisLocator::start(settings).map_err(|e| format!("locator: {e}"))?)
-            }
+            LocatorConfig::Redis(r) => Box::new(
+                RedisLocator::start(r, cfg.gate.timeout).map_err(|e| format!("locator: {e}"))?,
+            ),
         };
         let locator_name = locator.name();
         let (control, control_thread) = Control::start(cfg.gate.id.clone(), locator);
@@ -278,15 +263,7 @@ impl Gate {
                 gate.set_nodes(cfg.gatehouse.nodes.iter().map(static_instance).collect());
             }
             RegistryConfig::Consul(c) => {
-                let settings = ConsulSettings {
-                    health_check: c.health_check,
-                    health_check_interval: c.health_check_interval,
-                    health_check_timeout: c.health_check_timeout,
-                    heartbeat_check: c.heartbeat_check,
-                    heartbeat_check_interval: c.heartbeat_check_interval,
-                    deregister_critical_service_after: c.deregister_critical_service_after,
-                    ..ConsulSettings::default()
-                };
+                let settings = c.clone();
                 let client = ConsulClient::new(&c.addr).map_err(|e| format!("registry: {e}"))?;
                 let (sessions, shards) = (gate.sessions.clone(), gate.shard_count);
                 let on_nodes = move |nodes: Vec<ServiceInstance>| {

@@ -13,6 +13,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::Locator;
+use crate::config::RedisConfig;
+use crate::net::HostPort;
 
 /// Deletes the gate key only if it still names this gate.
 const UNBIND_GATE: &str = r#"
@@ -30,40 +32,18 @@ const BIND_NODE: u8 = 2;
 const UNBIND_GATE_EVENT: u8 = 3;
 const UNBIND_NODE: u8 = 4;
 
-/// Where the locator connects and which key prefix it uses (`[locate.redis]`).
+/// The key and channel names under a `prefix` (`[locate.redis] prefix`, default `due:locate`;
+/// keys then read `due:locate:locate:user:<uid>:gate`).
 #[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `host:port` (the first of `addrs`; clusters are not supported).
-    pub addr: String,
-    pub db: i64,
-    pub username: String,
-    pub password: String,
-    /// Default `due:locate`; keys then read `due:locate:locate:user:<uid>:gate`.
-    pub prefix: String,
-    /// Connect, read and write timeout of every call (`[cluster.gate] timeout`, due's 3 s).
-    pub timeout: Duration,
+pub struct Keys {
+    prefix: String,
 }
 
-impl RedisSettings {
-    fn info(&self) -> Result<redis::ConnectionInfo, String> {
-        let (host, port) = self
-            .addr
-            .rsplit_once(':')
-            .ok_or_else(|| format!("redis address {:?} has no port", self.addr))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("redis address {:?} has a bad port", self.addr))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let mut redis = redis::RedisConnectionInfo::default().set_db(self.db);
-        if !self.username.is_empty() {
-            redis = redis.set_username(&self.username);
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
         }
-        if !self.password.is_empty() {
-            redis = redis.set_password(&self.password);
-        }
-        let info = redis::IntoConnectionInfo::into_connection_info((host.to_string(), port))
-            .map_err(|e| e.to_string())?;
-        Ok(info.set_redis_settings(redis))
     }
 
     pub fn gate_key(&self, uid: i64) -> String {
@@ -81,6 +61,26 @@ impl RedisSettings {
     pub fn node_channel(&self) -> String {
         format!("{}:locate:cluster:node:event", self.prefix)
     }
+}
+
+/// Where to connect: the first of `addrs` (clusters are not supported), with `db`, `username`
+/// and `password`.
+fn connection_info(config: &RedisConfig) -> Result<(String, redis::ConnectionInfo), String> {
+    let addr = config
+        .addrs
+        .first()
+        .map_or("127.0.0.1:6379", String::as_str);
+    let hp = HostPort::parse_remote(addr).map_err(|e| format!("redis {e}"))?;
+    let mut redis = redis::RedisConnectionInfo::default().set_db(config.db);
+    if !config.username.is_empty() {
+        redis = redis.set_username(&config.username);
+    }
+    if !config.password.is_empty() {
+        redis = redis.set_password(&config.password);
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info((hp.host.to_string(), hp.port))
+        .map_err(|e| e.to_string())?;
+    Ok((hp.to_string(), info.set_redis_settings(redis)))
 }
 
 /// due's event payload; fields in due's order.
@@ -102,7 +102,11 @@ type NodeCache = Arc<Mutex<HashMap<i64, HashMap<String, String>>>>;
 
 /// The Redis locator.
 pub struct RedisLocator {
-    settings: RedisSettings,
+    /// The address connected to (for messages).
+    addr: String,
+    keys: Keys,
+    /// Connect, read and write timeout of every call (`[cluster.gate] timeout`, due's 3 s).
+    timeout: Duration,
     client: redis::Client,
     conn: Option<redis::Connection>,
     unbind_gate: redis::Script,
@@ -112,9 +116,16 @@ pub struct RedisLocator {
 }
 
 impl RedisLocator {
-    /// Connects (failure is a start-up error, as in due) and starts the node-channel watcher.
-    pub fn start(settings: RedisSettings) -> Result<RedisLocator, String> {
-        let client = redis::Client::open(settings.info()?).map_err(|e| e.to_string())?;
+    /// Connects to the first of `config.addrs` (failure is a start-up error, as in due) and
+    /// starts the node-channel watcher. `timeout` bounds connect, read and write of every call
+    /// (`[cluster.gate] timeout`). Several addresses (due: a cluster client) or TLS files are
+    /// not supported: only the first address is used, in plain text, with a warning.
+    pub fn start(config: &RedisConfig, timeout: Duration) -> Result<RedisLocator, String> {
+        if config.addrs.len() > 1 || config.tls() {
+            tracing::warn!("locate.redis: only the first address is used, without TLS");
+        }
+        let (addr, info) = connection_info(config)?;
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let mut me = RedisLocator {
             client,
             conn: None,
@@ -122,15 +133,17 @@ impl RedisLocator {
             cache: NodeCache::default(),
             stop: Arc::new(AtomicBool::new(false)),
             watcher: None,
-            settings,
+            addr,
+            keys: Keys::new(&config.prefix),
+            timeout,
         };
         me.connection()?;
         let (client, channel, cache, stop, timeout) = (
             me.client.clone(),
-            me.settings.node_channel(),
+            me.keys.node_channel(),
             me.cache.clone(),
             me.stop.clone(),
-            me.settings.timeout,
+            me.timeout,
         );
         me.watcher = Some(
             std::thread::Builder::new()
@@ -145,9 +158,9 @@ impl RedisLocator {
         if self.conn.is_none() {
             let c = self
                 .client
-                .get_connection_with_timeout(self.settings.timeout)
-                .map_err(|e| format!("redis {}: {e}", self.settings.addr))?;
-            let t = Some(self.settings.timeout);
+                .get_connection_with_timeout(self.timeout)
+                .map_err(|e| format!("redis {}: {e}", self.addr))?;
+            let t = Some(self.timeout);
             c.set_read_timeout(t).map_err(|e| e.to_string())?;
             c.set_write_timeout(t).map_err(|e| e.to_string())?;
             self.conn = Some(c);
@@ -159,13 +172,13 @@ impl RedisLocator {
     /// fresh one (Redis restarted), so one lost connection costs one call at most.
     fn with_conn<T>(
         &mut self,
-        f: impl Fn(&mut redis::Connection, &RedisSettings, &redis::Script) -> redis::RedisResult<T>,
+        f: impl Fn(&mut redis::Connection, &Keys, &redis::Script) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
         for attempt in 0..2 {
-            let settings = self.settings.clone();
+            let keys = self.keys.clone();
             let script = self.unbind_gate.clone();
             let conn = self.connection()?;
-            match f(conn, &settings, &script) {
+            match f(conn, &keys, &script) {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
                     self.conn = None;
@@ -222,7 +235,7 @@ impl Locator for RedisLocator {
             ins_kind: "gate".into(),
             ins_name: String::new(),
         };
-        if let Err(e) = self.publish(&self.settings.gate_channel(), &ev) {
+        if let Err(e) = self.publish(&self.keys.gate_channel(), &ev) {
             tracing::warn!(uid, error = %e, "locator: bind event not published");
         }
         Ok(())
@@ -240,7 +253,7 @@ impl Locator for RedisLocator {
                 ins_kind: "gate".into(),
                 ins_name: String::new(),
             };
-            if let Err(e) = self.publish(&self.settings.gate_channel(), &ev) {
+            if let Err(e) = self.publish(&self.keys.gate_channel(), &ev) {
                 tracing::warn!(uid, error = %e, "locator: unbind event not published");
             }
         }
@@ -350,20 +363,9 @@ fn watch(
 mod tests {
     use super::*;
 
-    fn settings() -> RedisSettings {
-        RedisSettings {
-            addr: "127.0.0.1:6379".into(),
-            db: 0,
-            username: String::new(),
-            password: String::new(),
-            prefix: "due:locate".into(),
-            timeout: Duration::from_secs(3),
-        }
-    }
-
     #[test]
     fn keys_and_channels_have_the_doubled_locate() {
-        let s = settings();
+        let s = Keys::new("due:locate");
         assert_eq!(s.gate_key(3), "due:locate:locate:user:3:gate");
         assert_eq!(s.node_key(3), "due:locate:locate:user:3:node");
         assert_eq!(s.gate_channel(), "due:locate:locate:cluster:gate:event");

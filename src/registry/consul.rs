@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::consul_meta::{decode_meta, encode_meta};
 use super::{endpoint_host_port, InstanceState, ServiceInstance};
+use crate::config::ConsulConfig;
 
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,43 +42,11 @@ const MAX_BODY: u64 = 64 << 20;
 /// The service the gate watches.
 const NODE_SERVICE: &str = "node";
 
-/// The Consul registry settings (cluster-protocol.md §5.6), as the lead builds them from the
-/// configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsulSettings {
-    /// Register a TCP check on the link address (`healthCheck`).
-    pub health_check: bool,
-    /// Its `Interval` (`healthCheckInterval`, default 10 s).
-    pub health_check_interval: Duration,
-    /// Its `Timeout` (`healthCheckTimeout`, default 5 s).
-    pub health_check_timeout: Duration,
-    /// Register a TTL check and keep it passing (`heartbeatCheck`).
-    pub heartbeat_check: bool,
-    /// The check's `TTL`; the registrar passes it every half of it (`heartbeatCheckInterval`,
-    /// default 10 s → every 5 s).
-    pub heartbeat_check_interval: Duration,
-    /// `DeregisterCriticalServiceAfter` of both checks (default 30 s; Consul applies ≥ 1 min).
-    pub deregister_critical_service_after: Duration,
-    /// `wait` of the watch's blocking queries. due sends 60 s; the default here is 5 s so that
-    /// the watch thread notices a stop within ~5 s and exits on its own (its only cost: one cheap
-    /// agent query per 5 s when nothing changes; nothing in the cluster can observe the value).
-    /// `Registrar::stop` does not wait for it either way (it detaches a thread still blocked).
-    pub watch_wait: Duration,
-}
-
-impl Default for ConsulSettings {
-    fn default() -> Self {
-        ConsulSettings {
-            health_check: true,
-            health_check_interval: Duration::from_secs(10),
-            health_check_timeout: Duration::from_secs(5),
-            heartbeat_check: true,
-            heartbeat_check_interval: Duration::from_secs(10),
-            deregister_critical_service_after: Duration::from_secs(30),
-            watch_wait: Duration::from_secs(5),
-        }
-    }
-}
+/// `wait` of the watch's blocking queries. due sends 60 s; 5 s here so that the watch thread
+/// notices a stop within ~5 s and exits on its own (its only cost: one cheap agent query per 5 s
+/// when nothing changes; nothing in the cluster can observe the value). `Registrar::stop` does
+/// not wait for it either way (it detaches a thread still blocked).
+const WATCH_WAIT: Duration = Duration::from_secs(5);
 
 /// A blocking client of one Consul agent's HTTP API. Cheap to clone; shares its connections.
 #[derive(Clone)]
@@ -167,11 +136,7 @@ impl ConsulClient {
     }
 
     /// `PUT /v1/agent/service/register` with the registration of `inst` (cluster-protocol.md §5.2).
-    pub fn register(
-        &self,
-        inst: &ServiceInstance,
-        settings: &ConsulSettings,
-    ) -> Result<(), String> {
+    pub fn register(&self, inst: &ServiceInstance, settings: &ConsulConfig) -> Result<(), String> {
         let body = registration_body(inst, settings)?;
         self.put("/v1/agent/service/register", Some(body))
             .map(drop)
@@ -370,7 +335,7 @@ fn seconds(d: Duration) -> String {
 /// Address and port come from the endpoint (`drpc://host:port?…`); an IPv6 host is written
 /// without brackets in `Address`/`TaggedAddresses`, with them in the TCP check. Fails when the
 /// endpoint has no dialable host:port (due fails the registration the same way).
-fn registration_body(inst: &ServiceInstance, settings: &ConsulSettings) -> Result<String, String> {
+fn registration_body(inst: &ServiceInstance, settings: &ConsulConfig) -> Result<String, String> {
     let address = endpoint_host_port(&inst.endpoint)
         .ok_or_else(|| format!("endpoint {:?} has no host:port", inst.endpoint))?;
     let host = address.host.to_string();
@@ -451,7 +416,7 @@ fn decode_health(body: &str) -> Result<Vec<ServiceInstance>, String> {
 /// State shared by the registrar's handle and its threads.
 struct Shared {
     client: ConsulClient,
-    settings: ConsulSettings,
+    settings: ConsulConfig,
     /// The record as registered. Held for the whole of every registration (and of the final
     /// deregistration), so registrations never interleave and none can follow the deregister.
     instance: Mutex<ServiceInstance>,
@@ -536,7 +501,7 @@ impl Registrar {
     /// * `consul-ttl` (only with `heartbeat_check`): passes the TTL check every
     ///   `heartbeat_check_interval / 2`; if the agent no longer knows the check (it restarted, or
     ///   the service was removed) it registers the instance again. Failures are logged only.
-    /// * `consul-watch`: blocking queries on `node` (`wait` = `settings.watch_wait`) from the
+    /// * `consul-watch`: blocking queries on `node` (`wait` = [`WATCH_WAIT`]) from the
     ///   index of the first answer on; whenever `X-Consul-Index` changes, `on_nodes` gets the
     ///   complete list. Errors are logged and retried after 1 s.
     ///
@@ -544,7 +509,7 @@ impl Registrar {
     pub fn start(
         client: ConsulClient,
         instance: ServiceInstance,
-        settings: ConsulSettings,
+        settings: ConsulConfig,
         on_nodes: impl Fn(Vec<ServiceInstance>) + Send + 'static,
     ) -> Result<Registrar, String> {
         let shared = Arc::new(Shared {
@@ -558,9 +523,7 @@ impl Registrar {
             let inst = shared.lock_instance();
             shared.register_locked(&inst)?;
         }
-        let first = shared
-            .client
-            .health_service(NODE_SERVICE, None, shared.settings.watch_wait);
+        let first = shared.client.health_service(NODE_SERVICE, None, WATCH_WAIT);
         let (index, nodes) = match first {
             Ok(answer) => answer,
             Err(e) => {
@@ -617,7 +580,7 @@ impl Registrar {
     ///
     /// Bounded: each thread is given 1 s to end, then detached. The TTL thread ends at once
     /// unless it is inside an HTTP call (≤ 5 s); the watch thread usually sits in a blocking
-    /// query and ends by itself when that returns (≤ `watch_wait` + jitter). Neither can act after
+    /// query and ends by itself when that returns (≤ `WATCH_WAIT` + jitter). Neither can act after
     /// this returns: registrations check the stop flag under the instance lock, which the
     /// deregistration holds, and `on_nodes` is never called once `stop` has returned. The
     /// deregistration itself has the 5 s write timeout; its failure is logged (Consul then
@@ -704,7 +667,7 @@ fn watch_loop(
     first_index: u64,
     on_nodes: impl Fn(Vec<ServiceInstance>),
 ) {
-    let wait = shared.settings.watch_wait;
+    let wait = WATCH_WAIT;
     let mut delivered = first_index;
     // Index 0 would make the query return at once (Consul's advice: use at least 1). A smaller
     // index than the last one (the servers' state was reset) is simply used as returned.
@@ -794,7 +757,7 @@ mod tests {
 
     #[test]
     fn registration_is_the_spec_body() {
-        let body = registration_body(&gate(), &ConsulSettings::default()).unwrap();
+        let body = registration_body(&gate(), &ConsulConfig::default()).unwrap();
         let exact = concat!(
             r#"{"ID":"gate-g1","Name":"gate","Port":40123,"Address":"10.0.0.5","#,
             r#""TaggedAddresses":{"drpc":{"Address":"10.0.0.5","Port":40123}},"#,
@@ -817,9 +780,9 @@ mod tests {
     #[test]
     fn hang_registration_differs_only_in_state() {
         let mut inst = gate();
-        let work = registration_body(&inst, &ConsulSettings::default()).unwrap();
+        let work = registration_body(&inst, &ConsulConfig::default()).unwrap();
         inst.state = InstanceState::Hang;
-        let hang = registration_body(&inst, &ConsulSettings::default()).unwrap();
+        let hang = registration_body(&inst, &ConsulConfig::default()).unwrap();
         assert_eq!(
             work.replace("\"state\":\"work\"", "\"state\":\"hang\""),
             hang
@@ -828,12 +791,12 @@ mod tests {
 
     #[test]
     fn check_settings_and_flags() {
-        let settings = ConsulSettings {
+        let settings = ConsulConfig {
             health_check_interval: Duration::from_secs(3),
             health_check_timeout: Duration::from_millis(2500),
             heartbeat_check_interval: Duration::from_secs(20),
             deregister_critical_service_after: Duration::from_secs(90),
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body: Value =
             serde_json::from_str(&registration_body(&gate(), &settings).unwrap()).unwrap();
@@ -845,9 +808,9 @@ mod tests {
             ])
         );
 
-        let only_ttl = ConsulSettings {
+        let only_ttl = ConsulConfig {
             health_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body = registration_body(&gate(), &only_ttl).unwrap();
         assert!(body.ends_with(
@@ -855,9 +818,9 @@ mod tests {
 "#
         ));
 
-        let only_tcp = ConsulSettings {
+        let only_tcp = ConsulConfig {
             heartbeat_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body = registration_body(&gate(), &only_tcp).unwrap();
         assert!(body.ends_with(
@@ -865,10 +828,10 @@ mod tests {
 "#
         ));
 
-        let none = ConsulSettings {
+        let none = ConsulConfig {
             health_check: false,
             heartbeat_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body = registration_body(&gate(), &none).unwrap();
         assert!(
@@ -883,7 +846,7 @@ mod tests {
         inst.metadata.clear();
         inst.endpoint = "drpc://[fd00::5]:40123?is_secure=false".into();
         let body: Value =
-            serde_json::from_str(&registration_body(&inst, &ConsulSettings::default()).unwrap())
+            serde_json::from_str(&registration_body(&inst, &ConsulConfig::default()).unwrap())
                 .unwrap();
         assert_eq!(body["Address"], "fd00::5");
         assert_eq!(
@@ -911,7 +874,7 @@ mod tests {
             ..ServiceInstance::default()
         };
         let body: Value =
-            serde_json::from_str(&registration_body(&node, &ConsulSettings::default()).unwrap())
+            serde_json::from_str(&registration_body(&node, &ConsulConfig::default()).unwrap())
                 .unwrap();
         assert_eq!(body["ID"], "node-n1");
         assert_eq!(body["Name"], "node");
@@ -926,7 +889,7 @@ mod tests {
             let mut inst = gate();
             inst.endpoint = endpoint.into();
             assert!(
-                registration_body(&inst, &ConsulSettings::default()).is_err(),
+                registration_body(&inst, &ConsulConfig::default()).is_err(),
                 "{endpoint:?}"
             );
         }
@@ -1010,7 +973,7 @@ mod tests {
             .unwrap()
             .port();
         let client = ConsulClient::new(&format!("127.0.0.1:{port}")).unwrap();
-        let result = Registrar::start(client, gate(), ConsulSettings::default(), |_| {});
+        let result = Registrar::start(client, gate(), ConsulConfig::default(), |_| {});
         assert!(result.is_err());
     }
 }
@@ -1100,7 +1063,7 @@ mod real_agent {
         let inst = gate_instance(&gid, port);
         let client = ConsulClient::new(&addr).unwrap();
         let registrar =
-            Registrar::start(client, inst.clone(), ConsulSettings::default(), |_| {}).unwrap();
+            Registrar::start(client, inst.clone(), ConsulConfig::default(), |_| {}).unwrap();
 
         // The agent's view of the registration (cluster-protocol.md §11 item 1).
         let services = get_json(&addr, "/v1/agent/services");
@@ -1180,7 +1143,7 @@ mod real_agent {
         let registrar = Registrar::start(
             client.clone(),
             gate_instance(&gid, port),
-            ConsulSettings::default(),
+            ConsulConfig::default(),
             move |nodes| {
                 let _ = tx.send(nodes);
             },
@@ -1208,9 +1171,9 @@ mod real_agent {
             weight: 1,
             ..ServiceInstance::default()
         };
-        let ttl_only = ConsulSettings {
+        let ttl_only = ConsulConfig {
             health_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         client.register(&node, &ttl_only).unwrap();
         client.pass_ttl_check(&ttl_check_id(&node)).unwrap();
@@ -1258,9 +1221,9 @@ mod real_agent {
         let gid = unique("lost");
         let sid = format!("gate-{gid}");
         let client = ConsulClient::new(&addr).unwrap();
-        let settings = ConsulSettings {
+        let settings = ConsulConfig {
             heartbeat_check_interval: Duration::from_secs(2),
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let registrar =
             Registrar::start(client.clone(), gate_instance(&gid, port), settings, |_| {}).unwrap();
@@ -1292,7 +1255,7 @@ mod real_agent {
         let mut inst = gate_instance(&gid, port);
         inst.metadata.insert("bad key!".into(), "x".into());
         let client = ConsulClient::new(&addr).unwrap();
-        let err = Registrar::start(client.clone(), inst, ConsulSettings::default(), |_| {})
+        let err = Registrar::start(client.clone(), inst, ConsulConfig::default(), |_| {})
             .err()
             .expect("invalid meta key must fail registration");
         assert!(err.contains("400"), "{err}");
@@ -1301,10 +1264,10 @@ mod real_agent {
             .is_none());
 
         // Both checks off: `"Check":null,"Checks":null` is accepted and the service passes.
-        let none = ConsulSettings {
+        let none = ConsulConfig {
             health_check: false,
             heartbeat_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let gid = unique("nochecks");
         let registrar = Registrar::start(client, gate_instance(&gid, port), none, |_| {}).unwrap();
