@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::Locator;
+use super::{Locator, LocatorError};
 use crate::config::RedisConfig;
 use crate::net::HostPort;
 
@@ -65,12 +65,12 @@ impl Keys {
 
 /// Where to connect: the first of `addrs` (clusters are not supported), with `db`, `username`
 /// and `password`.
-fn connection_info(config: &RedisConfig) -> Result<(String, redis::ConnectionInfo), String> {
+fn connection_info(config: &RedisConfig) -> Result<(String, redis::ConnectionInfo), LocatorError> {
     let addr = config
         .addrs
         .first()
         .map_or("127.0.0.1:6379", String::as_str);
-    let hp = HostPort::parse_remote(addr).map_err(|e| format!("redis {e}"))?;
+    let hp = HostPort::parse_remote(addr).map_err(|e| LocatorError::Config(e.to_string()))?;
     let mut redis = redis::RedisConnectionInfo::default().set_db(config.db);
     if !config.username.is_empty() {
         redis = redis.set_username(&config.username);
@@ -79,7 +79,7 @@ fn connection_info(config: &RedisConfig) -> Result<(String, redis::ConnectionInf
         redis = redis.set_password(&config.password);
     }
     let info = redis::IntoConnectionInfo::into_connection_info((hp.host.to_string(), hp.port))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LocatorError::Config(e.to_string()))?;
     Ok((hp.to_string(), info.set_redis_settings(redis)))
 }
 
@@ -120,12 +120,12 @@ impl RedisLocator {
     /// starts the node-channel watcher. `timeout` bounds connect, read and write of every call
     /// (`[cluster.gate] timeout`). Several addresses (due: a cluster client) or TLS files are
     /// not supported: only the first address is used, in plain text, with a warning.
-    pub fn start(config: &RedisConfig, timeout: Duration) -> Result<RedisLocator, String> {
+    pub fn start(config: &RedisConfig, timeout: Duration) -> Result<RedisLocator, LocatorError> {
         if config.addrs.len() > 1 || config.tls() {
             tracing::warn!("locate.redis: only the first address is used, without TLS");
         }
         let (addr, info) = connection_info(config)?;
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let client = redis::Client::open(info).map_err(|e| LocatorError::Config(e.to_string()))?;
         let mut me = RedisLocator {
             client,
             conn: None,
@@ -137,7 +137,7 @@ impl RedisLocator {
             keys: Keys::new(&config.prefix),
             timeout,
         };
-        me.connection()?;
+        me.conn = Some(me.connect().map_err(|e| me.connect_error(&e))?);
         let (client, channel, cache, stop, timeout) = (
             me.client.clone(),
             me.keys.node_channel(),
@@ -149,59 +149,96 @@ impl RedisLocator {
             std::thread::Builder::new()
                 .name("gatehouse-locator-watch".into())
                 .spawn(move || watch(client, channel, cache, stop, timeout))
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| LocatorError::Thread(e.to_string()))?,
         );
         Ok(me)
     }
 
-    fn connection(&mut self) -> Result<&mut redis::Connection, String> {
-        if self.conn.is_none() {
-            let c = self
-                .client
-                .get_connection_with_timeout(self.timeout)
-                .map_err(|e| format!("redis {}: {e}", self.addr))?;
-            let t = Some(self.timeout);
-            c.set_read_timeout(t).map_err(|e| e.to_string())?;
-            c.set_write_timeout(t).map_err(|e| e.to_string())?;
-            self.conn = Some(c);
-        }
-        Ok(self.conn.as_mut().expect("set above"))
+    /// A new call connection with the call timeouts set.
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let c = self.client.get_connection_with_timeout(self.timeout)?;
+        c.set_read_timeout(Some(self.timeout))?;
+        c.set_write_timeout(Some(self.timeout))?;
+        Ok(c)
     }
 
-    /// Runs `f` on a connection; on a connection-level failure drops it and retries once on a
-    /// fresh one (Redis restarted), so one lost connection costs one call at most.
+    fn connect_error(&self, e: &redis::RedisError) -> LocatorError {
+        LocatorError::Connect {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Runs `f` on the call connection (connecting first if there is none); on a
+    /// connection-level failure drops it and retries once on a fresh one (Redis restarted), so
+    /// one lost connection costs one call at most. `call` names the call in errors.
     fn with_conn<T>(
         &mut self,
-        f: impl Fn(&mut redis::Connection, &Keys, &redis::Script) -> redis::RedisResult<T>,
-    ) -> Result<T, String> {
-        for attempt in 0..2 {
-            let keys = self.keys.clone();
-            let script = self.unbind_gate.clone();
-            let conn = self.connection()?;
-            match f(conn, &keys, &script) {
+        call: Call<'_>,
+        f: impl Fn(&mut redis::Connection, &redis::Script) -> redis::RedisResult<T>,
+    ) -> Result<T, LocatorError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if self.conn.is_none() {
+                self.conn = Some(self.connect().map_err(|e| self.connect_error(&e))?);
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            match f(conn, &self.unbind_gate) {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
+                Err(e) if attempt == 1 && (e.is_io_error() || e.is_connection_dropped()) => {
                     self.conn = None;
                 }
                 Err(e) => {
                     self.conn = None;
-                    return Err(e.to_string());
+                    return Err(call.error(&e));
                 }
             }
         }
-        Err("redis unavailable".into())
     }
 
-    fn publish(&mut self, channel: &str, ev: &LocationEvent) -> Result<(), String> {
-        let payload = serde_json::to_string(ev).map_err(|e| e.to_string())?;
-        let channel = channel.to_string();
-        self.with_conn(|c, _, _| {
+    fn publish(&mut self, channel: &str, ev: &LocationEvent) -> Result<(), LocatorError> {
+        let payload = serde_json::to_string(ev).map_err(|e| LocatorError::Command {
+            op: format!("PUBLISH {channel}"),
+            reason: e.to_string(),
+        })?;
+        self.with_conn(Call::Command("PUBLISH", channel), |c, _| {
             redis::cmd("PUBLISH")
-                .arg(&channel)
+                .arg(channel)
                 .arg(&payload)
                 .query::<i64>(c)
         })
         .map(|_| ())
+    }
+}
+
+/// What a Redis call does, for its error.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    /// A command and its key or channel.
+    Command(&'static str, &'a str),
+    /// The unbind script on a key.
+    Script(&'a str),
+}
+
+impl Call<'_> {
+    fn error(self, e: &redis::RedisError) -> LocatorError {
+        match self {
+            Call::Command(cmd, key) if e.is_timeout() => LocatorError::Timeout {
+                op: format!("{cmd} {key}"),
+            },
+            Call::Script(key) if e.is_timeout() => LocatorError::Timeout {
+                op: format!("unbind script on {key}"),
+            },
+            Call::Command(cmd, key) => LocatorError::Command {
+                op: format!("{cmd} {key}"),
+                reason: e.to_string(),
+            },
+            Call::Script(key) => LocatorError::Script {
+                key: key.to_string(),
+                reason: e.to_string(),
+            },
+        }
     }
 }
 
@@ -219,12 +256,12 @@ impl Locator for RedisLocator {
         "redis"
     }
 
-    fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
-        let gid_s = gid.to_string();
-        self.with_conn(|c, s, _| {
+    fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), LocatorError> {
+        let key = self.keys.gate_key(uid);
+        self.with_conn(Call::Command("SET", &key), |c, _| {
             redis::cmd("SET")
-                .arg(s.gate_key(uid))
-                .arg(&gid_s)
+                .arg(&key)
+                .arg(gid)
                 .arg("KEEPTTL")
                 .query::<()>(c)
         })?;
@@ -241,10 +278,11 @@ impl Locator for RedisLocator {
         Ok(())
     }
 
-    fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), String> {
-        let gid_s = gid.to_string();
-        let reply: Vec<String> =
-            self.with_conn(|c, s, script| script.key(s.gate_key(uid)).arg(&gid_s).invoke(c))?;
+    fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), LocatorError> {
+        let key = self.keys.gate_key(uid);
+        let reply: Vec<String> = self.with_conn(Call::Script(&key), |c, script| {
+            script.key(&key).arg(gid).invoke(c)
+        })?;
         if reply.first().map(String::as_str) == Some("OK") {
             let ev = LocationEvent {
                 uid,
@@ -260,7 +298,7 @@ impl Locator for RedisLocator {
         Ok(())
     }
 
-    fn locate_node(&mut self, uid: i64, name: &str) -> Result<Option<String>, String> {
+    fn locate_node(&mut self, uid: i64, name: &str) -> Result<Option<String>, LocatorError> {
         if let Some(nid) = self
             .cache
             .lock()
@@ -270,12 +308,9 @@ impl Locator for RedisLocator {
         {
             return Ok(Some(nid.clone()));
         }
-        let name_s = name.to_string();
-        let nid: Option<String> = self.with_conn(|c, s, _| {
-            redis::cmd("HGET")
-                .arg(s.node_key(uid))
-                .arg(&name_s)
-                .query(c)
+        let key = self.keys.node_key(uid);
+        let nid: Option<String> = self.with_conn(Call::Command("HGET", &key), |c, _| {
+            redis::cmd("HGET").arg(&key).arg(name).query(c)
         })?;
         let nid = nid.filter(|n| !n.is_empty());
         if let Some(n) = &nid {

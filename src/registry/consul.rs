@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::consul_meta::{decode_meta, encode_meta};
-use super::{endpoint_host_port, InstanceState, ServiceInstance};
+use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
 use crate::config::ConsulConfig;
 
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
@@ -75,12 +75,12 @@ enum CallError {
 }
 
 impl CallError {
-    fn describe(&self, what: &str) -> String {
+    /// The error of call `what` (`register gate-1`).
+    fn describe(self, what: &str) -> RegistryError {
+        let call = what.to_string();
         match self {
-            CallError::Transport(e) => format!("consul {what}: {e}"),
-            CallError::Status(code, body) => {
-                format!("consul {what}: HTTP {code}: {}", body.trim())
-            }
+            CallError::Transport(reason) => RegistryError::Transport { call, reason },
+            CallError::Status(status, body) => RegistryError::Status { call, status, body },
         }
     }
 
@@ -102,20 +102,24 @@ impl CallError {
 impl ConsulClient {
     /// A client for the agent at `addr` (`host:port`, as `etc.registry.consul.addr`; an
     /// `http://` prefix is accepted, `https://` and `unix://` are not supported).
-    pub fn new(addr: &str) -> Result<ConsulClient, String> {
+    pub fn new(addr: &str) -> Result<ConsulClient, RegistryError> {
         let addr = addr.trim();
         let host_port = match addr.split_once("://") {
             None => addr,
             Some(("http", rest)) => rest,
             Some((scheme, _)) => {
-                return Err(format!(
-                    "consul address {addr:?}: scheme {scheme:?} is not supported (plain HTTP only)"
-                ))
+                return Err(RegistryError::Address {
+                    addr: addr.to_string(),
+                    reason: format!("scheme {scheme:?} is not supported (plain HTTP only)"),
+                })
             }
         };
         let host_port = host_port.trim_end_matches('/');
         if host_port.is_empty() || host_port.contains(['/', '?', '#', ' ']) {
-            return Err(format!("consul address {addr:?} is not host:port"));
+            return Err(RegistryError::Address {
+                addr: addr.to_string(),
+                reason: "not host:port".into(),
+            });
         }
         let token = std::env::var("CONSUL_HTTP_TOKEN")
             .ok()
@@ -136,32 +140,31 @@ impl ConsulClient {
     }
 
     /// `PUT /v1/agent/service/register` with the registration of `inst` (cluster-protocol.md §5.2).
-    pub fn register(&self, inst: &ServiceInstance, settings: &ConsulConfig) -> Result<(), String> {
+    pub fn register(
+        &self,
+        inst: &ServiceInstance,
+        settings: &ConsulConfig,
+    ) -> Result<(), RegistryError> {
         let body = registration_body(inst, settings)?;
         self.put("/v1/agent/service/register", Some(body))
             .map(drop)
             .map_err(|e| e.describe(&format!("register {}", service_id(inst))))
     }
 
-    /// Passes the gate's TTL check: `PUT /v1/agent/check/update/service:gate-<gid>`.
-    pub fn pass_ttl(&self, gid: &str) -> Result<(), String> {
-        self.pass_ttl_check(&format!("service:gate-{gid}"))
-    }
-
     /// Passes any TTL check by its CheckID (`service:<kind>-<id>` for due instances).
-    pub fn pass_ttl_check(&self, check_id: &str) -> Result<(), String> {
+    pub fn pass_ttl_check(&self, check_id: &str) -> Result<(), RegistryError> {
         self.update_ttl(check_id)
             .map_err(|e| e.describe(&format!("update check {check_id}")))
     }
 
     /// Deregisters the gate: `PUT /v1/agent/service/deregister/gate-<gid>` (no body).
-    pub fn deregister(&self, gid: &str) -> Result<(), String> {
+    pub fn deregister(&self, gid: &str) -> Result<(), RegistryError> {
         self.deregister_service(&format!("gate-{gid}"))
     }
 
     /// Deregisters any service by its Consul service ID (`<kind>-<id>` for due instances).
     /// Consul 1.8.7 answers 200 for an unknown ID too.
-    pub fn deregister_service(&self, service_id: &str) -> Result<(), String> {
+    pub fn deregister_service(&self, service_id: &str) -> Result<(), RegistryError> {
         self.put(&format!("/v1/agent/service/deregister/{service_id}"), None)
             .map(drop)
             .map_err(|e| e.describe(&format!("deregister {service_id}")))
@@ -178,7 +181,7 @@ impl ConsulClient {
         name: &str,
         index: Option<u64>,
         wait: Duration,
-    ) -> Result<(u64, Vec<ServiceInstance>), String> {
+    ) -> Result<(u64, Vec<ServiceInstance>), RegistryError> {
         let what = format!("health of {name}");
         let wait_ms = wait.as_millis();
         // Query keys sorted, as Go's url.Values.Encode writes them.
@@ -219,8 +222,14 @@ impl ConsulClient {
             .get("X-Consul-Index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("consul {what}: no valid X-Consul-Index header"))?;
-        let instances = decode_health(&body).map_err(|e| format!("consul {what}: {e}"))?;
+            .ok_or_else(|| RegistryError::Decode {
+                call: what.clone(),
+                reason: "no valid X-Consul-Index header".into(),
+            })?;
+        let instances = decode_health(&body).map_err(|reason| RegistryError::Decode {
+            call: what.clone(),
+            reason,
+        })?;
         Ok((new_index, instances))
     }
 
@@ -335,9 +344,13 @@ fn seconds(d: Duration) -> String {
 /// Address and port come from the endpoint (`drpc://host:port?…`); an IPv6 host is written
 /// without brackets in `Address`/`TaggedAddresses`, with them in the TCP check. Fails when the
 /// endpoint has no dialable host:port (due fails the registration the same way).
-fn registration_body(inst: &ServiceInstance, settings: &ConsulConfig) -> Result<String, String> {
-    let address = endpoint_host_port(&inst.endpoint)
-        .ok_or_else(|| format!("endpoint {:?} has no host:port", inst.endpoint))?;
+fn registration_body(
+    inst: &ServiceInstance,
+    settings: &ConsulConfig,
+) -> Result<String, RegistryError> {
+    let address = endpoint_host_port(&inst.endpoint).ok_or_else(|| {
+        RegistryError::Record(format!("endpoint {:?} has no host:port", inst.endpoint))
+    })?;
     let host = address.host.to_string();
     let (host, port, host_port) = (host.as_str(), address.port, address.to_string());
     let scheme = inst.endpoint.split_once("://").map_or("", |(s, _)| s);
@@ -377,7 +390,8 @@ fn registration_body(inst: &ServiceInstance, settings: &ConsulConfig) -> Result<
         check: (),
         checks: (!checks.is_empty()).then_some(checks),
     };
-    let mut body = serde_json::to_string(&registration).map_err(|e| e.to_string())?;
+    let mut body =
+        serde_json::to_string(&registration).map_err(|e| RegistryError::Record(e.to_string()))?;
     body.push('\n');
     Ok(body)
 }
@@ -438,7 +452,7 @@ impl Shared {
 
     /// Registers `inst` and, with a heartbeat check, passes its TTL at once (as due does after
     /// every registration: Consul starts checks as critical). Caller holds the instance lock.
-    fn register_locked(&self, inst: &ServiceInstance) -> Result<(), String> {
+    fn register_locked(&self, inst: &ServiceInstance) -> Result<(), RegistryError> {
         self.client.register(inst, &self.settings)?;
         if self.settings.heartbeat_check {
             if let Err(e) = self.client.pass_ttl_check(&ttl_check_id(inst)) {
@@ -467,7 +481,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<Worker, String> {
+    fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<Worker, RegistryError> {
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let handle = std::thread::Builder::new()
             .name(name.to_string())
@@ -475,7 +489,10 @@ impl Worker {
                 let _done = done_tx;
                 body();
             })
-            .map_err(|e| format!("cannot start thread {name}: {e}"))?;
+            .map_err(|e| RegistryError::Thread {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Worker { handle, done })
     }
 
@@ -511,7 +528,7 @@ impl Registrar {
         instance: ServiceInstance,
         settings: ConsulConfig,
         on_nodes: impl Fn(Vec<ServiceInstance>) + Send + 'static,
-    ) -> Result<Registrar, String> {
+    ) -> Result<Registrar, RegistryError> {
         let shared = Arc::new(Shared {
             client,
             settings,
@@ -549,7 +566,7 @@ impl Registrar {
             registrar.watch = Some(Worker::spawn("consul-watch", move || {
                 watch_loop(&s, &rx, index, on_nodes)
             })?);
-            Ok::<(), String>(())
+            Ok::<(), RegistryError>(())
         })();
         match spawned {
             Ok(()) => Ok(registrar),
@@ -562,10 +579,10 @@ impl Registrar {
 
     /// Registers again with `state` (the gate uses it once: `hang` when shutdown begins). The
     /// new state is kept even if the call fails, so a later re-registration carries it.
-    pub fn set_state(&self, state: InstanceState) -> Result<(), String> {
+    pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
         let mut inst = self.shared.lock_instance();
         if self.shared.stopped() {
-            return Err("consul registrar is stopped".to_string());
+            return Err(RegistryError::Stopped);
         }
         inst.state = state;
         self.shared.register_locked(&inst)
@@ -1258,7 +1275,11 @@ mod real_agent {
         let err = Registrar::start(client.clone(), inst, ConsulConfig::default(), |_| {})
             .err()
             .expect("invalid meta key must fail registration");
-        assert!(err.contains("400"), "{err}");
+        assert!(err.to_string().contains("400"), "{err}");
+        assert!(
+            matches!(err, RegistryError::Status { status: 400, .. }),
+            "{err:?}"
+        );
         assert!(get_json(&addr, "/v1/agent/services")
             .get(format!("gate-{gid}"))
             .is_none());

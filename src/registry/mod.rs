@@ -14,6 +14,52 @@ pub use crate::instance::{InstanceState, RouteInfo};
 pub mod consul;
 pub mod consul_meta;
 
+/// Why a registry call failed, saying where: the agent address or the call (`register gate-1`,
+/// `update check service:gate-1`, `health of node`) and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    /// `[registry.consul] addr` cannot be used.
+    Address { addr: String, reason: String },
+    /// The request did not complete: connect, send, read or timeout.
+    Transport { call: String, reason: String },
+    /// The agent answered with an HTTP status other than 200; `body` is its explanation.
+    Status {
+        call: String,
+        status: u16,
+        body: String,
+    },
+    /// The answer could not be decoded.
+    Decode { call: String, reason: String },
+    /// The instance record cannot be registered (an endpoint without a host:port).
+    Record(String),
+    /// The registrar was stopped.
+    Stopped,
+    /// A registrar thread could not be started.
+    Thread { name: String, reason: String },
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::Address { addr, reason } => {
+                write!(f, "consul address {addr:?}: {reason}")
+            }
+            RegistryError::Transport { call, reason } => write!(f, "consul {call}: {reason}"),
+            RegistryError::Status { call, status, body } => {
+                write!(f, "consul {call}: HTTP {status}: {}", body.trim())
+            }
+            RegistryError::Decode { call, reason } => write!(f, "consul {call}: {reason}"),
+            RegistryError::Record(reason) => write!(f, "consul registration: {reason}"),
+            RegistryError::Stopped => f.write_str("consul registrar is stopped"),
+            RegistryError::Thread { name, reason } => {
+                write!(f, "cannot start thread {name}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
 /// One registered instance — a gate, a node or a mesh — as the registry publishes it.
 ///
 /// All fields are plain data so that codecs can build and take apart the record freely; the
