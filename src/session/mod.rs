@@ -116,10 +116,6 @@ impl Sessions {
         Sessions { shards, control }
     }
 
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
     fn send(&self, shard: usize, cmd: Command) -> Result<(), SessionError> {
         self.shards[shard]
             .send(cmd)
