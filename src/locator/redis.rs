@@ -1,8 +1,9 @@
 //! due's Redis locator, gate side: the same keys (with the doubled `locate`), scripts, KEEPTTL,
 //! event channels and JSON payloads, and a watcher of the node channel that keeps a cache.
 //!
-//! Calls run on the control thread with 3 s socket timeouts; a lost Redis fails the call (the
-//! caller logs it) and the next call reconnects. The watcher runs on its own thread with its own
+//! Calls run on the control thread with 3 s socket timeouts (`[cluster.gate] timeout`); a lost
+//! connection is retried on a fresh one as go-redis does (`[locate.redis] maxRetries`, within the
+//! timeout), and a call that still fails is the caller's to log; the next call reconnects. The watcher runs on its own thread with its own
 //! connection and re-subscribes after a reconnect; events missed meanwhile are lost, as in due.
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Locator, LocatorError};
 use crate::config::RedisConfig;
@@ -105,8 +106,11 @@ pub struct RedisLocator {
     /// The address connected to (for messages).
     addr: String,
     keys: Keys,
-    /// Connect, read and write timeout of every call (`[cluster.gate] timeout`, due's 3 s).
+    /// Connect, read and write timeout of every call (`[cluster.gate] timeout`, due's 3 s), and
+    /// the time all attempts of one call may take together.
     timeout: Duration,
+    /// Retries of a failed call (`[locate.redis] maxRetries`, see [`retries_of`]).
+    retries: u32,
     client: redis::Client,
     conn: Option<redis::Connection>,
     unbind_gate: redis::Script,
@@ -136,6 +140,7 @@ impl RedisLocator {
             addr,
             keys: Keys::new(&config.prefix),
             timeout,
+            retries: retries_of(config.max_retries),
         };
         me.conn = Some(me.connect().map_err(|e| me.connect_error(&e))?);
         let (client, channel, cache, stop, timeout) = (
@@ -169,32 +174,32 @@ impl RedisLocator {
         }
     }
 
-    /// Runs `f` on the call connection (connecting first if there is none); on a
-    /// connection-level failure drops it and retries once on a fresh one (Redis restarted), so
-    /// one lost connection costs one call at most. `call` names the call in errors.
+    /// Runs `f` on the call connection (connecting first if there is none) with go-redis's
+    /// retry rule ([`with_retries`]): a failure that [`retryable`] accepts (the connection was
+    /// lost or refused, a timeout, a transient server state) drops the connection and tries
+    /// again on a fresh one, up to `[locate.redis] maxRetries` times, within one
+    /// `[cluster.gate] timeout` in all. Any other error fails the call at once (and drops the
+    /// connection too). `call` names the call in errors.
     fn with_conn<T>(
         &mut self,
         call: Call<'_>,
         f: impl Fn(&mut redis::Connection, &redis::Script) -> redis::RedisResult<T>,
     ) -> Result<T, LocatorError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        let (retries, budget) = (self.retries, self.timeout);
+        let result = with_retries(retries, budget, std::thread::sleep, retryable, || {
             if self.conn.is_none() {
-                self.conn = Some(self.connect().map_err(|e| self.connect_error(&e))?);
+                self.conn = Some(self.connect().map_err(Failure::Connect)?);
             }
             let conn = self.conn.as_mut().expect("connected above");
-            match f(conn, &self.unbind_gate) {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt == 1 && (e.is_io_error() || e.is_connection_dropped()) => {
-                    self.conn = None;
-                }
-                Err(e) => {
-                    self.conn = None;
-                    return Err(call.error(&e));
-                }
-            }
-        }
+            f(conn, &self.unbind_gate).map_err(|e| {
+                self.conn = None;
+                Failure::Call(e)
+            })
+        });
+        result.map_err(|failure| match failure {
+            Failure::Connect(e) => self.connect_error(&e),
+            Failure::Call(e) => call.error(&e),
+        })
     }
 
     fn publish(&mut self, channel: &str, ev: &LocationEvent) -> Result<(), LocatorError> {
@@ -209,6 +214,95 @@ impl RedisLocator {
                 .query::<i64>(c)
         })
         .map(|_| ())
+    }
+}
+
+/// How an attempt of a call failed: while connecting, or in the call itself.
+#[derive(Debug)]
+enum Failure {
+    Connect(redis::RedisError),
+    Call(redis::RedisError),
+}
+
+impl Failure {
+    fn error(&self) -> &redis::RedisError {
+        match self {
+            Failure::Connect(e) | Failure::Call(e) => e,
+        }
+    }
+}
+
+fn retryable(failure: &Failure) -> bool {
+    retryable_error(failure.error())
+}
+
+/// Whether go-redis would try a command again after `e`: a lost, refused or timed-out
+/// connection, or a server that is only briefly unable to answer (`LOADING`, `READONLY`,
+/// `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, too many clients). Command errors (a wrong type, a
+/// script error) are final.
+fn retryable_error(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+            )
+        )
+        || e.to_string().contains("max number of clients reached")
+}
+
+/// The number of retries `[locate.redis] maxRetries` asks for, with go-redis's meaning: 0 is
+/// the default 3, -1 (or less) none, any other value itself.
+pub fn retries_of(max_retries: i64) -> u32 {
+    match max_retries {
+        0 => 3,
+        n if n < 0 => 0,
+        n => u32::try_from(n).unwrap_or(u32::MAX),
+    }
+}
+
+/// The pause before retry `n` (1-based): 8 ms, doubling, at most 512 ms (go-redis's
+/// `MinRetryBackoff` and `MaxRetryBackoff`, without its random jitter: one control thread has
+/// nobody to desynchronise from).
+fn backoff(n: u32) -> Duration {
+    const MIN: Duration = Duration::from_millis(8);
+    const MAX: Duration = Duration::from_millis(512);
+    MIN.saturating_mul(1u32 << n.saturating_sub(1).min(7))
+        .min(MAX)
+}
+
+/// Runs `attempt` until it succeeds, fails with an error `retryable` refuses, has been retried
+/// `retries` times, or `budget` has passed since it started (due runs each call under a
+/// context with `[cluster.gate] timeout`, which ends go-redis's retries too). Sleeps with
+/// `sleep` for [`backoff`] before each retry, never past the budget.
+fn with_retries<T, E>(
+    retries: u32,
+    budget: Duration,
+    mut sleep: impl FnMut(Duration),
+    retryable: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let start = Instant::now();
+    let mut retry = 0;
+    loop {
+        let e = match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        retry += 1;
+        let pause = backoff(retry);
+        if retry > retries || !retryable(&e) || start.elapsed() + pause >= budget {
+            return Err(e);
+        }
+        sleep(pause);
     }
 }
 
@@ -397,6 +491,100 @@ fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_retries_follows_go_redis() {
+        assert_eq!(retries_of(0), 3);
+        assert_eq!(retries_of(-1), 0);
+        assert_eq!(retries_of(1), 1);
+        assert_eq!(retries_of(10), 10);
+        assert_eq!(retries_of(i64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn backoff_doubles_from_8ms_to_512ms() {
+        let ms: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [8, 16, 32, 64, 128, 256, 512, 512, 512]);
+        assert_eq!(backoff(u32::MAX), Duration::from_millis(512));
+    }
+
+    /// Counts attempts of a call failing `fail` times with `error` before it succeeds.
+    fn run(
+        retries: u32,
+        fail: u32,
+        retryable: bool,
+    ) -> (Result<u32, &'static str>, u32, Vec<u128>) {
+        let mut attempts = 0;
+        let mut pauses = Vec::new();
+        let r = with_retries(
+            retries,
+            Duration::from_secs(3),
+            |d| pauses.push(d.as_millis()),
+            |_: &&str| retryable,
+            || {
+                attempts += 1;
+                if attempts <= fail {
+                    Err("down")
+                } else {
+                    Ok(attempts)
+                }
+            },
+        );
+        (r, attempts, pauses)
+    }
+
+    #[test]
+    fn retries_transient_failures_up_to_max_retries() {
+        // The default 3 retries: four attempts in all.
+        assert_eq!(run(3, 3, true), (Ok(4), 4, vec![8, 16, 32]));
+        assert_eq!(run(3, 4, true), (Err("down"), 4, vec![8, 16, 32]));
+        assert_eq!(run(3, 0, true), (Ok(1), 1, vec![]));
+        // maxRetries = -1: one attempt.
+        assert_eq!(run(0, 1, true), (Err("down"), 1, vec![]));
+        // A final error is not retried.
+        assert_eq!(run(3, 1, false), (Err("down"), 1, vec![]));
+    }
+
+    #[test]
+    fn retries_stop_at_the_call_budget() {
+        let mut attempts = 0;
+        let r: Result<(), ()> = with_retries(
+            3,
+            Duration::from_millis(20),
+            |_| {},
+            |_| true,
+            || {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(15));
+                Err(())
+            },
+        );
+        assert!(r.is_err());
+        assert_eq!(
+            attempts, 1,
+            "15 ms spent + an 8 ms pause would pass the 20 ms budget"
+        );
+    }
+
+    #[test]
+    fn which_redis_errors_are_retried() {
+        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "x"));
+        assert!(retryable_error(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(retryable_error(&io(std::io::ErrorKind::BrokenPipe)));
+        assert!(retryable_error(&io(std::io::ErrorKind::TimedOut)));
+        let server = |kind| redis::RedisError::from((kind, "x"));
+        use redis::{ErrorKind, ServerErrorKind};
+        assert!(retryable_error(&server(ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+        ))));
+        assert!(retryable_error(&server(ErrorKind::Server(
+            ServerErrorKind::ReadOnly
+        ))));
+        assert!(!retryable_error(&server(ErrorKind::Server(
+            ServerErrorKind::ResponseError
+        ))));
+        assert!(!retryable_error(&server(ErrorKind::UnexpectedReturnType)));
+    }
 
     #[test]
     fn keys_and_channels_have_the_doubled_locate() {
