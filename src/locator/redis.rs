@@ -2,9 +2,10 @@
 //! event channels and JSON payloads, and a watcher of the node channel that keeps a cache.
 //!
 //! Calls run on the control thread with 3 s socket timeouts (`[cluster.gate] timeout`); a lost
-//! connection is retried on a fresh one as go-redis does (`[locate.redis] maxRetries`, within the
-//! timeout), and a call that still fails is the caller's to log; the next call reconnects. The watcher runs on its own thread with its own
-//! connection and re-subscribes after a reconnect; events missed meanwhile are lost, as in due.
+//! connection is retried on a fresh one as go-redis does (`[locate.redis] maxRetries`, within
+//! the timeout), and a call that still fails is the caller's to log; the next call reconnects.
+//! The watcher runs on its own thread with its own connection and re-subscribes after a
+//! reconnect; events missed meanwhile are lost, as in due.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
