@@ -4,24 +4,58 @@
 //! Requests that need an answer carry a `flume` reply sender; a shard awaits the reply
 //! asynchronously, so a slow locator delays only the operation that asked, never the shard.
 
-pub use crate::locator::{Locator, MemoryLocator};
+pub use crate::locator::{Locator, LocatorError, MemoryLocator};
+use std::fmt;
 use std::thread::JoinHandle;
+
+/// Why a request to the control thread failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// The control thread has stopped (the gate is shutting down).
+    Stopped,
+    /// The locator answered with an error.
+    Locator(LocatorError),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Stopped => f.write_str("control thread stopped"),
+            ControlError::Locator(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ControlError::Stopped => None,
+            ControlError::Locator(e) => Some(e),
+        }
+    }
+}
+
+impl From<LocatorError> for ControlError {
+    fn from(e: LocatorError) -> ControlError {
+        ControlError::Locator(e)
+    }
+}
 
 /// Requests the control thread serves.
 pub enum ControlRequest {
     BindUser {
         uid: i64,
-        reply: flume::Sender<Result<(), String>>,
+        reply: flume::Sender<Result<(), LocatorError>>,
     },
     /// Unbinds; answers on `reply` when given (errors are logged either way).
     UnbindUser {
         uid: i64,
-        reply: Option<flume::Sender<Result<(), String>>>,
+        reply: Option<flume::Sender<Result<(), LocatorError>>>,
     },
     LocateNode {
         uid: i64,
         name: String,
-        reply: flume::Sender<Result<Option<String>, String>>,
+        reply: flume::Sender<Result<Option<String>, LocatorError>>,
     },
     Stop,
 }
@@ -65,18 +99,17 @@ impl Control {
     }
 
     /// Asks the locator to bind `uid` to this gate; resolves when it answered.
-    pub async fn bind_user(&self, uid: i64) -> Result<(), String> {
+    pub async fn bind_user(&self, uid: i64) -> Result<(), ControlError> {
         let (reply, rx) = flume::bounded(1);
         self.tx
             .send(ControlRequest::BindUser { uid, reply })
-            .map_err(|_| "control thread stopped".to_string())?;
-        rx.recv_async()
-            .await
-            .map_err(|_| "control thread stopped".to_string())?
+            .map_err(|_| ControlError::Stopped)?;
+        let answer = rx.recv_async().await.map_err(|_| ControlError::Stopped)?;
+        Ok(answer?)
     }
 
     /// The node of name `name` serving `uid` (stateful routes); resolves when the locator answered.
-    pub async fn locate_node(&self, uid: i64, name: &str) -> Result<Option<String>, String> {
+    pub async fn locate_node(&self, uid: i64, name: &str) -> Result<Option<String>, ControlError> {
         let (reply, rx) = flume::bounded(1);
         self.tx
             .send(ControlRequest::LocateNode {
@@ -84,10 +117,9 @@ impl Control {
                 name: name.to_string(),
                 reply,
             })
-            .map_err(|_| "control thread stopped".to_string())?;
-        rx.recv_async()
-            .await
-            .map_err(|_| "control thread stopped".to_string())?
+            .map_err(|_| ControlError::Stopped)?;
+        let answer = rx.recv_async().await.map_err(|_| ControlError::Stopped)?;
+        Ok(answer?)
     }
 
     /// Fire-and-forget unbind of `uid` from this gate.
@@ -98,17 +130,16 @@ impl Control {
     }
 
     /// Unbinds `uid` from this gate and resolves when the locator answered.
-    pub async fn unbind_user_wait(&self, uid: i64) -> Result<(), String> {
+    pub async fn unbind_user_wait(&self, uid: i64) -> Result<(), ControlError> {
         let (reply, rx) = flume::bounded(1);
         self.tx
             .send(ControlRequest::UnbindUser {
                 uid,
                 reply: Some(reply),
             })
-            .map_err(|_| "control thread stopped".to_string())?;
-        rx.recv_async()
-            .await
-            .map_err(|_| "control thread stopped".to_string())?
+            .map_err(|_| ControlError::Stopped)?;
+        let answer = rx.recv_async().await.map_err(|_| ControlError::Stopped)?;
+        Ok(answer?)
     }
 
     pub fn stop(&self) {

@@ -19,11 +19,11 @@ use crate::control::Control;
 use crate::dispatch::cluster::ClusterUpstream;
 use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
-use crate::listener;
-use crate::locator::redis::{RedisLocator, RedisSettings};
+use crate::locator::redis::RedisLocator;
 use crate::locator::{Locator, MemoryLocator};
+use crate::net;
 use crate::node_api::LinkShared;
-use crate::registry::consul::{ConsulClient, ConsulSettings, Registrar};
+use crate::registry::consul::{ConsulClient, Registrar};
 use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
 use crate::session::{Sessions, Transport};
 use crate::shard::{fan_out, ClientListener, Shard, ShardInbox, ShardMsg, ShardSpec};
@@ -106,7 +106,7 @@ impl Gate {
                 None
             };
             let (fds, bound) =
-                listener::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)?;
+                net::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)?;
             let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
             for (i, fd) in fds.into_iter().enumerate() {
                 per_shard[i].push(ClientListener {
@@ -119,7 +119,7 @@ impl Gate {
         }
 
         // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
-        let (link_fds, link_bound) = listener::bind_shared(
+        let (link_fds, link_bound) = net::bind_shared(
             if cfg.gate.addr.is_empty() {
                 ":0"
             } else {
@@ -128,7 +128,7 @@ impl Gate {
             shard_count,
             cfg.gatehouse.listen_backlog,
         )?;
-        let link_addr = listener::advertised(&cfg.gate.addr, link_bound);
+        let link_addr = net::advertised(&cfg.gate.addr, link_bound);
         let link = Arc::new(LinkShared {
             state: std::sync::atomic::AtomicU8::new(1),
             publish_v25: cfg.gatehouse.publish_v25,
@@ -136,24 +136,9 @@ impl Gate {
 
         let locator: Box<dyn Locator> = match &cfg.locator {
             LocatorConfig::Memory => Box::new(MemoryLocator::default()),
-            LocatorConfig::Redis(r) => {
-                if r.addrs.len() > 1 || r.tls() {
-                    tracing::warn!("locate.redis: only the first address is used, without TLS");
-                }
-                let settings = RedisSettings {
-                    addr: r
-                        .addrs
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| "127.0.0.1:6379".into()),
-                    db: r.db,
-                    username: r.username.clone(),
-                    password: r.password.clone(),
-                    prefix: r.prefix.clone(),
-                    timeout: cfg.gate.timeout,
-                };
-                Box::new(RedisLocator::start(settings).map_err(|e| format!("locator: {e}"))?)
-            }
+            LocatorConfig::Redis(r) => Box::new(
+                RedisLocator::start(r, cfg.gate.timeout).map_err(|e| format!("locator: {e}"))?,
+            ),
         };
         let locator_name = locator.name();
         let (control, control_thread) = Control::start(cfg.gate.id.clone(), locator);
@@ -227,15 +212,7 @@ impl Gate {
                 gate.set_nodes(cfg.gatehouse.nodes.iter().map(static_instance).collect());
             }
             RegistryConfig::Consul(c) => {
-                let settings = ConsulSettings {
-                    health_check: c.health_check,
-                    health_check_interval: c.health_check_interval,
-                    health_check_timeout: c.health_check_timeout,
-                    heartbeat_check: c.heartbeat_check,
-                    heartbeat_check_interval: c.heartbeat_check_interval,
-                    deregister_critical_service_after: c.deregister_critical_service_after,
-                    ..ConsulSettings::default()
-                };
+                let settings = c.clone();
                 let client = ConsulClient::new(&c.addr).map_err(|e| format!("registry: {e}"))?;
                 let inboxes = gate.inboxes.clone();
                 let on_nodes = move |nodes: Vec<ServiceInstance>| {

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use gatehouse::locator::redis::{RedisLocator, RedisSettings};
+use gatehouse::config::RedisConfig;
+use gatehouse::locator::redis::RedisLocator;
 use gatehouse::locator::Locator;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -62,14 +63,10 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    fn settings(&self) -> RedisSettings {
-        RedisSettings {
-            addr: format!("127.0.0.1:{}", self.port),
-            db: 0,
-            username: String::new(),
-            password: String::new(),
-            prefix: "due:locate".into(),
-            timeout: Duration::from_secs(3),
+    fn settings(&self) -> RedisConfig {
+        RedisConfig {
+            addrs: vec![format!("127.0.0.1:{}", self.port)],
+            ..RedisConfig::default()
         }
     }
 }
@@ -144,7 +141,8 @@ impl Drop for Subscriber {
 #[test]
 fn bind_unbind_events_keepttl_and_node_watch() {
     let Some(r) = Redis::start() else { return };
-    let mut loc = RedisLocator::start(r.settings()).expect("locator connects");
+    let mut loc =
+        RedisLocator::start(&r.settings(), Duration::from_secs(3)).expect("locator connects");
     let sub = Subscriber::start(r.port, "due:locate:locate:cluster:gate:event");
 
     loc.bind_gate(3, "gid-1").unwrap();
@@ -217,7 +215,8 @@ fn bind_unbind_events_keepttl_and_node_watch() {
 #[test]
 fn survives_a_redis_restart() {
     let Some(r) = Redis::start() else { return };
-    let mut loc = RedisLocator::start(r.settings()).expect("locator connects");
+    let mut loc =
+        RedisLocator::start(&r.settings(), Duration::from_secs(3)).expect("locator connects");
     loc.bind_gate(1, "g").unwrap();
     r.run("stop");
     let err = loc.bind_gate(2, "g");

@@ -13,9 +13,10 @@
 //! one reader per inbound connection and one writer that batches pushes into few writes.
 
 use bytes::{Bytes, BytesMut};
+use gatehouse::config::ConsulConfig;
 use gatehouse::drpc::{self, Frame, Request};
 use gatehouse::packet::PacketConfig;
-use gatehouse::registry::consul::{ConsulClient, ConsulSettings};
+use gatehouse::registry::consul::ConsulClient;
 use gatehouse::registry::{InstanceState, RouteInfo, ServiceInstance};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -152,10 +153,10 @@ fn register(consul: &str, id: &str, link: std::net::SocketAddr) {
         weight: 1,
         ..ServiceInstance::default()
     };
-    let settings = ConsulSettings {
+    let settings = ConsulConfig {
         health_check_interval: Duration::from_secs(1),
         heartbeat_check: false,
-        ..ConsulSettings::default()
+        ..ConsulConfig::default()
     };
     let client = ConsulClient::new(consul).unwrap_or_else(|e| {
         eprintln!("echo-node: consul {consul}: {e}");

@@ -16,6 +16,7 @@ use super::{
     StaticNode, WsConfig,
 };
 use crate::instance::{InstanceState, RouteInfo};
+use crate::net::HostPort;
 use crate::packet::{ByteOrder, PacketConfig};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -696,20 +697,12 @@ fn value_to_seconds(v: &Value) -> std::result::Result<i128, String> {
     }
 }
 
-/// Checks a `host:port` address: a non-empty host (IPv6 in brackets) and a numeric port.
+/// Checks an address to connect to (`net::HostPort::parse_remote`): a non-empty host (IPv6 in
+/// brackets) and a numeric port.
 fn check_host_port(addr: &str) -> std::result::Result<(), String> {
-    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
-            && port.parse::<u16>().is_ok()
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{addr:?} is not a host:port address (e.g. \"10.0.0.5:3553\" or \"[fd00::5]:3553\")"
-        ))
-    }
+    HostPort::parse_remote(addr).map(drop).map_err(|e| {
+        format!("{e}; expected host:port (e.g. \"10.0.0.5:3553\" or \"[fd00::5]:3553\")")
+    })
 }
 
 /// Interprets a value as a table: absent → `None`; XML empty element → empty table.

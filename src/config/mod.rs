@@ -188,6 +188,8 @@ pub struct GateConfig {
     pub name: String,
     /// internal link listen address (cluster side).
     pub addr: String,
+    /// `expose`: due advertises the machine's public IP, asked of public web services, for a
+    /// wildcard `addr`. Accepted and ignored: gatehouse calls nothing outside the cluster.
     pub expose: bool,
     /// v2.4.1 `timeout`, or v2.5.8 `callTimeout` when given; ≤0 → 3s.
     pub timeout: Duration,
@@ -219,7 +221,8 @@ pub struct ServerConfig {
     pub authorize_timeout: Duration,
     /// v2.5.8 `writeQueueSize` (entries); defaults 4096 (TCP) / 4096 (WS low queue) as v2.4.1.
     pub write_queue_size: usize,
-    /// v2.5.8 `writeTimeout`; parsed, zero = block (we never block: see README deviations).
+    /// v2.5.8 `writeTimeout`; accepted and ignored: a write never blocks on a slow client, a full
+    /// queue closes it (README deviation 6).
     pub write_timeout: Duration,
 }
 

@@ -10,12 +10,12 @@ use ahash::AHashMap;
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::drpc::{self, Head, LINK_HEARTBEAT};
+use crate::net::HostPort;
 
 /// due's dial rules: 500 ms per attempt, 3 attempts, 5 ms then 10 ms between them.
 const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -220,13 +220,12 @@ impl NodeLink {
 }
 
 async fn dial(addr: &str) -> Option<glommio::net::TcpStream> {
-    let sa: SocketAddr = match addr.parse() {
-        Ok(a) => a,
-        Err(_) => {
-            // Host names: resolve once per dial (rare; registries publish IPs).
-            std::net::ToSocketAddrs::to_socket_addrs(addr)
-                .ok()?
-                .next()?
+    // Host names are resolved once per dial (rare; registries publish IPs).
+    let sa = match HostPort::parse_remote(addr).and_then(|hp| hp.lookup()) {
+        Ok(sa) => sa,
+        Err(e) => {
+            tracing::debug!(addr, error = %e, "link dial failed");
+            return None;
         }
     };
     let mut pause = Duration::from_millis(5);

@@ -194,10 +194,14 @@ fn smooth_wrr(bucket: &[Member]) -> &Member {
     best
 }
 
-/// The dispatcher's whole view: endpoints by instance ID, routes by ID, event subscribers.
+/// The dispatcher's whole view: routes by ID and event subscribers (and, in tests only,
+/// every endpoint by instance ID).
 #[derive(Debug, Default)]
 pub struct RouteTable {
     strategy: Strategy,
+    /// Every parsed instance by ID. Production reaches endpoints through routes and events
+    /// only; tests use this map to check what `build` kept.
+    #[cfg(test)]
     endpoints: AHashMap<Arc<str>, EndpointRef>,
     routes: AHashMap<i32, RouteEntry>,
     events: AHashMap<i32, Vec<EndpointRef>>,
@@ -238,6 +242,7 @@ impl RouteTable {
                 id: Arc::from(inst.id.as_str()),
                 address: Arc::from(address),
             };
+            #[cfg(test)]
             table
                 .endpoints
                 .insert(endpoint.id.clone(), endpoint.clone());
@@ -306,12 +311,14 @@ impl RouteTable {
             .map_or(&[], |targets| targets.as_slice())
     }
 
-    /// The endpoint of any instance in the view, by instance ID.
+    /// The endpoint of any instance in the view, by instance ID (tests only).
+    #[cfg(test)]
     pub fn endpoint(&self, id: &str) -> Option<&EndpointRef> {
         self.endpoints.get(id)
     }
 
-    /// All endpoints in the view (unordered).
+    /// All endpoints in the view, unordered (tests only).
+    #[cfg(test)]
     pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRef> {
         self.endpoints.values()
     }

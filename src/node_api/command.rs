@@ -500,7 +500,12 @@ mod tests {
         );
         for e in [
             SessionError::InvalidArgument,
-            SessionError::Locator("down".into()),
+            SessionError::Locator(crate::control::ControlError::Stopped),
+            SessionError::Locator(crate::control::ControlError::Locator(
+                crate::locator::LocatorError::Timeout {
+                    op: "SET due:locate:locate:user:3:gate".into(),
+                },
+            )),
             SessionError::Unavailable,
         ] {
             assert_eq!(

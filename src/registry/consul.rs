@@ -22,7 +22,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::consul_meta::{decode_meta, encode_meta};
-use super::{endpoint_address, InstanceState, ServiceInstance};
+use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
+use crate::config::ConsulConfig;
 
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,43 +42,11 @@ const MAX_BODY: u64 = 64 << 20;
 /// The service the gate watches.
 const NODE_SERVICE: &str = "node";
 
-/// The Consul registry settings (cluster-protocol.md §5.6), as the lead builds them from the
-/// configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsulSettings {
-    /// Register a TCP check on the link address (`healthCheck`).
-    pub health_check: bool,
-    /// Its `Interval` (`healthCheckInterval`, default 10 s).
-    pub health_check_interval: Duration,
-    /// Its `Timeout` (`healthCheckTimeout`, default 5 s).
-    pub health_check_timeout: Duration,
-    /// Register a TTL check and keep it passing (`heartbeatCheck`).
-    pub heartbeat_check: bool,
-    /// The check's `TTL`; the registrar passes it every half of it (`heartbeatCheckInterval`,
-    /// default 10 s → every 5 s).
-    pub heartbeat_check_interval: Duration,
-    /// `DeregisterCriticalServiceAfter` of both checks (default 30 s; Consul applies ≥ 1 min).
-    pub deregister_critical_service_after: Duration,
-    /// `wait` of the watch's blocking queries. due sends 60 s; the default here is 5 s so that
-    /// the watch thread notices a stop within ~5 s and exits on its own (its only cost: one cheap
-    /// agent query per 5 s when nothing changes; nothing in the cluster can observe the value).
-    /// `Registrar::stop` does not wait for it either way (it detaches a thread still blocked).
-    pub watch_wait: Duration,
-}
-
-impl Default for ConsulSettings {
-    fn default() -> Self {
-        ConsulSettings {
-            health_check: true,
-            health_check_interval: Duration::from_secs(10),
-            health_check_timeout: Duration::from_secs(5),
-            heartbeat_check: true,
-            heartbeat_check_interval: Duration::from_secs(10),
-            deregister_critical_service_after: Duration::from_secs(30),
-            watch_wait: Duration::from_secs(5),
-        }
-    }
-}
+/// `wait` of the watch's blocking queries. due sends 60 s; 5 s here so that the watch thread
+/// notices a stop within ~5 s and exits on its own (its only cost: one cheap agent query per 5 s
+/// when nothing changes; nothing in the cluster can observe the value). `Registrar::stop` does
+/// not wait for it either way (it detaches a thread still blocked).
+const WATCH_WAIT: Duration = Duration::from_secs(5);
 
 /// A blocking client of one Consul agent's HTTP API. Cheap to clone; shares its connections.
 #[derive(Clone)]
@@ -106,12 +75,12 @@ enum CallError {
 }
 
 impl CallError {
-    fn describe(&self, what: &str) -> String {
+    /// The error of call `what` (`register gate-1`).
+    fn describe(self, what: &str) -> RegistryError {
+        let call = what.to_string();
         match self {
-            CallError::Transport(e) => format!("consul {what}: {e}"),
-            CallError::Status(code, body) => {
-                format!("consul {what}: HTTP {code}: {}", body.trim())
-            }
+            CallError::Transport(reason) => RegistryError::Transport { call, reason },
+            CallError::Status(status, body) => RegistryError::Status { call, status, body },
         }
     }
 
@@ -133,20 +102,24 @@ impl CallError {
 impl ConsulClient {
     /// A client for the agent at `addr` (`host:port`, as `etc.registry.consul.addr`; an
     /// `http://` prefix is accepted, `https://` and `unix://` are not supported).
-    pub fn new(addr: &str) -> Result<ConsulClient, String> {
+    pub fn new(addr: &str) -> Result<ConsulClient, RegistryError> {
         let addr = addr.trim();
         let host_port = match addr.split_once("://") {
             None => addr,
             Some(("http", rest)) => rest,
             Some((scheme, _)) => {
-                return Err(format!(
-                    "consul address {addr:?}: scheme {scheme:?} is not supported (plain HTTP only)"
-                ))
+                return Err(RegistryError::Address {
+                    addr: addr.to_string(),
+                    reason: format!("scheme {scheme:?} is not supported (plain HTTP only)"),
+                })
             }
         };
         let host_port = host_port.trim_end_matches('/');
         if host_port.is_empty() || host_port.contains(['/', '?', '#', ' ']) {
-            return Err(format!("consul address {addr:?} is not host:port"));
+            return Err(RegistryError::Address {
+                addr: addr.to_string(),
+                reason: "not host:port".into(),
+            });
         }
         let token = std::env::var("CONSUL_HTTP_TOKEN")
             .ok()
@@ -170,33 +143,28 @@ impl ConsulClient {
     pub fn register(
         &self,
         inst: &ServiceInstance,
-        settings: &ConsulSettings,
-    ) -> Result<(), String> {
+        settings: &ConsulConfig,
+    ) -> Result<(), RegistryError> {
         let body = registration_body(inst, settings)?;
         self.put("/v1/agent/service/register", Some(body))
             .map(drop)
             .map_err(|e| e.describe(&format!("register {}", service_id(inst))))
     }
 
-    /// Passes the gate's TTL check: `PUT /v1/agent/check/update/service:gate-<gid>`.
-    pub fn pass_ttl(&self, gid: &str) -> Result<(), String> {
-        self.pass_ttl_check(&format!("service:gate-{gid}"))
-    }
-
     /// Passes any TTL check by its CheckID (`service:<kind>-<id>` for due instances).
-    pub fn pass_ttl_check(&self, check_id: &str) -> Result<(), String> {
+    pub fn pass_ttl_check(&self, check_id: &str) -> Result<(), RegistryError> {
         self.update_ttl(check_id)
             .map_err(|e| e.describe(&format!("update check {check_id}")))
     }
 
     /// Deregisters the gate: `PUT /v1/agent/service/deregister/gate-<gid>` (no body).
-    pub fn deregister(&self, gid: &str) -> Result<(), String> {
+    pub fn deregister(&self, gid: &str) -> Result<(), RegistryError> {
         self.deregister_service(&format!("gate-{gid}"))
     }
 
     /// Deregisters any service by its Consul service ID (`<kind>-<id>` for due instances).
     /// Consul 1.8.7 answers 200 for an unknown ID too.
-    pub fn deregister_service(&self, service_id: &str) -> Result<(), String> {
+    pub fn deregister_service(&self, service_id: &str) -> Result<(), RegistryError> {
         self.put(&format!("/v1/agent/service/deregister/{service_id}"), None)
             .map(drop)
             .map_err(|e| e.describe(&format!("deregister {service_id}")))
@@ -213,7 +181,7 @@ impl ConsulClient {
         name: &str,
         index: Option<u64>,
         wait: Duration,
-    ) -> Result<(u64, Vec<ServiceInstance>), String> {
+    ) -> Result<(u64, Vec<ServiceInstance>), RegistryError> {
         let what = format!("health of {name}");
         let wait_ms = wait.as_millis();
         // Query keys sorted, as Go's url.Values.Encode writes them.
@@ -254,8 +222,14 @@ impl ConsulClient {
             .get("X-Consul-Index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("consul {what}: no valid X-Consul-Index header"))?;
-        let instances = decode_health(&body).map_err(|e| format!("consul {what}: {e}"))?;
+            .ok_or_else(|| RegistryError::Decode {
+                call: what.clone(),
+                reason: "no valid X-Consul-Index header".into(),
+            })?;
+        let instances = decode_health(&body).map_err(|reason| RegistryError::Decode {
+            call: what.clone(),
+            reason,
+        })?;
         Ok((new_index, instances))
     }
 
@@ -370,19 +344,15 @@ fn seconds(d: Duration) -> String {
 /// Address and port come from the endpoint (`drpc://host:port?…`); an IPv6 host is written
 /// without brackets in `Address`/`TaggedAddresses`, with them in the TCP check. Fails when the
 /// endpoint has no dialable host:port (due fails the registration the same way).
-fn registration_body(inst: &ServiceInstance, settings: &ConsulSettings) -> Result<String, String> {
-    let host_port = endpoint_address(&inst.endpoint)
-        .ok_or_else(|| format!("endpoint {:?} has no host:port", inst.endpoint))?;
-    let (host, port) = host_port
-        .rsplit_once(':')
-        .ok_or_else(|| format!("endpoint {:?} has no port", inst.endpoint))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("endpoint {:?}: invalid port {port:?}", inst.endpoint))?;
+fn registration_body(
+    inst: &ServiceInstance,
+    settings: &ConsulConfig,
+) -> Result<String, RegistryError> {
+    let address = endpoint_host_port(&inst.endpoint).ok_or_else(|| {
+        RegistryError::Record(format!("endpoint {:?} has no host:port", inst.endpoint))
+    })?;
+    let host = address.host.to_string();
+    let (host, port, host_port) = (host.as_str(), address.port, address.to_string());
     let scheme = inst.endpoint.split_once("://").map_or("", |(s, _)| s);
 
     let deregister_after = seconds(settings.deregister_critical_service_after);
@@ -420,7 +390,8 @@ fn registration_body(inst: &ServiceInstance, settings: &ConsulSettings) -> Resul
         check: (),
         checks: (!checks.is_empty()).then_some(checks),
     };
-    let mut body = serde_json::to_string(&registration).map_err(|e| e.to_string())?;
+    let mut body =
+        serde_json::to_string(&registration).map_err(|e| RegistryError::Record(e.to_string()))?;
     body.push('\n');
     Ok(body)
 }
@@ -459,7 +430,7 @@ fn decode_health(body: &str) -> Result<Vec<ServiceInstance>, String> {
 /// State shared by the registrar's handle and its threads.
 struct Shared {
     client: ConsulClient,
-    settings: ConsulSettings,
+    settings: ConsulConfig,
     /// The record as registered. Held for the whole of every registration (and of the final
     /// deregistration), so registrations never interleave and none can follow the deregister.
     instance: Mutex<ServiceInstance>,
@@ -481,7 +452,7 @@ impl Shared {
 
     /// Registers `inst` and, with a heartbeat check, passes its TTL at once (as due does after
     /// every registration: Consul starts checks as critical). Caller holds the instance lock.
-    fn register_locked(&self, inst: &ServiceInstance) -> Result<(), String> {
+    fn register_locked(&self, inst: &ServiceInstance) -> Result<(), RegistryError> {
         self.client.register(inst, &self.settings)?;
         if self.settings.heartbeat_check {
             if let Err(e) = self.client.pass_ttl_check(&ttl_check_id(inst)) {
@@ -510,7 +481,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<Worker, String> {
+    fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<Worker, RegistryError> {
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let handle = std::thread::Builder::new()
             .name(name.to_string())
@@ -518,7 +489,10 @@ impl Worker {
                 let _done = done_tx;
                 body();
             })
-            .map_err(|e| format!("cannot start thread {name}: {e}"))?;
+            .map_err(|e| RegistryError::Thread {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Worker { handle, done })
     }
 
@@ -544,7 +518,7 @@ impl Registrar {
     /// * `consul-ttl` (only with `heartbeat_check`): passes the TTL check every
     ///   `heartbeat_check_interval / 2`; if the agent no longer knows the check (it restarted, or
     ///   the service was removed) it registers the instance again. Failures are logged only.
-    /// * `consul-watch`: blocking queries on `node` (`wait` = `settings.watch_wait`) from the
+    /// * `consul-watch`: blocking queries on `node` (`wait` = [`WATCH_WAIT`]) from the
     ///   index of the first answer on; whenever `X-Consul-Index` changes, `on_nodes` gets the
     ///   complete list. Errors are logged and retried after 1 s.
     ///
@@ -552,9 +526,9 @@ impl Registrar {
     pub fn start(
         client: ConsulClient,
         instance: ServiceInstance,
-        settings: ConsulSettings,
+        settings: ConsulConfig,
         on_nodes: impl Fn(Vec<ServiceInstance>) + Send + 'static,
-    ) -> Result<Registrar, String> {
+    ) -> Result<Registrar, RegistryError> {
         let shared = Arc::new(Shared {
             client,
             settings,
@@ -566,9 +540,7 @@ impl Registrar {
             let inst = shared.lock_instance();
             shared.register_locked(&inst)?;
         }
-        let first = shared
-            .client
-            .health_service(NODE_SERVICE, None, shared.settings.watch_wait);
+        let first = shared.client.health_service(NODE_SERVICE, None, WATCH_WAIT);
         let (index, nodes) = match first {
             Ok(answer) => answer,
             Err(e) => {
@@ -594,7 +566,7 @@ impl Registrar {
             registrar.watch = Some(Worker::spawn("consul-watch", move || {
                 watch_loop(&s, &rx, index, on_nodes)
             })?);
-            Ok::<(), String>(())
+            Ok::<(), RegistryError>(())
         })();
         match spawned {
             Ok(()) => Ok(registrar),
@@ -607,10 +579,10 @@ impl Registrar {
 
     /// Registers again with `state` (the gate uses it once: `hang` when shutdown begins). The
     /// new state is kept even if the call fails, so a later re-registration carries it.
-    pub fn set_state(&self, state: InstanceState) -> Result<(), String> {
+    pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
         let mut inst = self.shared.lock_instance();
         if self.shared.stopped() {
-            return Err("consul registrar is stopped".to_string());
+            return Err(RegistryError::Stopped);
         }
         inst.state = state;
         self.shared.register_locked(&inst)
@@ -625,7 +597,7 @@ impl Registrar {
     ///
     /// Bounded: each thread is given 1 s to end, then detached. The TTL thread ends at once
     /// unless it is inside an HTTP call (≤ 5 s); the watch thread usually sits in a blocking
-    /// query and ends by itself when that returns (≤ `watch_wait` + jitter). Neither can act after
+    /// query and ends by itself when that returns (≤ `WATCH_WAIT` + jitter). Neither can act after
     /// this returns: registrations check the stop flag under the instance lock, which the
     /// deregistration holds, and `on_nodes` is never called once `stop` has returned. The
     /// deregistration itself has the 5 s write timeout; its failure is logged (Consul then
@@ -712,7 +684,7 @@ fn watch_loop(
     first_index: u64,
     on_nodes: impl Fn(Vec<ServiceInstance>),
 ) {
-    let wait = shared.settings.watch_wait;
+    let wait = WATCH_WAIT;
     let mut delivered = first_index;
     // Index 0 would make the query return at once (Consul's advice: use at least 1). A smaller
     // index than the last one (the servers' state was reset) is simply used as returned.
@@ -802,7 +774,7 @@ mod tests {
 
     #[test]
     fn registration_is_the_spec_body() {
-        let body = registration_body(&gate(), &ConsulSettings::default()).unwrap();
+        let body = registration_body(&gate(), &ConsulConfig::default()).unwrap();
         let exact = concat!(
             r#"{"ID":"gate-g1","Name":"gate","Port":40123,"Address":"10.0.0.5","#,
             r#""TaggedAddresses":{"drpc":{"Address":"10.0.0.5","Port":40123}},"#,
@@ -825,9 +797,9 @@ mod tests {
     #[test]
     fn hang_registration_differs_only_in_state() {
         let mut inst = gate();
-        let work = registration_body(&inst, &ConsulSettings::default()).unwrap();
+        let work = registration_body(&inst, &ConsulConfig::default()).unwrap();
         inst.state = InstanceState::Hang;
-        let hang = registration_body(&inst, &ConsulSettings::default()).unwrap();
+        let hang = registration_body(&inst, &ConsulConfig::default()).unwrap();
         assert_eq!(
             work.replace("\"state\":\"work\"", "\"state\":\"hang\""),
             hang
@@ -836,12 +808,12 @@ mod tests {
 
     #[test]
     fn check_settings_and_flags() {
-        let settings = ConsulSettings {
+        let settings = ConsulConfig {
             health_check_interval: Duration::from_secs(3),
             health_check_timeout: Duration::from_millis(2500),
             heartbeat_check_interval: Duration::from_secs(20),
             deregister_critical_service_after: Duration::from_secs(90),
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body: Value =
             serde_json::from_str(&registration_body(&gate(), &settings).unwrap()).unwrap();
@@ -853,9 +825,9 @@ mod tests {
             ])
         );
 
-        let only_ttl = ConsulSettings {
+        let only_ttl = ConsulConfig {
             health_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body = registration_body(&gate(), &only_ttl).unwrap();
         assert!(body.ends_with(
@@ -863,9 +835,9 @@ mod tests {
 "#
         ));
 
-        let only_tcp = ConsulSettings {
+        let only_tcp = ConsulConfig {
             heartbeat_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body = registration_body(&gate(), &only_tcp).unwrap();
         assert!(body.ends_with(
@@ -873,10 +845,10 @@ mod tests {
 "#
         ));
 
-        let none = ConsulSettings {
+        let none = ConsulConfig {
             health_check: false,
             heartbeat_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let body = registration_body(&gate(), &none).unwrap();
         assert!(
@@ -891,7 +863,7 @@ mod tests {
         inst.metadata.clear();
         inst.endpoint = "drpc://[fd00::5]:40123?is_secure=false".into();
         let body: Value =
-            serde_json::from_str(&registration_body(&inst, &ConsulSettings::default()).unwrap())
+            serde_json::from_str(&registration_body(&inst, &ConsulConfig::default()).unwrap())
                 .unwrap();
         assert_eq!(body["Address"], "fd00::5");
         assert_eq!(
@@ -919,7 +891,7 @@ mod tests {
             ..ServiceInstance::default()
         };
         let body: Value =
-            serde_json::from_str(&registration_body(&node, &ConsulSettings::default()).unwrap())
+            serde_json::from_str(&registration_body(&node, &ConsulConfig::default()).unwrap())
                 .unwrap();
         assert_eq!(body["ID"], "node-n1");
         assert_eq!(body["Name"], "node");
@@ -934,7 +906,7 @@ mod tests {
             let mut inst = gate();
             inst.endpoint = endpoint.into();
             assert!(
-                registration_body(&inst, &ConsulSettings::default()).is_err(),
+                registration_body(&inst, &ConsulConfig::default()).is_err(),
                 "{endpoint:?}"
             );
         }
@@ -1018,7 +990,7 @@ mod tests {
             .unwrap()
             .port();
         let client = ConsulClient::new(&format!("127.0.0.1:{port}")).unwrap();
-        let result = Registrar::start(client, gate(), ConsulSettings::default(), |_| {});
+        let result = Registrar::start(client, gate(), ConsulConfig::default(), |_| {});
         assert!(result.is_err());
     }
 }
@@ -1108,7 +1080,7 @@ mod real_agent {
         let inst = gate_instance(&gid, port);
         let client = ConsulClient::new(&addr).unwrap();
         let registrar =
-            Registrar::start(client, inst.clone(), ConsulSettings::default(), |_| {}).unwrap();
+            Registrar::start(client, inst.clone(), ConsulConfig::default(), |_| {}).unwrap();
 
         // The agent's view of the registration (cluster-protocol.md §11 item 1).
         let services = get_json(&addr, "/v1/agent/services");
@@ -1188,7 +1160,7 @@ mod real_agent {
         let registrar = Registrar::start(
             client.clone(),
             gate_instance(&gid, port),
-            ConsulSettings::default(),
+            ConsulConfig::default(),
             move |nodes| {
                 let _ = tx.send(nodes);
             },
@@ -1216,9 +1188,9 @@ mod real_agent {
             weight: 1,
             ..ServiceInstance::default()
         };
-        let ttl_only = ConsulSettings {
+        let ttl_only = ConsulConfig {
             health_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         client.register(&node, &ttl_only).unwrap();
         client.pass_ttl_check(&ttl_check_id(&node)).unwrap();
@@ -1266,9 +1238,9 @@ mod real_agent {
         let gid = unique("lost");
         let sid = format!("gate-{gid}");
         let client = ConsulClient::new(&addr).unwrap();
-        let settings = ConsulSettings {
+        let settings = ConsulConfig {
             heartbeat_check_interval: Duration::from_secs(2),
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let registrar =
             Registrar::start(client.clone(), gate_instance(&gid, port), settings, |_| {}).unwrap();
@@ -1300,19 +1272,23 @@ mod real_agent {
         let mut inst = gate_instance(&gid, port);
         inst.metadata.insert("bad key!".into(), "x".into());
         let client = ConsulClient::new(&addr).unwrap();
-        let err = Registrar::start(client.clone(), inst, ConsulSettings::default(), |_| {})
+        let err = Registrar::start(client.clone(), inst, ConsulConfig::default(), |_| {})
             .err()
             .expect("invalid meta key must fail registration");
-        assert!(err.contains("400"), "{err}");
+        assert!(err.to_string().contains("400"), "{err}");
+        assert!(
+            matches!(err, RegistryError::Status { status: 400, .. }),
+            "{err:?}"
+        );
         assert!(get_json(&addr, "/v1/agent/services")
             .get(format!("gate-{gid}"))
             .is_none());
 
         // Both checks off: `"Check":null,"Checks":null` is accepted and the service passes.
-        let none = ConsulSettings {
+        let none = ConsulConfig {
             health_check: false,
             heartbeat_check: false,
-            ..ConsulSettings::default()
+            ..ConsulConfig::default()
         };
         let gid = unique("nochecks");
         let registrar = Registrar::start(client, gate_instance(&gid, port), none, |_| {}).unwrap();

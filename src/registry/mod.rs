@@ -7,10 +7,58 @@
 
 use std::collections::BTreeMap;
 
+use crate::net::HostPort;
+
 pub use crate::instance::{InstanceState, RouteInfo};
 
 pub mod consul;
 pub mod consul_meta;
+
+/// Why a registry call failed, saying where: the agent address or the call (`register gate-1`,
+/// `update check service:gate-1`, `health of node`) and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    /// `[registry.consul] addr` cannot be used.
+    Address { addr: String, reason: String },
+    /// The request did not complete: connect, send, read or timeout.
+    Transport { call: String, reason: String },
+    /// The agent answered with an HTTP status other than 200; `body` is its explanation.
+    Status {
+        call: String,
+        status: u16,
+        body: String,
+    },
+    /// The answer could not be decoded.
+    Decode { call: String, reason: String },
+    /// The instance record cannot be registered (an endpoint without a host:port).
+    Record(String),
+    /// The registrar was stopped.
+    Stopped,
+    /// A registrar thread could not be started.
+    Thread { name: String, reason: String },
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::Address { addr, reason } => {
+                write!(f, "consul address {addr:?}: {reason}")
+            }
+            RegistryError::Transport { call, reason } => write!(f, "consul {call}: {reason}"),
+            RegistryError::Status { call, status, body } => {
+                write!(f, "consul {call}: HTTP {status}: {}", body.trim())
+            }
+            RegistryError::Decode { call, reason } => write!(f, "consul {call}: {reason}"),
+            RegistryError::Record(reason) => write!(f, "consul registration: {reason}"),
+            RegistryError::Stopped => f.write_str("consul registrar is stopped"),
+            RegistryError::Thread { name, reason } => {
+                write!(f, "cannot start thread {name}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
 
 /// One registered instance — a gate, a node or a mesh — as the registry publishes it.
 ///
@@ -43,17 +91,24 @@ pub struct ServiceInstance {
 }
 
 /// The `host:port` a link client must dial for an endpoint string such as
-/// `drpc://10.0.0.5:40123?is_secure=false` (→ `10.0.0.5:40123`).
+/// `drpc://10.0.0.5:40123?is_secure=false` (→ `10.0.0.5:40123`), in the canonical form of
+/// [`HostPort`]'s `Display` (IPv6 in brackets, compressed: `[fd00::5]:40123`).
 ///
 /// Go parses the endpoint as a URL and uses only its host (authority) part; the scheme is never
-/// checked, so neither is it here. IPv6 hosts keep their brackets (`[fd00::5]:40123`), which is
-/// the form socket-address parsers expect. User info before `@` is dropped, as a URL parser would.
+/// checked, so neither is it here. User info before `@` is dropped, as a URL parser would.
 ///
-/// Returns `None` when there is nothing dialable: no `scheme://`, an invalid scheme, an empty
-/// host, an unclosed IPv6 bracket, or a missing or non-numeric port. (Go's URL parser accepts a
-/// few of these — e.g. a missing port — and only fails later when dialling; rejecting them here
-/// keeps such an instance out of the route table instead of making every pick on it fail.)
+/// Returns `None` when there is nothing dialable: no `scheme://`, an invalid scheme, or an
+/// authority that is not a `host:port` to connect to ([`HostPort::parse_remote`]: an empty host,
+/// an unclosed or misplaced bracket, an unbracketed IPv6 address, a missing, non-numeric or
+/// out-of-range port). (Go's URL parser accepts a few of these — e.g. a missing port — and only
+/// fails later when dialling; rejecting them here keeps such an instance out of the route table
+/// instead of making every pick on it fail.)
 pub fn endpoint_address(endpoint: &str) -> Option<String> {
+    endpoint_host_port(endpoint).map(|hp| hp.to_string())
+}
+
+/// [`endpoint_address`], parsed.
+pub fn endpoint_host_port(endpoint: &str) -> Option<HostPort> {
     let (scheme, rest) = endpoint.split_once("://")?;
     let mut chars = scheme.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
@@ -66,31 +121,7 @@ pub fn endpoint_address(endpoint: &str) -> Option<String> {
         Some(at) => &authority[at + 1..],
         None => authority,
     };
-    if host_port
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return None;
-    }
-    let port = if let Some(bracketed) = host_port.strip_prefix('[') {
-        // IPv6 literal: everything up to the first `]` is the address, then `:port`.
-        let (inner, after) = bracketed.split_once(']')?;
-        if inner.is_empty() || inner.contains('[') {
-            return None;
-        }
-        after.strip_prefix(':')?
-    } else {
-        // A bare host must not contain colons or brackets: `fd00::5:1` cannot be dialled.
-        let (host, port) = host_port.split_once(':')?;
-        if host.is_empty() || host.contains(['[', ']']) {
-            return None;
-        }
-        port
-    };
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(host_port.to_string())
+    HostPort::parse_remote(host_port).ok()
 }
 
 /// The endpoint string an instance publishes for its advertised link `host:port`.
@@ -200,6 +231,9 @@ mod tests {
             "drpc://[fd00::5]:1]",
             "drpc://[[fd00::5]:1",
             "drpc://?is_secure=false",
+            "drpc://10.0.0.5:65536",
+            "drpc://10.0.0.5:99999?is_secure=false",
+            "drpc://10.0.0.5:\t1",
         ] {
             assert_eq!(endpoint_address(bad), None, "{bad:?}");
         }

@@ -15,7 +15,7 @@ pub use table::{Command, Table};
 use bytes::Bytes;
 use std::net::IpAddr;
 
-use crate::control::Control;
+use crate::control::{Control, ControlError};
 use crate::dispatch::{EventKind, GateEvent};
 
 /// due's session kinds.
@@ -51,7 +51,8 @@ pub enum SessionError {
     NotOpened,
     /// the client stopped reading; the connection was closed
     QueueFull,
-    Locator(String),
+    /// The locator (or the control thread that runs it) failed.
+    Locator(ControlError),
     /// the gate is stopping
     Unavailable,
 }
@@ -123,10 +124,6 @@ impl Sessions {
             shards: shards.into(),
             control,
         }
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
     }
 
     fn send(&self, shard: usize, cmd: Command) -> Result<(), SessionError> {
