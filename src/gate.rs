@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
-use crate::config::{LocatorConfig, RegistryConfig};
+use crate::config::LocatorConfig;
 use crate::connection::upgrade::UpgradeRules;
 use crate::connection::ws::WsRules;
 use crate::connection::ServerCtx;
@@ -19,12 +19,12 @@ use crate::control::Control;
 use crate::dispatch::cluster::ClusterUpstream;
 use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
+use crate::instance::StateCell;
 use crate::locator::redis::RedisLocator;
 use crate::locator::{Locator, MemoryLocator};
 use crate::net;
 use crate::node_api::LinkShared;
-use crate::registry::consul::{ConsulClient, Registrar};
-use crate::registry::{endpoint_url, InstanceState, ServiceInstance};
+use crate::registry::{self, endpoint_url, Discovery, InstanceState, ServiceInstance};
 use crate::session::{Sessions, Transport};
 use crate::shard::{fan_out, ClientListener, Shard, ShardInbox, ShardMsg, ShardSpec};
 
@@ -44,8 +44,8 @@ pub struct Gate {
     pub link: Arc<LinkShared>,
     name: String,
     metadata: std::collections::BTreeMap<String, String>,
-    /// Consul registration, TTL and node watch (none with a static registry).
-    registrar: Option<Registrar>,
+    /// Registration and node discovery (static list or Consul); `None` once deregistered.
+    discovery: Option<Box<dyn Discovery>>,
     /// Each shard's inbox, by shard index.
     inboxes: Vec<ShardInbox>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -129,8 +129,10 @@ impl Gate {
             cfg.gatehouse.listen_backlog,
         )?;
         let link_addr = net::advertised(&cfg.gate.addr, link_bound);
+        // The one instance state: the node API and the registrar share it.
+        let state = StateCell::new(InstanceState::Work);
         let link = Arc::new(LinkShared {
-            state: std::sync::atomic::AtomicU8::new(1),
+            state: state.clone(),
             publish_v25: cfg.gatehouse.publish_v25,
         });
 
@@ -192,7 +194,7 @@ impl Gate {
             shards.push(handle);
         }
         let mut gate = Gate {
-            registrar: None,
+            discovery: None,
             id: cfg.gate.id.clone(),
             sessions,
             servers,
@@ -207,29 +209,22 @@ impl Gate {
             name: cfg.gate.name.clone(),
             metadata: cfg.gate.metadata.clone(),
         };
-        match &cfg.registry {
-            RegistryConfig::Static => {
-                gate.set_nodes(cfg.gatehouse.nodes.iter().map(static_instance).collect());
-            }
-            RegistryConfig::Consul(c) => {
-                let settings = c.clone();
-                let client = ConsulClient::new(&c.addr).map_err(|e| format!("registry: {e}"))?;
-                let inboxes = gate.inboxes.clone();
-                let on_nodes = move |nodes: Vec<ServiceInstance>| {
-                    tracing::info!(nodes = nodes.len(), "registry: node list changed");
-                    let nodes = Arc::new(nodes);
-                    fan_out(&inboxes, || ShardMsg::Nodes(nodes.clone()));
-                };
-                let registrar = Registrar::start(
-                    client,
-                    gate.instance(InstanceState::Work),
-                    settings,
-                    on_nodes,
-                )
-                .map_err(|e| format!("registry: {e}"))?;
-                gate.registrar = Some(registrar);
-            }
-        }
+        // One path for every backend, one fan-out to the shards.
+        let inboxes = gate.inboxes.clone();
+        let on_nodes = move |nodes: Vec<ServiceInstance>| {
+            tracing::info!(nodes = nodes.len(), "registry: node list changed");
+            let nodes = Arc::new(nodes);
+            fan_out(&inboxes, || ShardMsg::Nodes(nodes.clone()));
+        };
+        let discovery = registry::discovery::start(
+            &cfg.registry,
+            &cfg.gatehouse.nodes,
+            gate.instance(InstanceState::Work),
+            gate.link.state.clone(),
+            Box::new(on_nodes),
+        )
+        .map_err(|e| format!("registry: {e}"))?;
+        gate.discovery = Some(discovery);
         Ok(gate)
     }
 
@@ -263,11 +258,8 @@ impl Gate {
     /// Shutdown begins: state `hang` (link getstate and the registry record), so new users can be
     /// steered elsewhere; everything keeps being served.
     pub fn hang(&self) {
-        self.link.state.store(
-            InstanceState::Hang.as_byte(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        if let Some(r) = &self.registrar {
+        self.link.state.set(InstanceState::Hang);
+        if let Some(r) = &self.discovery {
             if let Err(e) = r.set_state(InstanceState::Hang) {
                 tracing::error!(error = %e, "registry: could not register state hang");
             }
@@ -276,7 +268,7 @@ impl Gate {
 
     /// Leaves the registry (due's destroy phase starts with it, before clients are dropped).
     pub fn deregister(&mut self) {
-        if let Some(r) = self.registrar.take() {
+        if let Some(r) = self.discovery.take() {
             r.stop();
         }
     }
@@ -323,21 +315,5 @@ impl Gate {
         if let Some(t) = self.control_thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// The record a static `[[gatehouse.nodes]]` entry stands for.
-fn static_instance(n: &crate::config::StaticNode) -> ServiceInstance {
-    ServiceInstance {
-        id: n.id.clone(),
-        name: "node".into(),
-        kind: "node".into(),
-        alias: n.name.clone(),
-        state: n.state,
-        events: n.events.clone(),
-        routes: n.routes.clone(),
-        endpoint: endpoint_url(&n.addr),
-        weight: n.weight,
-        ..Default::default()
     }
 }

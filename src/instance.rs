@@ -2,6 +2,41 @@
 //! Plain data with their text and byte forms; the registry, the config and the node API use them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// The one copy of this process's instance state: the node API reads and writes it
+/// (getstate/setstate) and the registrar registers what it holds. Cheap to clone, any thread.
+///
+/// Kept as due keeps it: the raw byte a node's setstate sent, unvalidated (getstate echoes it);
+/// a byte above 3 reads as `shut`, as Go renders it in the registry.
+#[derive(Debug, Clone)]
+pub struct StateCell(Arc<AtomicU8>);
+
+impl StateCell {
+    pub fn new(state: InstanceState) -> Self {
+        StateCell(Arc::new(AtomicU8::new(state.as_byte())))
+    }
+
+    /// The state as the registry shows it.
+    pub fn get(&self) -> InstanceState {
+        InstanceState::from_byte(self.byte()).unwrap_or(InstanceState::Shut)
+    }
+
+    pub fn set(&self, state: InstanceState) {
+        self.set_byte(state.as_byte());
+    }
+
+    /// The raw byte (getstate).
+    pub fn byte(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Stores a raw byte (setstate).
+    pub fn set_byte(&self, byte: u8) {
+        self.0.store(byte, Ordering::Relaxed);
+    }
+}
 
 /// One message route an instance serves, with the three flags the gate acts on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -120,6 +155,17 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn state_cell_is_shared_and_keeps_raw_bytes() {
+        let a = StateCell::new(InstanceState::Work);
+        let b = a.clone();
+        b.set(InstanceState::Hang);
+        assert_eq!(a.get(), InstanceState::Hang);
+        a.set_byte(9);
+        assert_eq!(b.byte(), 9, "getstate echoes what setstate stored");
+        assert_eq!(b.get(), InstanceState::Shut, "registered as Go renders it");
     }
 
     #[test]

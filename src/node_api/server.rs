@@ -12,19 +12,20 @@ use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::command::{self, Effect, Outcome, Peer, Rules};
 use super::LocalSessions;
 use crate::drpc::{self, Frame, LINK_HEARTBEAT, MAX_LINK_FRAME};
+use crate::instance::StateCell;
 use crate::session::Kind;
 
 /// What the link server shares across shards.
 pub struct LinkShared {
-    /// Instance state (due's shut/work/busy/hang as 0..3), for getstate/setstate.
-    pub state: AtomicU8,
+    /// The gate's instance state (due's shut/work/busy/hang as 0..3), for getstate/setstate;
+    /// the same cell the registrar registers from.
+    pub state: StateCell,
     /// Publish responses: v2.4.1 (`total` only) or v2.5.5+ (`code` + `total`).
     pub publish_v25: bool,
 }
@@ -238,9 +239,9 @@ async fn run<L: LocalSessions>(
             s.unsubscribe(kind, &targets, &String::from_utf8_lossy(&channel))
                 .await,
         ),
-        Effect::GetState => Outcome::State(link.state.load(Ordering::Relaxed)),
+        Effect::GetState => Outcome::State(link.state.byte()),
         Effect::SetState(state) => {
-            link.state.store(state, Ordering::Relaxed);
+            link.state.set_byte(state);
             Outcome::Unit(Ok(()))
         }
         Effect::Ignore(cmd) => {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::consul_meta::{decode_meta, encode_meta};
 use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
 use crate::config::ConsulConfig;
+use crate::instance::StateCell;
 
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -434,6 +435,8 @@ struct Shared {
     /// The record as registered. Held for the whole of every registration (and of the final
     /// deregistration), so registrations never interleave and none can follow the deregister.
     instance: Mutex<ServiceInstance>,
+    /// The instance state, owned with the node API: every registration carries its value.
+    state: StateCell,
     /// Set first thing in `stop`; checked under `instance` before every registration and under
     /// `deliver` before every node list is handed out.
     stopped: AtomicBool,
@@ -452,7 +455,8 @@ impl Shared {
 
     /// Registers `inst` and, with a heartbeat check, passes its TTL at once (as due does after
     /// every registration: Consul starts checks as critical). Caller holds the instance lock.
-    fn register_locked(&self, inst: &ServiceInstance) -> Result<(), RegistryError> {
+    fn register_locked(&self, inst: &mut ServiceInstance) -> Result<(), RegistryError> {
+        inst.state = self.state.get();
         self.client.register(inst, &self.settings)?;
         if self.settings.heartbeat_check {
             if let Err(e) = self.client.pass_ttl_check(&ttl_check_id(inst)) {
@@ -526,6 +530,7 @@ impl Registrar {
     pub fn start(
         client: ConsulClient,
         instance: ServiceInstance,
+        state: StateCell,
         settings: ConsulConfig,
         on_nodes: impl Fn(Vec<ServiceInstance>) + Send + 'static,
     ) -> Result<Registrar, RegistryError> {
@@ -533,12 +538,13 @@ impl Registrar {
             client,
             settings,
             instance: Mutex::new(instance),
+            state,
             stopped: AtomicBool::new(false),
             deliver: Mutex::new(()),
         });
         {
-            let inst = shared.lock_instance();
-            shared.register_locked(&inst)?;
+            let mut inst = shared.lock_instance();
+            shared.register_locked(&mut inst)?;
         }
         let first = shared.client.health_service(NODE_SERVICE, None, WATCH_WAIT);
         let (index, nodes) = match first {
@@ -577,15 +583,16 @@ impl Registrar {
         }
     }
 
-    /// Registers again with `state` (the gate uses it once: `hang` when shutdown begins). The
-    /// new state is kept even if the call fails, so a later re-registration carries it.
+    /// Sets the shared state to `state` and registers again (the gate does it once: `hang` when
+    /// shutdown begins). The state is kept even if the call fails, so a later re-registration
+    /// carries it. (A node's setstate changes the state without re-registering, as in due.)
     pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
         let mut inst = self.shared.lock_instance();
         if self.shared.stopped() {
             return Err(RegistryError::Stopped);
         }
-        inst.state = state;
-        self.shared.register_locked(&inst)
+        self.shared.state.set(state);
+        self.shared.register_locked(&mut inst)
     }
 
     /// A copy of the record as last registered.
@@ -648,7 +655,7 @@ fn ttl_loop(shared: &Shared, stop: &Receiver<()>) {
         let result = match shared.client.update_ttl(&check_id) {
             Ok(()) => Ok(()),
             Err(e) if e.is_unknown_check() => {
-                let inst = shared.lock_instance();
+                let mut inst = shared.lock_instance();
                 if shared.stopped() {
                     return;
                 }
@@ -656,7 +663,7 @@ fn ttl_loop(shared: &Shared, stop: &Receiver<()>) {
                     error = %e.describe("TTL update"),
                     "consul: the agent lost the registration; registering again"
                 );
-                shared.register_locked(&inst)
+                shared.register_locked(&mut inst)
             }
             Err(e) => Err(e.describe(&format!("update check {check_id}"))),
         };
@@ -743,6 +750,10 @@ fn stopped_within(stop: &Receiver<()>, d: Duration) -> bool {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    fn work() -> StateCell {
+        StateCell::new(InstanceState::Work)
+    }
 
     fn gate() -> ServiceInstance {
         ServiceInstance {
@@ -990,7 +1001,7 @@ mod tests {
             .unwrap()
             .port();
         let client = ConsulClient::new(&format!("127.0.0.1:{port}")).unwrap();
-        let result = Registrar::start(client, gate(), ConsulConfig::default(), |_| {});
+        let result = Registrar::start(client, gate(), work(), ConsulConfig::default(), |_| {});
         assert!(result.is_err());
     }
 }
@@ -1002,6 +1013,10 @@ mod tests {
 mod real_agent {
     use super::*;
     use serde_json::Value;
+
+    fn work() -> StateCell {
+        StateCell::new(InstanceState::Work)
+    }
     use std::net::TcpListener;
     use std::sync::atomic::AtomicU32;
 
@@ -1079,8 +1094,14 @@ mod real_agent {
         let sid = format!("gate-{gid}");
         let inst = gate_instance(&gid, port);
         let client = ConsulClient::new(&addr).unwrap();
-        let registrar =
-            Registrar::start(client, inst.clone(), ConsulConfig::default(), |_| {}).unwrap();
+        let registrar = Registrar::start(
+            client,
+            inst.clone(),
+            work(),
+            ConsulConfig::default(),
+            |_| {},
+        )
+        .unwrap();
 
         // The agent's view of the registration (cluster-protocol.md §11 item 1).
         let services = get_json(&addr, "/v1/agent/services");
@@ -1160,6 +1181,7 @@ mod real_agent {
         let registrar = Registrar::start(
             client.clone(),
             gate_instance(&gid, port),
+            work(),
             ConsulConfig::default(),
             move |nodes| {
                 let _ = tx.send(nodes);
@@ -1242,9 +1264,14 @@ mod real_agent {
             heartbeat_check_interval: Duration::from_secs(2),
             ..ConsulConfig::default()
         };
+        let state = work();
+        let instance = gate_instance(&gid, port);
         let registrar =
-            Registrar::start(client.clone(), gate_instance(&gid, port), settings, |_| {}).unwrap();
+            Registrar::start(client.clone(), instance, state.clone(), settings, |_| {}).unwrap();
         registrar.set_state(InstanceState::Hang).unwrap();
+        // A node's setstate (through the node API) changes the one shared state without
+        // registering; the next registration carries it.
+        state.set_byte(InstanceState::Busy.as_byte());
         // What an agent restart looks like to the registrar: the service and its checks are gone.
         client.deregister(&gid).unwrap();
         assert!(get_json(&addr, "/v1/agent/services").get(&sid).is_none());
@@ -1252,7 +1279,7 @@ mod real_agent {
             let services = get_json(&addr, "/v1/agent/services");
             services
                 .get(&sid)
-                .is_some_and(|s| s["Meta"]["state"] == "hang")
+                .is_some_and(|s| s["Meta"]["state"] == "busy")
         });
         wait_until("TTL passing again", Duration::from_secs(3), || {
             get_json(&addr, "/v1/agent/checks")[&format!("service:{sid}")]["Status"] == "passing"
@@ -1272,9 +1299,15 @@ mod real_agent {
         let mut inst = gate_instance(&gid, port);
         inst.metadata.insert("bad key!".into(), "x".into());
         let client = ConsulClient::new(&addr).unwrap();
-        let err = Registrar::start(client.clone(), inst, ConsulConfig::default(), |_| {})
-            .err()
-            .expect("invalid meta key must fail registration");
+        let err = Registrar::start(
+            client.clone(),
+            inst,
+            work(),
+            ConsulConfig::default(),
+            |_| {},
+        )
+        .err()
+        .expect("invalid meta key must fail registration");
         assert!(err.to_string().contains("400"), "{err}");
         assert!(
             matches!(err, RegistryError::Status { status: 400, .. }),
@@ -1291,7 +1324,8 @@ mod real_agent {
             ..ConsulConfig::default()
         };
         let gid = unique("nochecks");
-        let registrar = Registrar::start(client, gate_instance(&gid, port), none, |_| {}).unwrap();
+        let registrar =
+            Registrar::start(client, gate_instance(&gid, port), work(), none, |_| {}).unwrap();
         let health = get_json(&addr, "/v1/health/service/gate?passing=1");
         assert!(health
             .as_array()

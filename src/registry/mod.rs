@@ -13,6 +13,9 @@ pub use crate::instance::{InstanceState, RouteInfo};
 
 pub mod consul;
 pub mod consul_meta;
+pub mod discovery;
+
+pub use discovery::{Discovery, NodeSink};
 
 /// Why a registry call failed, saying where: the agent address or the call (`register gate-1`,
 /// `update check service:gate-1`, `health of node`) and what went wrong.
