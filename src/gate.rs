@@ -12,7 +12,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::config::LocatorConfig;
-use crate::connection::upgrade::UpgradeRules;
+use crate::connection::framing::WsOptions;
 use crate::connection::ws::WsRules;
 use crate::connection::ServerCtx;
 use crate::control::Control;
@@ -21,12 +21,43 @@ use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
 use crate::instance::StateCell;
 use crate::locator::redis::RedisLocator;
-use crate::locator::{Locator, MemoryLocator};
+use crate::locator::{Locator, LocatorError, MemoryLocator};
 use crate::net;
 use crate::node_api::LinkShared;
-use crate::registry::{self, endpoint_url, Discovery, InstanceState, ServiceInstance};
+use crate::registry::{
+    self, endpoint_url, Discovery, InstanceState, RegistryError, ServiceInstance,
+};
 use crate::session::{Sessions, Transport};
 use crate::shard::{fan_out, ClientListener, Shard, ShardInbox, ShardMsg, ShardSpec};
+
+/// Why the gate could not start. Each says which part failed; the text is what `main` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// A certificate or key of a TLS server could not be loaded.
+    Tls(String),
+    /// A listening socket could not be opened (busy port, bad address).
+    Listen(String),
+    Locator(LocatorError),
+    Registry(RegistryError),
+    /// A shard's executor could not be started.
+    Shard {
+        index: usize,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Tls(e) | StartError::Listen(e) => f.write_str(e),
+            StartError::Locator(e) => write!(f, "locator: {e}"),
+            StartError::Registry(e) => write!(f, "registry: {e}"),
+            StartError::Shard { index, reason } => write!(f, "start shard {index}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
 
 /// Frames larger than this are refused even in lenient mode.
 const LENIENT_INBOUND_CAP: u32 = 16 << 20;
@@ -56,13 +87,13 @@ pub struct Gate {
 impl Gate {
     /// Starts everything as configured. Errors are start-up failures (bad certificate, busy
     /// port, unreachable Redis, …).
-    pub fn start(cfg: &Config) -> Result<Gate, String> {
+    pub fn start(cfg: &Config) -> Result<Gate, StartError> {
         Self::start_with(cfg, None)
     }
 
     /// Like [`Gate::start`], with the shards' upstream built by `upstream` instead of the
     /// cluster upstream (tests observe the gate this way).
-    pub fn start_with(cfg: &Config, upstream: Option<UpstreamFactory>) -> Result<Gate, String> {
+    pub fn start_with(cfg: &Config, upstream: Option<UpstreamFactory>) -> Result<Gate, StartError> {
         let shard_count = match cfg.gatehouse.shards {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -88,25 +119,22 @@ impl Gate {
         let mut servers = Vec::new();
         let tcp = cfg.tcp.clone().map(|s| (Transport::Tcp, s, None));
         let ws = cfg.ws.clone().map(|w| {
-            let rules = WsRules {
-                upgrade: UpgradeRules {
-                    path: w.path.clone(),
-                    origins: w.origins.clone(),
-                },
-                handshake_timeout: w.handshake_timeout,
+            let options = WsOptions {
                 close_frame: cfg.gatehouse.ws_close_frame,
                 le_ts_heartbeat: cfg.gatehouse.ws_le_ts_heartbeat,
             };
+            let rules = WsRules::new(&w, options);
             (Transport::Ws, w.server, Some(Arc::new(rules)))
         });
         for (transport, sc, ws_rules) in tcp.into_iter().chain(ws) {
             let tls = if sc.tls() {
-                Some(crate::tls::acceptor(&sc.cert_file, &sc.key_file)?)
+                Some(crate::tls::acceptor(&sc.cert_file, &sc.key_file).map_err(StartError::Tls)?)
             } else {
                 None
             };
             let (fds, bound) =
-                net::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)?;
+                net::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)
+                    .map_err(StartError::Listen)?;
             let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
             for (i, fd) in fds.into_iter().enumerate() {
                 per_shard[i].push(ClientListener {
@@ -127,7 +155,8 @@ impl Gate {
             },
             shard_count,
             cfg.gatehouse.listen_backlog,
-        )?;
+        )
+        .map_err(StartError::Listen)?;
         let link_addr = net::advertised(&cfg.gate.addr, link_bound);
         // The one instance state: the node API and the registrar share it.
         let state = StateCell::new(InstanceState::Work);
@@ -138,9 +167,9 @@ impl Gate {
 
         let locator: Box<dyn Locator> = match &cfg.locator {
             LocatorConfig::Memory => Box::new(MemoryLocator::default()),
-            LocatorConfig::Redis(r) => Box::new(
-                RedisLocator::start(r, cfg.gate.timeout).map_err(|e| format!("locator: {e}"))?,
-            ),
+            LocatorConfig::Redis(r) => {
+                Box::new(RedisLocator::start(r, cfg.gate.timeout).map_err(StartError::Locator)?)
+            }
         };
         let locator_name = locator.name();
         let (control, control_thread) = Control::start(cfg.gate.id.clone(), locator);
@@ -190,7 +219,10 @@ impl Gate {
                 .name(&format!("shard-{index}"))
                 .io_memory(cfg.gatehouse.io_memory)
                 .spawn(move || Shard::run(spec, upstream(index)))
-                .map_err(|e| format!("start shard {index}: {e}"))?;
+                .map_err(|e| StartError::Shard {
+                    index,
+                    reason: e.to_string(),
+                })?;
             shards.push(handle);
         }
         let mut gate = Gate {
@@ -223,7 +255,7 @@ impl Gate {
             gate.link.state.clone(),
             Box::new(on_nodes),
         )
-        .map_err(|e| format!("registry: {e}"))?;
+        .map_err(StartError::Registry)?;
         gate.discovery = Some(discovery);
         Ok(gate)
     }

@@ -14,23 +14,26 @@ use super::framing::{WsFraming, WsOptions};
 use super::machine::Connection;
 use super::upgrade::{self, Decision, UpgradeRules};
 use super::{driver, Host, ServerCtx};
+use crate::config::WsConfig;
 
-/// WS-only settings, shared by all shards.
+/// What a WS server needs beyond its `ServerCtx`: the upgrade's rules and the handshake bound
+/// from `[network.ws.server]`, the framing options from `[gatehouse]`. Shared by all shards.
 pub struct WsRules {
     pub upgrade: UpgradeRules,
     pub handshake_timeout: Duration,
-    /// Send Close(1000) before a server-initiated close (due sends none).
-    pub close_frame: bool,
-    /// Little-endian deployments: answer due-client-ts's fixed `00 00 00 01 80` heartbeat.
-    pub le_ts_heartbeat: bool,
+    pub options: WsOptions,
 }
 
 impl WsRules {
-    /// The framing options these rules set.
-    pub fn options(&self) -> WsOptions {
-        WsOptions {
-            close_frame: self.close_frame,
-            le_ts_heartbeat: self.le_ts_heartbeat,
+    /// The rules of the `[network.ws.server]` section `section`, with `[gatehouse]`'s options.
+    pub fn new(section: &WsConfig, options: WsOptions) -> Self {
+        WsRules {
+            upgrade: UpgradeRules {
+                path: section.path.clone(),
+                origins: section.origins.clone(),
+            },
+            handshake_timeout: section.handshake_timeout,
+            options,
         }
     }
 }
@@ -57,7 +60,7 @@ pub async fn accept<H, S>(
         tracing::warn!(ip = %peer_ip, "connection allocate error: too many connection");
         return;
     };
-    let framing = WsFraming::new(*host.packet(), server.inbound_cap, rules.options());
+    let framing = WsFraming::new(*host.packet(), server.inbound_cap, rules.options);
     let machine = Connection::new(conn, framing, server.rules, Instant::now());
     driver::serve(host, server, machine, stream).await;
 }
