@@ -189,12 +189,19 @@ impl Sessions {
             })
             .await?;
         if let Some(prev) = prev.filter(|p| *p != cid) {
-            self.send(self.cid_shard(prev), Command::ClearUidIf { cid: prev, uid })?;
+            // Awaited: once bind returns, no packet read from the old connection carries `uid`.
+            self.ask(self.cid_shard(prev), |r| Command::ClearUidIf {
+                cid: prev,
+                uid,
+                reply: r,
+            })
+            .await?;
         }
         if let Err(e) = self.control.bind_user(uid).await {
             tracing::error!(cid, uid, error = %e, "locator bind failed, binding undone");
             self.send(self.uid_home(uid), Command::DirRemoveIf { uid, cid })?;
-            self.send(cs, Command::ClearUidIf { cid, uid })?;
+            self.ask(cs, |r| Command::ClearUidIf { cid, uid, reply: r })
+                .await?;
             return Err(SessionError::Locator(e));
         }
         // The connection may have closed meanwhile: its disconnect removed the index entry
@@ -225,7 +232,13 @@ impl Sessions {
             .ask(self.uid_home(uid), |r| Command::DirRemove { uid, reply: r })
             .await?
             .ok_or(SessionError::NotFoundSession)?;
-        self.send(self.cid_shard(cid), Command::ClearUidIf { cid, uid })?;
+        // Awaited: once unbind returns, no packet read from the connection carries `uid`.
+        self.ask(self.cid_shard(cid), |r| Command::ClearUidIf {
+            cid,
+            uid,
+            reply: r,
+        })
+        .await?;
         // A locator failure is reported (code 2); the local unbind stands, as in due.
         self.control
             .unbind_user_wait(uid)

@@ -45,6 +45,8 @@ pub enum Command {
     ClearUidIf {
         cid: i64,
         uid: i64,
+        /// Answered once applied (the caller then knows no later packet of `cid` carries `uid`).
+        reply: Reply<()>,
     },
     /// Home index: `uid → cid`; answers the previous cid.
     DirSet {
@@ -240,10 +242,11 @@ impl Table {
                 };
                 let _ = reply.send(r);
             }
-            Command::ClearUidIf { cid, uid } => {
+            Command::ClearUidIf { cid, uid, reply } => {
                 if let Some(c) = self.conns.get(&cid).filter(|c| c.uid() == uid) {
                     c.set_uid(0);
                 }
+                let _ = reply.send(());
             }
             Command::DirSet { uid, cid, reply } => {
                 debug_assert_eq!(home_of_uid(uid, self.shards), self.shard);
