@@ -725,7 +725,20 @@ impl Consul {
     fn spawn(&mut self) {
         let bin = consul_bin().expect("consul binary");
         let port = self.port;
-        let (lan, wan, server) = (free_port(true), free_port(true), free_port(false));
+        // Distinct ports: two independent free_port() picks can return the same port (seen: the
+        // WAN and RPC ports collided and the agent refused to start).
+        let mut taken = vec![port];
+        let mut pick = |udp: bool| {
+            for _ in 0..100 {
+                let p = free_port(udp);
+                if !taken.contains(&p) {
+                    taken.push(p);
+                    return p;
+                }
+            }
+            panic!("no distinct free port for consul");
+        };
+        let (lan, wan, server) = (pick(true), pick(true), pick(false));
         let mut cmd = Command::new(bin);
         cmd.current_dir(&self.dir)
             .env("CHECKPOINT_DISABLE", "1")
@@ -898,7 +911,12 @@ impl Gate {
         env: &Env,
         edits: &[(&str, &str)],
     ) -> Gate {
-        let (tcp_port, ws_port) = (free_port(false), free_port(false));
+        let tcp_port = free_port(false);
+        // Never the TCP port again: both servers would share it (SO_REUSEPORT).
+        let ws_port = (0..100)
+            .map(|_| free_port(false))
+            .find(|p| *p != tcp_port)
+            .expect("a second free port");
         let (redis, consul) = (env.redis.addr(), env.consul.addr());
         let (tcp, ws) = (
             format!("127.0.0.1:{tcp_port}"),
