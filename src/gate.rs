@@ -1,8 +1,8 @@
-//! The gate as a whole: starts the control thread and one pinned executor per shard, binds the
-//! client listeners, and drives the shutdown phases (stop accepting, close, wait).
+//! The gate as a whole, wiring only: binds every socket, starts the control thread, one pinned
+//! executor per shard (`Shard::run`) and the registry; then drives the shutdown phases.
 //!
 //! `Gate` is what `main` and the integration tests hold. Everything it does to the shards goes
-//! through channels; it never touches shard state directly.
+//! through their inboxes (`shard::fan_out`); it never touches shard state directly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
