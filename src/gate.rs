@@ -157,6 +157,15 @@ impl Gate {
             cfg.gatehouse.listen_backlog,
         )
         .map_err(StartError::Listen)?;
+        let mut listening: Vec<(&str, SocketAddr)> = servers
+            .iter()
+            .map(|(server, bound)| match server.transport {
+                Transport::Tcp => ("etc.network.tcp.server.addr", *bound),
+                Transport::Ws => ("etc.network.ws.server.addr", *bound),
+            })
+            .collect();
+        listening.push(("etc.cluster.gate.addr", link_bound));
+        shared_port(&listening).map_err(StartError::Listen)?;
         let link_addr = net::advertised(&cfg.gate.addr, link_bound);
         // The one instance state: the node API and the registrar share it.
         let state = StateCell::new(InstanceState::Work);
@@ -347,5 +356,49 @@ impl Gate {
         if let Some(t) = self.control_thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Refuses two of this gate's listeners on one port. Each listener's sockets are SO_REUSEPORT
+/// (one per shard), so the kernel would let a second listener bind the same port and split the
+/// connections between them without a word; due's gate fails with "address already in use".
+fn shared_port(listening: &[(&str, SocketAddr)]) -> Result<(), String> {
+    for (i, (key, a)) in listening.iter().enumerate() {
+        for (other, b) in &listening[..i] {
+            let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if a.port() == b.port() && overlap {
+                return Err(format!(
+                    "{key}: port {} is already used by {other} (address already in use)",
+                    a.port()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_port;
+
+    #[test]
+    fn listeners_may_not_share_a_port() {
+        let at = |s: &str| s.parse().unwrap();
+        let tcp = ("etc.network.tcp.server.addr", at("127.0.0.1:3553"));
+        let err = shared_port(&[tcp, ("etc.network.ws.server.addr", at("127.0.0.1:3553"))]);
+        assert_eq!(
+            err.unwrap_err(),
+            "etc.network.ws.server.addr: port 3553 is already used by \
+             etc.network.tcp.server.addr (address already in use)"
+        );
+        let wildcard = ("etc.cluster.gate.addr", at("[::]:3553"));
+        assert!(
+            shared_port(&[tcp, wildcard]).is_err(),
+            "a wildcard overlaps"
+        );
+        let other_ip = ("etc.network.ws.server.addr", at("127.0.0.2:3553"));
+        assert!(shared_port(&[tcp, other_ip]).is_ok(), "two addresses");
+        let other_port = ("etc.network.ws.server.addr", at("127.0.0.1:3554"));
+        assert!(shared_port(&[tcp, other_port]).is_ok());
     }
 }

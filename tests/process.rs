@@ -207,6 +207,44 @@ fn invalid_values_fail_start_naming_the_key() {
     );
 }
 
+/// Two listeners of one gate on one port fail start-up naming the key (due: address in use);
+/// SO_REUSEPORT would otherwise let them bind and split the clients.
+#[test]
+fn two_listeners_on_one_port_fail_start_naming_the_key() {
+    let dir = TempDir::new("sameport");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp_at_port = |cfg: String| {
+        cfg.replace(
+            "addr = \"127.0.0.1:0\"\nheartbeat",
+            &format!("addr = \"127.0.0.1:{port}\"\nheartbeat"),
+        )
+    };
+    let ws_too = tcp_at_port(etc_toml(
+        "same",
+        &format!("[network.ws.server]\naddr = \"127.0.0.1:{port}\"\n"),
+    ));
+    let link_too = tcp_at_port(etc_toml("same", "")).replace(
+        "name = \"same\"\n",
+        &format!("name = \"same\"\naddr = \":{port}\"\n"),
+    );
+    for (cfg, key) in [
+        (ws_too, "etc.network.ws.server.addr"),
+        (link_too, "etc.cluster.gate.addr"),
+    ] {
+        let f = dir.0.join("etc.toml");
+        std::fs::write(&f, &cfg).unwrap();
+        // Spawned and bounded: a gate that wrongly starts must fail the test, not hang it.
+        let mut p = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+        let line = p.line(key);
+        assert!(line.contains("already used"), "{line}");
+        assert_eq!(p.wait_exit(Duration::from_secs(5)).0, Some(1), "{cfg}");
+    }
+}
+
 /// Items 53, 54, 56: v2.4.1 and v2.5.8 keys together; the banner's boxes, widths and order
 /// (the Gate box only once the listener accepts); the pid file.
 #[test]
