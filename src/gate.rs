@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::claim::PortClaims;
 use crate::config::Config;
 use crate::config::LocatorConfig;
 use crate::connection::framing::WsOptions;
@@ -79,6 +80,8 @@ pub struct Gate {
     discovery: Option<Box<dyn Discovery>>,
     /// Each shard's inbox, by shard index.
     inboxes: Vec<ShardInbox>,
+    /// This gate's claims on its configured ports (released with the gate).
+    _claims: PortClaims,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Control,
     control_thread: Option<std::thread::JoinHandle<()>>,
@@ -112,6 +115,32 @@ impl Gate {
             (0, true) => LENIENT_INBOUND_CAP,
             (n, _) => n,
         };
+
+        // Claim the configured ports before binding: the sockets are SO_REUSEPORT, so binding
+        // next to a running gatehouse would already steal some of its new connections.
+        let link_cfg = if cfg.gate.addr.is_empty() {
+            ":0"
+        } else {
+            cfg.gate.addr.as_str()
+        };
+        let configured = cfg
+            .tcp
+            .iter()
+            .map(|s| ("etc.network.tcp.server.addr", s.addr.as_str()))
+            .chain(
+                cfg.ws
+                    .iter()
+                    .map(|w| ("etc.network.ws.server.addr", w.server.addr.as_str())),
+            )
+            .chain([("etc.cluster.gate.addr", link_cfg)]);
+        let mut claims = PortClaims::default();
+        for (key, addr) in configured {
+            // An address that does not parse is reported by the bind below, with its key.
+            let port = net::HostPort::parse(addr).map_or(0, |a| a.port);
+            claims
+                .claim(port)
+                .map_err(|e| StartError::Listen(format!("{key}: {e}")))?;
+        }
 
         // Bind every listener first: a busy port must fail start-up before anything runs.
         let mut per_shard: Vec<Vec<ClientListener>> =
@@ -147,16 +176,9 @@ impl Gate {
         }
 
         // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
-        let (link_fds, link_bound) = net::bind_shared(
-            if cfg.gate.addr.is_empty() {
-                ":0"
-            } else {
-                &cfg.gate.addr
-            },
-            shard_count,
-            cfg.gatehouse.listen_backlog,
-        )
-        .map_err(StartError::Listen)?;
+        let (link_fds, link_bound) =
+            net::bind_shared(link_cfg, shard_count, cfg.gatehouse.listen_backlog)
+                .map_err(StartError::Listen)?;
         let mut listening: Vec<(&str, SocketAddr)> = servers
             .iter()
             .map(|(server, bound)| match server.transport {
@@ -244,6 +266,7 @@ impl Gate {
             link_addr,
             link,
             inboxes,
+            _claims: claims,
             shards,
             control,
             control_thread: Some(control_thread),

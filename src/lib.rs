@@ -39,12 +39,14 @@
 //!
 //! **Configuration and leaves**
 //! - [`config`]: due's `etc` files into typed settings, with errors that name the key.
-//! - [`net`]: listening sockets and the accept loop every listener shares.
+//! - [`net`]: listening sockets and the accept loop every listener shares. [`claim`]: the
+//!   claims on configured ports that refuse a second gatehouse on them.
 //! - [`packet`]: the client packet codec, sans-IO. [`liveness`]: heartbeat and authorize rules,
 //!   clock-free. [`instance`]: instance states and route flags.
 //! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor, logging, the banner, flags.
 
 pub mod banner;
+pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod connection;

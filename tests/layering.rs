@@ -38,7 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "bottom",
         &[
-            "net", "packet", "liveness", "tls", "logging", "banner", "cli", "instance",
+            "net", "packet", "liveness", "tls", "logging", "banner", "cli", "instance", "claim",
         ],
     ),
 ];
@@ -99,12 +99,12 @@ const RULES: &[Rule] = &[
     Rule {
         from: From::Only(&["config"]),
         to: To::Modules(&["registry", "control", "locator"]),
-        why: "config holds its own plain types; the control plane converts from them",
+        why: "config is plain data; the types it shares with the control plane live in `instance`",
     },
     Rule {
         from: From::Only(&["connection"]),
         to: To::Modules(&["shard"]),
-        why: "a connection gets a narrow context (packet config, upstream, liveness), not &Shard",
+        why: "a connection sees its shard through the narrow connection::Host trait, not &Shard",
     },
 ];
 

@@ -245,6 +245,62 @@ fn two_listeners_on_one_port_fail_start_naming_the_key() {
     }
 }
 
+/// A second gatehouse with the same configuration refuses to start, naming the running one's
+/// pid, and the running one keeps its clients (issue 9, item 5). Its ports are SO_REUSEPORT, so
+/// without the check the second would bind them and take part of the new connections.
+#[test]
+fn a_second_gatehouse_on_the_same_ports_refuses_to_start() {
+    let dir = TempDir::new("second");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, link) = (free(), free());
+    let cfg = etc_toml("first", "")
+        .replace(
+            "addr = \"127.0.0.1:0\"\nheartbeat",
+            &format!("addr = \"127.0.0.1:{port}\"\nheartbeat"),
+        )
+        .replace(
+            "name = \"first\"\n",
+            &format!("name = \"first\"\naddr = \"127.0.0.1:{link}\"\n"),
+        );
+    let f = dir.0.join("etc.toml");
+    std::fs::write(&f, &cfg).unwrap();
+    let mut first = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+    assert_eq!(first.port(), port);
+    let mut c = client(port);
+    c.heartbeat();
+    assert_eq!(c.frame(), hex("0000000180"));
+
+    let mut second = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+    let line = second.line("etc.network.tcp.server.addr");
+    assert!(
+        line.contains(&format!(
+            "already served by gatehouse pid {}",
+            first.child.id()
+        )),
+        "{line}"
+    );
+    assert_eq!(second.wait_exit(Duration::from_secs(5)).0, Some(1));
+
+    // The first gate is untouched: its client and new clients are served.
+    c.heartbeat();
+    assert_eq!(c.frame(), hex("0000000180"));
+    for _ in 0..20 {
+        let mut n = client(port);
+        n.heartbeat();
+        assert_eq!(n.frame(), hex("0000000180"));
+    }
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "first still running"
+    );
+}
+
 /// Items 53, 54, 56: v2.4.1 and v2.5.8 keys together; the banner's boxes, widths and order
 /// (the Gate box only once the listener accepts); the pid file.
 #[test]
