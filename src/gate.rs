@@ -126,13 +126,13 @@ impl Gate {
         let configured = cfg
             .tcp
             .iter()
-            .map(|s| ("etc.network.tcp.server.addr", s.addr.as_str()))
+            .map(|s| (addr_key(Some(Transport::Tcp)), s.addr.as_str()))
             .chain(
                 cfg.ws
                     .iter()
-                    .map(|w| ("etc.network.ws.server.addr", w.server.addr.as_str())),
+                    .map(|w| (addr_key(Some(Transport::Ws)), w.server.addr.as_str())),
             )
-            .chain([("etc.cluster.gate.addr", link_cfg)]);
+            .chain([(addr_key(None), link_cfg)]);
         let mut claims = PortClaims::default();
         for (key, addr) in configured {
             // An address that does not parse is reported by the bind below, with its key.
@@ -181,12 +181,9 @@ impl Gate {
                 .map_err(StartError::Listen)?;
         let mut listening: Vec<(&str, SocketAddr)> = servers
             .iter()
-            .map(|(server, bound)| match server.transport {
-                Transport::Tcp => ("etc.network.tcp.server.addr", *bound),
-                Transport::Ws => ("etc.network.ws.server.addr", *bound),
-            })
+            .map(|(server, bound)| (addr_key(Some(server.transport)), *bound))
             .collect();
-        listening.push(("etc.cluster.gate.addr", link_bound));
+        listening.push((addr_key(None), link_bound));
         shared_port(&listening).map_err(StartError::Listen)?;
         let link_addr = net::advertised(&cfg.gate.addr, link_bound);
         // The one instance state: the node API and the registrar share it.
@@ -379,6 +376,15 @@ impl Gate {
         if let Some(t) = self.control_thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The configuration key of a client server's address (`None`: the link's).
+fn addr_key(transport: Option<Transport>) -> &'static str {
+    match transport {
+        Some(Transport::Tcp) => "etc.network.tcp.server.addr",
+        Some(Transport::Ws) => "etc.network.ws.server.addr",
+        None => "etc.cluster.gate.addr",
     }
 }
 

@@ -40,8 +40,7 @@ pub async fn accept_loop<H: Host + 'static>(
             (None, false) => {
                 // Admitted before the spawn, so the task's future holds the driver only.
                 if let Some(conn) = admit(&*host, &server, ip) {
-                    let framing = TcpFraming::new(*host.packet(), server.inbound_cap);
-                    let machine = Connection::new(conn, framing, server.rules, Instant::now());
+                    let machine = tcp_machine(&*host, &server, conn);
                     host.spawn(driver::serve(host.clone(), server, machine, stream));
                 }
             }
@@ -57,6 +56,16 @@ pub async fn accept_loop<H: Host + 'static>(
         }
     })
     .await
+}
+
+/// The machine of a TCP (or TLS) connection admitted now.
+fn tcp_machine<H: Host + ?Sized>(
+    host: &H,
+    server: &ServerCtx,
+    conn: Rc<crate::session::Conn>,
+) -> Connection<TcpFraming> {
+    let framing = TcpFraming::new(*host.packet(), server.inbound_cap);
+    Connection::new(conn, framing, server.rules, Instant::now())
 }
 
 /// A session slot for a new connection from `ip`, or `None` (logged as due logs it) when the
@@ -80,8 +89,7 @@ async fn serve_tls<H: Host>(host: Rc<H>, server: Arc<ServerCtx>, ip: IpAddr, str
     let tls = server.tls.as_ref().expect("TLS server");
     match tls_handshake(tls, stream, ip).await {
         Some(s) => {
-            let framing = TcpFraming::new(*host.packet(), server.inbound_cap);
-            let machine = Connection::new(conn, framing, server.rules, Instant::now());
+            let machine = tcp_machine(&*host, &server, conn);
             driver::serve(host, server, machine, s).await
         }
         None => host.release(&server, &conn),
