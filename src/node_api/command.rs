@@ -191,6 +191,12 @@ impl Outcome {
     }
 }
 
+/// The effect of a request that names a session kind: `make`'s, or a refusal (code 2) for a
+/// kind that is neither conn nor user.
+fn with_kind(kind: u8, make: impl FnOnce(Kind) -> Effect) -> Effect {
+    Kind::from_wire(kind).map_or_else(Effect::Refuse, make)
+}
+
 /// Plans one request. `header` is the frame's raw header byte (for the v2.5.3 disconnect bit),
 /// `seq` its sequence number (0 = no answer wanted). A handshake records the peer.
 pub fn plan(peer: &mut Peer, rules: Rules, header: u8, seq: u64, req: Request) -> Plan {
@@ -212,45 +218,38 @@ pub fn plan(peer: &mut Peer, rules: Rules, header: u8, seq: u64, req: Request) -
         }
         Request::Bind { cid, uid } => (Effect::Bind { cid, uid }, code(Cmd::Bind)),
         Request::Unbind { uid } => (Effect::Unbind { uid }, code(Cmd::Unbind)),
-        Request::GetIp { kind, target } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) => Effect::GetIp { kind, target },
-                Err(e) => Effect::Refuse(e),
-            };
-            (effect, answer(Reply::Ip { seq }))
-        }
-        Request::Stat { kind } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) => Effect::Stat { kind },
-                Err(e) => Effect::Refuse(e),
-            };
-            (effect, total(Cmd::Stat))
-        }
-        Request::IsOnline { kind, target } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) => Effect::IsOnline { kind, target },
-                Err(e) => Effect::Refuse(e),
-            };
-            (effect, answer(Reply::Online { seq }))
-        }
+        Request::GetIp { kind, target } => (
+            with_kind(kind, |kind| Effect::GetIp { kind, target }),
+            answer(Reply::Ip { seq }),
+        ),
+        Request::Stat { kind } => (
+            with_kind(kind, |kind| Effect::Stat { kind }),
+            total(Cmd::Stat),
+        ),
+        Request::IsOnline { kind, target } => (
+            with_kind(kind, |kind| Effect::IsOnline { kind, target }),
+            answer(Reply::Online { seq }),
+        ),
         Request::Disconnect {
             kind,
             target,
             force,
         } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) if seq == 0 => Effect::DisconnectDetached {
-                    kind,
-                    target,
-                    force,
-                },
-                Ok(kind) => Effect::Disconnect {
-                    kind,
-                    target,
-                    force,
-                },
-                Err(e) => Effect::Refuse(e),
-            };
+            let effect = with_kind(kind, |kind| {
+                if seq == 0 {
+                    Effect::DisconnectDetached {
+                        kind,
+                        target,
+                        force,
+                    }
+                } else {
+                    Effect::Disconnect {
+                        kind,
+                        target,
+                        force,
+                    }
+                }
+            });
             (effect, code(Cmd::Disconnect))
         }
         Request::Push {
@@ -258,20 +257,22 @@ pub fn plan(peer: &mut Peer, rules: Rules, header: u8, seq: u64, req: Request) -
             target,
             message,
         } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) if seq == 0 && !close_after => Effect::PushNowait {
-                    kind,
-                    target,
-                    message,
-                },
-                Ok(kind) => Effect::Push {
-                    kind,
-                    target,
-                    message,
-                    close_after,
-                },
-                Err(e) => Effect::Refuse(e),
-            };
+            let effect = with_kind(kind, |kind| {
+                if seq == 0 && !close_after {
+                    Effect::PushNowait {
+                        kind,
+                        target,
+                        message,
+                    }
+                } else {
+                    Effect::Push {
+                        kind,
+                        target,
+                        message,
+                        close_after,
+                    }
+                }
+            });
             (effect, code(Cmd::Push))
         }
         Request::Multicast {
@@ -279,26 +280,20 @@ pub fn plan(peer: &mut Peer, rules: Rules, header: u8, seq: u64, req: Request) -
             targets,
             message,
         } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) => Effect::Multicast {
-                    kind,
-                    targets,
-                    message,
-                    close_after,
-                },
-                Err(e) => Effect::Refuse(e),
-            };
+            let effect = with_kind(kind, |kind| Effect::Multicast {
+                kind,
+                targets,
+                message,
+                close_after,
+            });
             (effect, total(Cmd::Multicast))
         }
         Request::Broadcast { kind, message } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) => Effect::Broadcast {
-                    kind,
-                    message,
-                    close_flag_ignored: close_after,
-                },
-                Err(e) => Effect::Refuse(e),
-            };
+            let effect = with_kind(kind, |kind| Effect::Broadcast {
+                kind,
+                message,
+                close_flag_ignored: close_after,
+            });
             (effect, total(Cmd::Broadcast))
         }
         // The disconnect bit is not honoured for publish (nor was it before this module).
@@ -314,14 +309,11 @@ pub fn plan(peer: &mut Peer, rules: Rules, header: u8, seq: u64, req: Request) -
             targets,
             channel,
         } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) => Effect::Subscribe {
-                    kind,
-                    targets,
-                    channel,
-                },
-                Err(e) => Effect::Refuse(e),
-            };
+            let effect = with_kind(kind, |kind| Effect::Subscribe {
+                kind,
+                targets,
+                channel,
+            });
             (effect, code(Cmd::Subscribe))
         }
         Request::Unsubscribe {
@@ -329,14 +321,11 @@ pub fn plan(peer: &mut Peer, rules: Rules, header: u8, seq: u64, req: Request) -
             targets,
             channel,
         } => {
-            let effect = match Kind::from_wire(kind) {
-                Ok(kind) => Effect::Unsubscribe {
-                    kind,
-                    targets,
-                    channel,
-                },
-                Err(e) => Effect::Refuse(e),
-            };
+            let effect = with_kind(kind, |kind| Effect::Unsubscribe {
+                kind,
+                targets,
+                channel,
+            });
             (effect, code(Cmd::Unsubscribe))
         }
         // Answered whatever its seq.
