@@ -239,8 +239,9 @@ impl Gate {
                 sessions: sessions.clone(),
                 inbox,
                 clients,
-                link_fd,
+                link_fds: vec![link_fd],
                 link: link.clone(),
+                inherited: Default::default(),
             };
             let upstream = upstream.clone();
             let handle = LocalExecutorBuilder::new(placement)

@@ -54,6 +54,7 @@ pub mod control;
 pub mod dispatch;
 pub mod drpc;
 pub mod gate;
+pub mod handoff;
 pub mod instance;
 pub mod listener;
 pub mod liveness;

@@ -18,11 +18,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::connection::framing::{FramingRecord, TcpFraming, WsFraming};
+use crate::connection::machine::Connection;
+use crate::connection::record::{ConnParcel, RecordError};
 use crate::connection::ws::WsRules;
-use crate::connection::{Host, ServerCtx};
-use crate::dispatch::{Delivery, EventKind, Upstream};
+use crate::connection::{driver, Host, ServerCtx};
+use crate::dispatch::{Delivery, EventKind, NodeLinkParcel, Upstream};
+use crate::handoff::{Collector, Phase, Stage};
 use crate::listener;
-use crate::node_api::{self, LinkShared, LocalSessions};
+use crate::node_api::{self, LinkParcel, LinkShared, LocalSessions};
 use crate::packet::PacketConfig;
 use crate::registry::ServiceInstance;
 use crate::session::{
@@ -33,6 +37,9 @@ use crate::session::{
 /// How long a stopping shard waits for its connection tasks and for queued frames to reach the
 /// nodes (an unreachable node must not hold the exit).
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How long a freeze waits for the shard's connections to park (a WS handshake that finishes
+/// later stays here and is drained the old way).
+const FREEZE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Everything that reaches a shard from outside its thread, applied in arrival order.
 pub enum ShardMsg {
@@ -47,6 +54,37 @@ pub enum ShardMsg {
     /// Stop: close the link listener and its connections, let queued frames reach the nodes
     /// (bounded), and end the shard.
     Exit,
+    /// Upgrade, step 1: stop accepting node links and park the link connections between two
+    /// frames; answers their sockets and state.
+    FreezeLinks(flume::Sender<Vec<LinkParcel>>),
+    /// Upgrade, step 2 (after every shard's links are parked, so every node command has reached
+    /// its connection): stop accepting clients, park every connection, then the node links.
+    FreezeClients(flume::Sender<ShardParcel>),
+    /// The upgrade failed: everything parked carries on, the listeners accept again.
+    Thaw,
+    /// The next process took the parcels: parked tasks end without a byte. Answered once done.
+    Commit(flume::Sender<()>),
+}
+
+/// What one shard hands to the next process.
+pub struct ShardParcel {
+    pub conns: Vec<ConnParcel>,
+    pub node_links: Vec<NodeLinkParcel>,
+    /// This shard's next cid sequence number (every cid it made is below it).
+    pub next_seq: i64,
+}
+
+/// What a shard of the next process starts with, from the previous one (`--upgrade`).
+#[derive(Default)]
+pub struct Inherited {
+    /// Connections whose cid maps to this shard.
+    pub conns: Vec<ConnParcel>,
+    pub links: Vec<LinkParcel>,
+    pub node_links: Vec<NodeLinkParcel>,
+    /// cids are made from this sequence number on (lower ones may be taken).
+    pub next_seq: i64,
+    /// This shard's home index entries (`uid → cid`).
+    pub users: Vec<(i64, i64)>,
 }
 
 /// The sending side of a shard's inbox (what the wiring and other shards hold).
@@ -96,9 +134,11 @@ pub struct ShardSpec {
     pub sessions: Sessions,
     pub inbox: flume::Receiver<ShardMsg>,
     pub clients: Vec<ClientListener>,
-    /// This shard's socket of the link listener (nodes dial it).
-    pub link_fd: OwnedFd,
+    /// This shard's sockets of the link listener (nodes dial it); one unless an upgrade
+    /// inherited more listeners than this process has shards.
+    pub link_fds: Vec<OwnedFd>,
     pub link: Arc<LinkShared>,
+    pub inherited: Inherited,
 }
 
 /// The state owned by one shard's executor thread.
@@ -113,54 +153,80 @@ pub struct Shard {
     heartbeat: Bytes,
     /// Every connection task of this shard, waited for (bounded) when it stops.
     tasks: glommio::sync::Gate,
+    /// The client servers this shard accepts on, and its link sockets: kept so that the accept
+    /// loops can stop for an upgrade and start again when it fails.
+    listeners: Vec<ClientListener>,
+    link_fds: Vec<OwnedFd>,
+    link: Arc<LinkShared>,
+    /// The running accept loops of clients and of the link; `None` while stopped.
+    accepting: RefCell<Option<Accepting>>,
+    link_accepting: RefCell<Option<Accepting>>,
+    /// Whether the shard should accept clients (false after `StopAccepting`).
+    accept_wanted: std::cell::Cell<bool>,
+    /// Link connections end when this is dropped (the shard exits).
+    link_closing: RefCell<Option<flume::Sender<()>>>,
+    link_closing_rx: flume::Receiver<()>,
+    /// Upgrade hand-off: the stages of client connections and link connections, and what a
+    /// freeze collects from them.
+    clients_stage: Rc<Stage>,
+    links_stage: Rc<Stage>,
+    conn_parcels: Collector<ConnParcel>,
+    link_parcels: Collector<LinkParcel>,
+}
+
+/// The accept loops of one start: they stop when `stop` is dropped.
+struct Accepting {
+    stop: flume::Sender<()>,
+    loops: Vec<glommio::Task<()>>,
 }
 
 impl Shard {
     /// The whole life of a shard, on its executor: serves until `Exit`, then stops what it owns.
     pub fn run(spec: ShardSpec, upstream: Box<dyn Upstream>) -> impl Future<Output = ()> {
-        let shard = Rc::new(Shard::new(
-            spec.index,
-            spec.count,
-            spec.packet,
-            upstream,
-            spec.sessions,
-        ));
+        let (link_closing, link_closing_rx) = flume::bounded::<()>(1);
+        let shard = Rc::new(Shard {
+            index: spec.index,
+            count: spec.count,
+            packet: spec.packet,
+            table: RefCell::new(Table::new(spec.index, spec.count)),
+            upstream: Rc::from(upstream),
+            sessions: spec.sessions,
+            heartbeat: spec.packet.heartbeat(0),
+            tasks: glommio::sync::Gate::new(),
+            listeners: spec.clients,
+            link_fds: spec.link_fds,
+            link: spec.link,
+            accepting: RefCell::new(None),
+            link_accepting: RefCell::new(None),
+            accept_wanted: std::cell::Cell::new(true),
+            link_closing: RefCell::new(Some(link_closing)),
+            link_closing_rx,
+            clients_stage: Rc::default(),
+            links_stage: Rc::default(),
+            conn_parcels: Collector::default(),
+            link_parcels: Collector::default(),
+        });
+        let inbox = spec.inbox;
+        let inherited = spec.inherited;
         async move {
-            // Listeners stop when their stop channel's sender is dropped.
-            let (stop_accepting, accepting) = flume::bounded::<()>(1);
-            let mut stop_accepting = Some(stop_accepting);
-            let (stop_link, linking) = flume::bounded::<()>(1);
-            let mut loops: Vec<glommio::Task<()>> = spec
-                .clients
-                .into_iter()
-                .map(|l| {
-                    glommio::spawn_local(listener::accept_loop(
-                        shard.clone(),
-                        l.server,
-                        l.ws,
-                        l.fd,
-                        accepting.clone(),
-                    ))
-                })
-                .collect();
-            drop(accepting);
-            let link = glommio::spawn_local(node_api::accept_loop(
-                shard.clone(),
-                spec.link,
-                spec.link_fd,
-                linking,
-            ));
-            while let Ok(msg) = spec.inbox.recv_async().await {
-                if !shard.handle(msg, &mut stop_accepting) {
+            // What reached the inbox before the start (the registry's first node list) is
+            // applied before any inherited connection runs: its packets need the routes.
+            while let Ok(msg) = inbox.try_recv() {
+                if !shard.handle(msg) {
+                    return;
+                }
+            }
+            shard.take_over(inherited);
+            shard.start_accepting();
+            shard.start_link_accepting();
+            while let Ok(msg) = inbox.recv_async().await {
+                if !shard.handle(msg) {
                     break;
                 }
             }
-            drop(stop_accepting);
-            for l in loops.drain(..) {
-                l.await;
-            }
-            drop(stop_link);
-            link.await;
+            Shard::stop_loops(&shard.accepting).await;
+            Shard::stop_loops(&shard.link_accepting).await;
+            drop(shard.link_closing.borrow_mut().take());
             // Bounded: an unreachable node must not hold the exit.
             let deadline = Instant::now() + EXIT_GRACE;
             let left = || deadline.saturating_duration_since(Instant::now());
@@ -182,34 +248,232 @@ impl Shard {
     }
 
     /// Applies one inbox message. `false` = the shard must stop.
-    fn handle(&self, msg: ShardMsg, stop_accepting: &mut Option<flume::Sender<()>>) -> bool {
+    fn handle(self: &Rc<Self>, msg: ShardMsg) -> bool {
         match msg {
             ShardMsg::Session(cmd) => self.apply(cmd),
             ShardMsg::Nodes(nodes) => self.upstream.update_nodes(&nodes),
-            ShardMsg::StopAccepting => drop(stop_accepting.take()),
+            ShardMsg::StopAccepting => {
+                self.accept_wanted.set(false);
+                let shard = self.clone();
+                glommio::spawn_local(async move { Shard::stop_loops(&shard.accepting).await })
+                    .detach();
+            }
             ShardMsg::CloseAll { graceful } => self.table.borrow().close_all(graceful),
             ShardMsg::Exit => return false,
+            ShardMsg::FreezeLinks(reply) => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.freeze_links().await);
+                })
+                .detach();
+            }
+            ShardMsg::FreezeClients(reply) => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.freeze_clients().await);
+                })
+                .detach();
+            }
+            ShardMsg::Thaw => self.thaw(),
+            ShardMsg::Commit(reply) => {
+                self.clients_stage.set(Phase::Committed);
+                self.links_stage.set(Phase::Committed);
+                self.upstream.commit();
+                let _ = reply.send(());
+            }
         }
         true
     }
 
-    fn new(
-        index: usize,
-        count: usize,
-        packet: PacketConfig,
-        upstream: Box<dyn Upstream>,
-        sessions: Sessions,
-    ) -> Self {
-        Shard {
-            index,
-            count,
-            packet,
-            table: RefCell::new(Table::new(index, count)),
-            upstream: Rc::from(upstream),
-            sessions,
-            heartbeat: packet.heartbeat(0),
-            tasks: glommio::sync::Gate::new(),
+    /// Starts the client accept loops on duplicates of the kept sockets.
+    fn start_accepting(self: &Rc<Self>) {
+        if !self.accept_wanted.get() || self.accepting.borrow().is_some() {
+            return;
         }
+        let (stop, accepting) = flume::bounded::<()>(1);
+        let mut loops = Vec::new();
+        for l in &self.listeners {
+            match crate::net::duplicate(&l.fd) {
+                Ok(fd) => loops.push(glommio::spawn_local(listener::accept_loop(
+                    self.clone(),
+                    l.server.clone(),
+                    l.ws.clone(),
+                    fd,
+                    accepting.clone(),
+                ))),
+                Err(e) => tracing::error!(error = %e, "cannot start a client accept loop"),
+            }
+        }
+        *self.accepting.borrow_mut() = Some(Accepting { stop, loops });
+    }
+
+    /// Starts the link accept loops on duplicates of the kept sockets.
+    fn start_link_accepting(self: &Rc<Self>) {
+        if self.link_accepting.borrow().is_some() {
+            return;
+        }
+        let (stop, accepting) = flume::bounded::<()>(1);
+        let mut loops = Vec::new();
+        for fd in &self.link_fds {
+            match crate::net::duplicate(fd) {
+                Ok(fd) => loops.push(glommio::spawn_local(node_api::accept_loop(
+                    self.clone(),
+                    self.link.clone(),
+                    fd,
+                    accepting.clone(),
+                    self.link_closing_rx.clone(),
+                ))),
+                Err(e) => tracing::error!(error = %e, "cannot start a link accept loop"),
+            }
+        }
+        *self.link_accepting.borrow_mut() = Some(Accepting { stop, loops });
+    }
+
+    /// Stops some accept loops and waits until they have ended (the kept sockets stay open, so
+    /// connections arriving meanwhile wait in the kernel's queue).
+    async fn stop_loops(loops: &RefCell<Option<Accepting>>) {
+        let Some(a) = loops.borrow_mut().take() else {
+            return;
+        };
+        drop(a.stop);
+        for l in a.loops {
+            l.await;
+        }
+    }
+
+    /// Upgrade step 1: no new node link; every link connection parks between two frames.
+    async fn freeze_links(self: Rc<Self>) -> Vec<LinkParcel> {
+        Shard::stop_loops(&self.link_accepting).await;
+        self.link_parcels.open();
+        self.links_stage.set(Phase::Frozen);
+        let _ = glommio::timer::timeout(FREEZE_LIMIT, async {
+            self.links_stage.all_parked().await;
+            Ok(())
+        })
+        .await;
+        self.link_parcels.close()
+    }
+
+    /// Upgrade step 2: every client connection parks and exports itself, then the node links.
+    async fn freeze_clients(self: Rc<Self>) -> ShardParcel {
+        Shard::stop_loops(&self.accepting).await;
+        self.conn_parcels.open();
+        self.clients_stage.set(Phase::Frozen);
+        for c in self.table.borrow().conns() {
+            c.wake();
+        }
+        let _ = glommio::timer::timeout(FREEZE_LIMIT, async {
+            self.clients_stage.all_parked().await;
+            Ok(())
+        })
+        .await;
+        let conns = self.conn_parcels.close();
+        let node_links = self.upstream.freeze().await;
+        ShardParcel {
+            conns,
+            node_links,
+            next_seq: self.table.borrow().next_seq(),
+        }
+    }
+
+    /// The upgrade failed: what was collected is dropped (our sockets stay), everything parked
+    /// carries on, and the listeners accept again.
+    fn thaw(self: &Rc<Self>) {
+        drop(self.conn_parcels.close());
+        drop(self.link_parcels.close());
+        self.clients_stage.set(Phase::Serving);
+        self.links_stage.set(Phase::Serving);
+        self.upstream.thaw();
+        self.start_accepting();
+        self.start_link_accepting();
+    }
+
+    /// Takes up what the previous process handed to this shard (`--upgrade`): home index entries,
+    /// node links, then the connections, each carrying on where it stopped.
+    fn take_over(self: &Rc<Self>, inherited: Inherited) {
+        let mut table = self.table.borrow_mut();
+        table.reserve_below(inherited.next_seq);
+        for (uid, cid) in inherited.users {
+            table.insert_user(uid, cid);
+        }
+        drop(table);
+        if !inherited.node_links.is_empty() {
+            self.upstream.adopt(inherited.node_links);
+        }
+        for parcel in inherited.links {
+            node_api::adopt(
+                self,
+                self.link.clone(),
+                parcel,
+                self.link_closing_rx.clone(),
+            );
+        }
+        let count = inherited.conns.len();
+        for parcel in inherited.conns {
+            let cid = parcel.record.session.cid;
+            if let Err(e) = self.adopt_conn(parcel) {
+                tracing::error!(cid, error = %e, "upgrade: connection not taken up, closed");
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                shard = self.index,
+                connections = count,
+                "upgrade: connections taken over"
+            );
+        }
+    }
+
+    /// Rebuilds one handed-over connection and starts its driver on the inherited socket.
+    fn adopt_conn(self: &Rc<Self>, parcel: ConnParcel) -> Result<(), RecordError> {
+        let record = parcel.record;
+        let transport = record.session.transport;
+        let Some(l) = self
+            .listeners
+            .iter()
+            .find(|l| l.server.transport == transport && l.server.tls.is_none())
+        else {
+            return Err(RecordError::Transport);
+        };
+        let server = l.server.clone();
+        let (packet, cap) = (self.packet, server.inbound_cap);
+        let now = Instant::now();
+        let stream = crate::net::stream_from(parcel.fd);
+        let queue = server.config.write_queue_size;
+        match (&l.ws, transport) {
+            (None, crate::session::Transport::Tcp) => {
+                let machine = Connection::import(record, server.rules, queue, now, |f| match f {
+                    FramingRecord::Tcp => Ok(TcpFraming::new(packet, cap)),
+                    FramingRecord::Ws(_) => Err(RecordError::Transport),
+                })?;
+                self.insert_adopted(&server, machine.conn());
+                Host::spawn(
+                    &**self,
+                    driver::serve(self.clone(), server, machine, stream),
+                );
+            }
+            (Some(rules), crate::session::Transport::Ws) => {
+                let options = rules.options;
+                let machine = Connection::import(record, server.rules, queue, now, |f| match f {
+                    FramingRecord::Ws(w) => Ok(WsFraming::import(packet, cap, options, w)),
+                    FramingRecord::Tcp => Err(RecordError::Transport),
+                })?;
+                self.insert_adopted(&server, machine.conn());
+                Host::spawn(
+                    &**self,
+                    driver::serve(self.clone(), server, machine, stream),
+                );
+            }
+            _ => return Err(RecordError::Transport),
+        }
+        Ok(())
+    }
+
+    /// Registers an adopted connection: table, channels, server slot (no Connect: the nodes
+    /// know it already).
+    fn insert_adopted(&self, server: &ServerCtx, conn: &Rc<Conn>) {
+        server.slot().fetch_add(1, Ordering::AcqRel);
+        self.table.borrow_mut().insert_imported(conn.clone());
     }
 
     /// This process's heartbeat packet, with the current Unix time in ns when configured.
@@ -283,6 +547,20 @@ impl Host for Shard {
         Shard::heartbeat(self)
     }
 
+    fn stage(&self) -> Option<&Rc<Stage>> {
+        Some(&self.clients_stage)
+    }
+
+    fn hand_over(&self, parcel: ConnParcel) -> bool {
+        self.conn_parcels.offer(parcel).is_ok()
+    }
+
+    fn forget(&self, server: &ServerCtx, conn: &Conn) {
+        conn.set_state(ConnState::Closed);
+        self.table.borrow_mut().remove(conn);
+        server.slot().fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn deliver(&self, d: Delivery) {
         self.upstream.deliver(d)
     }
@@ -354,5 +632,13 @@ impl LocalSessions for Shard {
 
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
         Host::spawn(self, task)
+    }
+
+    fn link_stage(&self) -> Option<&Rc<Stage>> {
+        Some(&self.links_stage)
+    }
+
+    fn hand_over_link(&self, parcel: LinkParcel) -> bool {
+        self.link_parcels.offer(parcel).is_ok()
     }
 }

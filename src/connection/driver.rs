@@ -15,7 +15,16 @@ use std::time::Instant;
 
 use super::framing::Framing;
 use super::machine::{CloseStatus, Connection};
-use super::{CloseReason, DeadlineTimer, Host, ServerCtx, IO_BUDGET, SCRATCH};
+use super::record::ConnParcel;
+use super::{CloseReason, DeadlineTimer, Host, ServerCtx, Transferable, IO_BUDGET, SCRATCH};
+use crate::handoff::{Member, Phase};
+
+/// How a connection's task ends.
+enum End {
+    Closed(CloseReason),
+    /// The next process took the socket and the state (`--upgrade`).
+    HandedOff,
+}
 
 /// Serves one admitted connection until it closes, then releases it through `host`.
 ///
@@ -31,16 +40,27 @@ pub fn serve<H, F, S>(
 where
     H: Host + ?Sized,
     F: Framing,
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Transferable + Unpin,
 {
     let mut d = Driver {
         stream,
         machine,
         timer: DeadlineTimer::new(),
+        member: host.stage().map(|s| s.enter()),
+        parked: None,
     };
     async move {
-        let reason = std::future::poll_fn(|cx| d.poll(&*host, cx)).await;
+        let end = std::future::poll_fn(|cx| d.poll(&*host, cx)).await;
         let conn = d.machine.conn().clone();
+        let reason = match end {
+            End::Closed(reason) => reason,
+            End::HandedOff => {
+                tracing::debug!(cid = conn.cid, "connection handed over");
+                drop(d);
+                host.forget(&server, &conn);
+                return;
+            }
+        };
         match &reason {
             CloseReason::Protocol(e) | CloseReason::Io(e) => {
                 tracing::info!(cid = conn.cid, reason = %e, "connection closed")
@@ -56,11 +76,71 @@ struct Driver<F, S> {
     stream: S,
     machine: Connection<F>,
     timer: DeadlineTimer,
+    /// Membership of the shard's client stage (upgrades); `None` where none can happen.
+    member: Option<Member>,
+    /// Parked by a freeze: whether the parcel was taken (`true`) or stays here (`false`).
+    parked: Option<bool>,
 }
 
-impl<F: Framing, S: AsyncRead + AsyncWrite + Unpin> Driver<F, S> {
-    fn poll<H: Host + ?Sized>(&mut self, host: &H, cx: &mut Context<'_>) -> Poll<CloseReason> {
+impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> {
+    fn poll<H: Host + ?Sized>(&mut self, host: &H, cx: &mut Context<'_>) -> Poll<End> {
         self.machine.conn().register_waker(cx.waker());
+        if let Some(parked) = self.poll_stage(host, cx) {
+            return parked;
+        }
+        self.poll_serve(host, cx).map(End::Closed)
+    }
+
+    /// Parks the connection while its shard is frozen for an upgrade: the first time, its socket
+    /// and state are offered to the hand-off; nothing is read or written until the freeze ends.
+    /// `None` = serve as usual (not frozen, or the freeze was called off, or the connection was
+    /// not taken and stays here).
+    fn poll_stage<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<End>> {
+        let member = self.member.as_ref()?;
+        match member.stage().phase() {
+            Phase::Serving => {
+                self.parked = None;
+                return None;
+            }
+            Phase::Committed => {
+                return match self.parked {
+                    Some(true) => Some(Poll::Ready(End::HandedOff)),
+                    _ => None,
+                };
+            }
+            Phase::Frozen => {}
+        }
+        if self.parked.is_none() {
+            let taken = match self.stream.duplicate() {
+                Some(Ok(fd)) => {
+                    let record = self.machine.export(Instant::now());
+                    host.hand_over(ConnParcel { record, fd })
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(cid = self.machine.conn().cid, error = %e, "cannot hand the connection over, it stays");
+                    false
+                }
+                None => false,
+            };
+            self.parked = Some(taken);
+            member.park();
+        }
+        match member.stage().poll_leave(Phase::Frozen, cx) {
+            Poll::Pending => Some(Poll::Pending),
+            // Re-enter: the phase decides again.
+            Poll::Ready(_) => self.poll_stage(host, cx),
+        }
+    }
+
+    fn poll_serve<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        cx: &mut Context<'_>,
+    ) -> Poll<CloseReason> {
         for _ in 0..IO_BUDGET {
             let now = Instant::now();
             if let Err(r) = self.machine.handle_timeout(now) {

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use crate::config::{HeartbeatMechanism, ServerConfig};
 use crate::dispatch::Delivery;
+use crate::handoff::Stage;
 use crate::liveness::LivenessRules;
 use crate::packet::PacketConfig;
 use crate::session::{Conn, Transport};
@@ -52,6 +53,43 @@ pub trait Host {
     fn release(&self, server: &ServerCtx, conn: &Conn);
     /// Runs a connection's task on the shard, which waits for it (bounded) when it stops.
     fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static);
+    /// The shard's client stage in an upgrade hand-off; `None` where none can happen.
+    fn stage(&self) -> Option<&Rc<Stage>> {
+        None
+    }
+    /// Offers a frozen connection's socket and state to the hand-off; `false` when none is
+    /// being collected (the parcel is dropped and the connection stays here).
+    fn hand_over(&self, _parcel: record::ConnParcel) -> bool {
+        false
+    }
+    /// Forgets a connection the next process took over: no event, no locator change; its
+    /// session lives on there.
+    fn forget(&self, server: &ServerCtx, conn: &Conn) {
+        self.release(server, conn)
+    }
+}
+
+/// A stream whose socket can move to another process as it is: plain TCP can, TLS cannot (its
+/// session keys live in this process).
+pub trait Transferable {
+    /// A duplicate of the socket (close-on-exec), or `None` when it cannot be handed over.
+    fn duplicate(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        None
+    }
+}
+
+impl Transferable for glommio::net::TcpStream {
+    fn duplicate(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        Some(crate::net::duplicate(self))
+    }
+}
+
+impl<S> Transferable for futures_rustls::server::TlsStream<S> {}
+
+impl<S: Transferable + ?Sized> Transferable for Box<S> {
+    fn duplicate(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        (**self).duplicate()
+    }
 }
 
 /// Settings and counters of one client-facing server (TCP or WS), shared by all shards.

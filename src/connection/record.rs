@@ -29,6 +29,13 @@ pub struct ConnRecord {
     pub framing: FramingRecord,
 }
 
+/// A frozen connection on its way to the next process: its socket and its state.
+#[derive(Debug)]
+pub struct ConnParcel {
+    pub record: ConnRecord,
+    pub fd: std::os::fd::OwnedFd,
+}
+
 /// Why a record cannot be taken up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordError {

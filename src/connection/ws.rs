@@ -47,7 +47,7 @@ pub async fn accept<H, S>(
     stream: S,
 ) where
     H: Host + ?Sized,
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + super::Transferable + Unpin,
 {
     // Boxed so that this future's states do not each hold a copy of the stream (1.3 KiB for
     // TLS); the listener's future for every WS connection is sized for the TLS case.

@@ -12,7 +12,10 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::node_link::NodeLinks;
+use super::node_link::{NodeLinkParcel, NodeLinks};
+
+/// How long a freeze waits for locator lookups in flight.
+const LOOKUP_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 use super::routes::{RouteTable, Strategy};
 use super::{Delivery, EventKind, GateEvent, Upstream};
 use crate::control::Control;
@@ -247,6 +250,37 @@ impl Upstream for ClusterUpstream {
             let _ = inner.lookups.close().await;
             inner.links.close().await;
         })
+    }
+
+    fn freeze(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeLinkParcel>>>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // Packets waiting for a locator answer are sent first: they were read before the
+            // freeze, so they belong to this process's queues.
+            let deadline = std::time::Instant::now() + LOOKUP_LIMIT;
+            while !inner.waiting.borrow().is_empty() && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            if !inner.waiting.borrow().is_empty() {
+                tracing::warn!(
+                    connections = inner.waiting.borrow().len(),
+                    "upgrade: locator lookups still in flight, their packets follow on this process's links"
+                );
+            }
+            inner.links.freeze().await
+        })
+    }
+
+    fn thaw(&self) {
+        self.inner.links.thaw()
+    }
+
+    fn commit(&self) {
+        self.inner.links.commit()
+    }
+
+    fn adopt(&self, links: Vec<NodeLinkParcel>) {
+        self.inner.links.adopt(links)
     }
 
     fn update_nodes(&self, nodes: &Arc<Vec<ServiceInstance>>) {

@@ -10,6 +10,8 @@ pub mod routes;
 
 use bytes::Bytes;
 
+pub use node_link::NodeLinkParcel;
+
 /// due's cluster event numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -63,6 +65,18 @@ pub trait Upstream {
 
     /// The registry's view of the nodes changed (the full list, in registry order).
     fn update_nodes(&self, _nodes: &std::sync::Arc<Vec<crate::registry::ServiceInstance>>) {}
+
+    /// An upgrade hand-off: once the locator lookups in flight are answered (bounded), parks the
+    /// connected node links and returns their sockets and queued frames.
+    fn freeze(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeLinkParcel>>>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
+    /// The hand-off was called off: parked links carry on.
+    fn thaw(&self) {}
+    /// The next process took the parked links.
+    fn commit(&self) {}
+    /// Carries on node links the previous process handed over.
+    fn adopt(&self, _links: Vec<NodeLinkParcel>) {}
 }
 
 /// Builds one `Upstream` per shard, on that shard's thread.

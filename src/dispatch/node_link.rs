@@ -10,11 +10,13 @@ use ahash::AHashMap;
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use std::cell::{Cell, RefCell};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::drpc::{self, Head, LINK_HEARTBEAT};
+use crate::handoff::{Collector, Member, Phase, Stage};
 use crate::net::HostPort;
 
 /// due's dial rules: 500 ms per attempt, 3 attempts, 5 ms then 10 ms between them.
@@ -33,6 +35,9 @@ const MAX_QUEUED: usize = 64 << 20;
 /// Instance kind "gate" in the handshake.
 const KIND_GATE: u8 = 1;
 
+/// How long a freeze waits for connected links to finish the write in progress and park.
+const FREEZE_LIMIT: Duration = Duration::from_secs(1);
+
 /// The link connections of one shard, by node link address.
 pub struct NodeLinks {
     gid: Rc<str>,
@@ -42,6 +47,19 @@ pub struct NodeLinks {
     pressure: Rc<Pressure>,
     /// The connection tasks, waited for by [`NodeLinks::close`].
     tasks: glommio::sync::Gate,
+    /// Connected links in an upgrade hand-off, and the parcels of a freeze.
+    stage: Rc<Stage>,
+    parcels: Rc<Collector<NodeLinkParcel>>,
+}
+
+/// An outbound node connection on its way to the next process (`--upgrade`): which node, which
+/// of this shard's connections to it, the socket, and the frames queued and not yet written.
+#[derive(Debug)]
+pub struct NodeLinkParcel {
+    pub addr: String,
+    pub slot: usize,
+    pub fd: OwnedFd,
+    pub queued: Vec<u8>,
 }
 
 /// Which of this shard's node queues are over the high-water mark, and who waits for them.
@@ -70,6 +88,66 @@ impl NodeLinks {
             conns_per_node: conns_per_node.max(1),
             pressure: Rc::default(),
             tasks: glommio::sync::Gate::new(),
+            stage: Rc::default(),
+            parcels: Rc::default(),
+        }
+    }
+
+    fn start(&self, link: Rc<NodeLink>, stream: Option<glommio::net::TcpStream>) {
+        let task = run(
+            link,
+            self.gid.clone(),
+            self.stage.clone(),
+            self.parcels.clone(),
+            stream,
+        );
+        if let Ok(t) = self.tasks.spawn(task) {
+            t.detach();
+        }
+    }
+
+    /// Parks every connected link after the write in progress (bounded) and returns their
+    /// sockets and queued frames. Links not connected keep their queue and dial later.
+    pub async fn freeze(&self) -> Vec<NodeLinkParcel> {
+        self.parcels.open();
+        self.stage.set(Phase::Frozen);
+        for l in self.nodes.borrow().values().flatten() {
+            l.wake();
+        }
+        let _ = glommio::timer::timeout(FREEZE_LIMIT, async {
+            self.stage.all_parked().await;
+            Ok(())
+        })
+        .await;
+        self.parcels.close()
+    }
+
+    /// The freeze is called off: parked links carry on.
+    pub fn thaw(&self) {
+        self.stage.set(Phase::Serving);
+    }
+
+    /// The next process took the parked links: they end without a byte, and are forgotten
+    /// (a later frame for their node dials anew).
+    pub fn commit(&self) {
+        self.stage.set(Phase::Committed);
+        self.nodes.borrow_mut().retain(|_, links| {
+            links.retain(|l| !l.handed.get());
+            !links.is_empty()
+        });
+    }
+
+    /// Carries on the links the previous process handed over, in their slot order.
+    pub fn adopt(&self, mut parcels: Vec<NodeLinkParcel>) {
+        parcels.sort_by_key(|p| p.slot);
+        for p in parcels {
+            let mut nodes = self.nodes.borrow_mut();
+            let links = nodes.entry(p.addr.clone()).or_default();
+            let link = Rc::new(NodeLink::new(&p.addr, links.len(), self.pressure.clone()));
+            link.queue.borrow_mut().extend_from_slice(&p.queued);
+            links.push(link.clone());
+            drop(nodes);
+            self.start(link, Some(crate::net::stream_from(p.fd)));
         }
     }
 
@@ -93,11 +171,9 @@ impl NodeLinks {
             let mut nodes = self.nodes.borrow_mut();
             let links = nodes.entry(addr.to_string()).or_insert_with(|| {
                 (0..self.conns_per_node)
-                    .map(|_| {
-                        let l = Rc::new(NodeLink::new(addr, self.pressure.clone()));
-                        if let Ok(t) = self.tasks.spawn(run(l.clone(), self.gid.clone())) {
-                            t.detach();
-                        }
+                    .map(|slot| {
+                        let l = Rc::new(NodeLink::new(addr, slot, self.pressure.clone()));
+                        self.start(l.clone(), None);
                         l
                     })
                     .collect()
@@ -142,6 +218,8 @@ impl NodeLinks {
 /// One node's connection state on this shard.
 struct NodeLink {
     addr: String,
+    /// Which of this shard's connections to the node it is.
+    slot: usize,
     pressure: Rc<Pressure>,
     congested: Cell<bool>,
     /// A batch taken from `queue` is being written.
@@ -150,12 +228,15 @@ struct NodeLink {
     waker: RefCell<Option<Waker>>,
     faulty_until: Cell<Option<Instant>>,
     closed: Cell<bool>,
+    /// Parked with its parcel taken by a freeze.
+    handed: Cell<bool>,
 }
 
 impl NodeLink {
-    fn new(addr: &str, pressure: Rc<Pressure>) -> Self {
+    fn new(addr: &str, slot: usize, pressure: Rc<Pressure>) -> Self {
         NodeLink {
             addr: addr.to_string(),
+            slot,
             pressure,
             congested: Cell::new(false),
             writing: Cell::new(false),
@@ -163,6 +244,7 @@ impl NodeLink {
             waker: RefCell::new(None),
             faulty_until: Cell::new(None),
             closed: Cell::new(false),
+            handed: Cell::new(false),
         }
     }
 
@@ -278,34 +360,97 @@ async fn handshake(stream: &mut glommio::net::TcpStream, gid: &str) -> std::io::
 
 /// The connection task of one node on one shard: dial, handshake, then write queued frames and
 /// heartbeats until the connection fails; re-dial; after failing every attempt, sit out the
-/// fault window with the queue dropped.
-async fn run(link: Rc<NodeLink>, gid: Rc<str>) {
+/// fault window with the queue dropped. A connection handed over by the previous process
+/// (`adopted`) starts pumping at once. While connected, the link is a member of the shard's
+/// hand-off stage: a freeze parks it between two writes.
+async fn run(
+    link: Rc<NodeLink>,
+    gid: Rc<str>,
+    stage: Rc<Stage>,
+    parcels: Rc<Collector<NodeLinkParcel>>,
+    mut adopted: Option<glommio::net::TcpStream>,
+) {
     while !link.closed.get() {
-        let Some(mut stream) = dial(&link.addr).await else {
-            let dropped = std::mem::take(&mut *link.queue.borrow_mut()).len();
-            link.set_congested(false);
-            tracing::warn!(addr = %link.addr, dropped_bytes = dropped, "node unreachable, skipping it for 3 s");
-            link.faulty_until.set(Some(Instant::now() + FAULT_WINDOW));
-            glommio::timer::sleep(FAULT_WINDOW).await;
-            link.faulty_until.set(None);
-            // Dial again only when there is something to send.
-            link.wait_work().await;
-            continue;
+        let mut stream = match adopted.take() {
+            Some(s) => s,
+            None => {
+                let Some(mut stream) = dial(&link.addr).await else {
+                    let dropped = std::mem::take(&mut *link.queue.borrow_mut()).len();
+                    link.set_congested(false);
+                    tracing::warn!(addr = %link.addr, dropped_bytes = dropped, "node unreachable, skipping it for 3 s");
+                    link.faulty_until.set(Some(Instant::now() + FAULT_WINDOW));
+                    glommio::timer::sleep(FAULT_WINDOW).await;
+                    link.faulty_until.set(None);
+                    // Dial again only when there is something to send.
+                    link.wait_work().await;
+                    continue;
+                };
+                if let Err(e) = handshake(&mut stream, &gid).await {
+                    tracing::warn!(addr = %link.addr, error = %e, "link handshake failed");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                tracing::debug!(addr = %link.addr, "link connected");
+                stream
+            }
         };
-        if let Err(e) = handshake(&mut stream, &gid).await {
-            tracing::warn!(addr = %link.addr, error = %e, "link handshake failed");
-            glommio::timer::sleep(Duration::from_millis(100)).await;
-            continue;
+        let member = stage.enter();
+        match pump(&link, &mut stream, &member).await {
+            Pumped::Lost(reason) => {
+                tracing::info!(addr = %link.addr, %reason, "link connection lost, re-dialling")
+            }
+            Pumped::Frozen => {
+                if park(&link, &member, &stream, &parcels).await {
+                    tracing::debug!(addr = %link.addr, "link connection handed over");
+                    return;
+                }
+                adopted = Some(stream);
+            }
         }
-        tracing::debug!(addr = %link.addr, "link connected");
-        let reason = pump(&link, &mut stream).await;
-        tracing::info!(addr = %link.addr, %reason, "link connection lost, re-dialling");
     }
+}
+
+/// Parks a connected link for a freeze: offers its socket and a copy of its queue, then waits
+/// for the freeze to end. `true` = the next process took it (end without a byte).
+async fn park(
+    link: &NodeLink,
+    member: &Member,
+    stream: &glommio::net::TcpStream,
+    parcels: &Collector<NodeLinkParcel>,
+) -> bool {
+    let taken = match crate::net::duplicate(stream) {
+        Ok(fd) => {
+            let parcel = NodeLinkParcel {
+                addr: link.addr.clone(),
+                slot: link.slot,
+                fd,
+                queued: link.queue.borrow().to_vec(),
+            };
+            parcels.offer(parcel).is_ok()
+        }
+        Err(e) => {
+            tracing::warn!(addr = %link.addr, error = %e, "cannot hand the link over, it stays");
+            false
+        }
+    };
+    link.handed.set(taken);
+    member.park();
+    let phase = std::future::poll_fn(|cx| member.stage().poll_leave(Phase::Frozen, cx)).await;
+    let handed = phase == Phase::Committed && taken;
+    link.handed.set(handed);
+    handed
+}
+
+/// Why [`pump`] returned.
+enum Pumped {
+    Lost(String),
+    /// A freeze began: nothing is being written, the queue holds what is left.
+    Frozen,
 }
 
 /// Writes queued frames in batches, heartbeats every 10 s, and reads (and discards) whatever the
 /// node sends back. Returns why the connection ended.
-async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
+async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream, member: &Member) -> Pumped {
     let mut next_heartbeat = Instant::now() + LINK_HEARTBEAT;
     let mut last_recv = Instant::now();
     let mut echoes_seen = false;
@@ -313,12 +458,16 @@ async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
     let mut out = BytesMut::new();
     loop {
         if link.closed.get() {
-            return "node left the registry".into();
+            return Pumped::Lost("node left the registry".into());
+        }
+        if member.stage().phase() == Phase::Frozen {
+            return Pumped::Frozen;
         }
         enum Event {
             Work,
             Read(std::io::Result<usize>),
             Tick,
+            Freeze,
         }
         let until_tick = next_heartbeat.saturating_duration_since(Instant::now());
         let ev = futures_lite::future::or(
@@ -328,16 +477,23 @@ async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
             },
             futures_lite::future::or(
                 async { Event::Read(stream.read(&mut chunk).await) },
-                async {
-                    glommio::timer::sleep(until_tick).await;
-                    Event::Tick
-                },
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(until_tick).await;
+                        Event::Tick
+                    },
+                    async {
+                        member.stage().freeze_begins().await;
+                        Event::Freeze
+                    },
+                ),
             ),
         )
         .await;
         match ev {
-            Event::Read(Ok(0)) => return "closed by node".into(),
-            Event::Read(Err(e)) => return e.to_string(),
+            Event::Freeze => continue,
+            Event::Read(Ok(0)) => return Pumped::Lost("closed by node".into()),
+            Event::Read(Err(e)) => return Pumped::Lost(e.to_string()),
             Event::Read(Ok(_)) => {
                 // Heartbeat echoes (v2.4.1 nodes) or answers we did not ask for: liveness only.
                 last_recv = Instant::now();
@@ -346,7 +502,7 @@ async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
             Event::Tick => {
                 // v2.5.3+ nodes never echo: only hold a node to the 20 s rule once it has.
                 if echoes_seen && last_recv.elapsed() > LINK_HEARTBEAT * 2 {
-                    return "no frame from node for 20 s".into();
+                    return Pumped::Lost("no frame from node for 20 s".into());
                 }
                 drpc::put_heartbeat(&mut link.queue.borrow_mut());
                 next_heartbeat = Instant::now() + LINK_HEARTBEAT;
@@ -360,7 +516,7 @@ async fn pump(link: &NodeLink, stream: &mut glommio::net::TcpStream) -> String {
             let r = stream.write_all(&out).await;
             link.writing.set(false);
             if let Err(e) = r {
-                return e.to_string();
+                return Pumped::Lost(e.to_string());
             }
             out.clear();
         }

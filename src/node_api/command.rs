@@ -17,7 +17,7 @@ use crate::drpc::{self, Cmd, Request};
 use crate::session::{Kind, SessionError};
 
 /// The peer as its handshake described it (kind 1 gate, 2 node, 3 mesh; the instance ID).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
     pub kind: u8,
     pub id: String,

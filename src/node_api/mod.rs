@@ -8,10 +8,12 @@ pub mod command;
 pub mod server;
 
 pub use command::{plan, respond, Effect, Outcome, Peer, Plan, Reply, Rules};
-pub use server::{accept_loop, LinkShared};
+pub use server::{accept_loop, adopt, LinkParcel, LinkRecord, LinkShared};
 
 use bytes::Bytes;
+use std::rc::Rc;
 
+use crate::handoff::Stage;
 use crate::session::{Kind, SessionError, Sessions};
 
 /// The session state of the shard a link connection runs on.
@@ -24,4 +26,13 @@ pub trait LocalSessions {
     /// Runs a follow-up of a command (a disconnect not awaited) as a task of the shard, which
     /// waits for it (bounded) when it stops.
     fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static);
+    /// The shard's stage of inbound link connections in an upgrade hand-off.
+    fn link_stage(&self) -> Option<&Rc<Stage>> {
+        None
+    }
+    /// Offers a frozen link connection to the hand-off; `false` when none is being collected
+    /// (the parcel is dropped and the connection stays here).
+    fn hand_over_link(&self, _parcel: LinkParcel) -> bool {
+        false
+    }
 }

@@ -15,9 +15,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::command::{self, Effect, Outcome, Peer, Rules};
 use super::LocalSessions;
 use crate::drpc::{self, Frame, LINK_HEARTBEAT, MAX_LINK_FRAME};
+use crate::handoff::{Member, Phase};
 use crate::instance::StateCell;
 use crate::session::Kind;
 
@@ -30,31 +33,91 @@ pub struct LinkShared {
     pub publish_v25: bool,
 }
 
-/// Accepts node connections on one shard until `stop` is dropped; then every link connection
-/// of this shard ends too, and this returns once they have.
+/// A link connection's state apart from its socket: the peer its handshake named and the input
+/// read but not yet decoded. Frozen between two reads, so nothing else is in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub peer: Peer,
+    pub input_tail: Vec<u8>,
+}
+
+/// A frozen link connection on its way to the next process.
+#[derive(Debug)]
+pub struct LinkParcel {
+    pub record: LinkRecord,
+    pub fd: OwnedFd,
+}
+
+/// Accepts node connections on one shard until `stop` is dropped. Each connection runs as a task
+/// of the shard until it ends or `closing` is dropped (the gate stops).
 pub async fn accept_loop<L: LocalSessions + 'static>(
     local: Rc<L>,
     link: Arc<LinkShared>,
     fd: OwnedFd,
     stop: flume::Receiver<()>,
+    closing: flume::Receiver<()>,
 ) {
-    let connections = glommio::sync::Gate::new();
-    crate::net::accept_each(fd, stop.clone(), "link", |stream| {
-        let (local, link, stop) = (local.clone(), link.clone(), stop.clone());
-        if let Ok(task) = connections.spawn(serve(local, link, stream, stop)) {
-            task.detach();
-        }
+    crate::net::accept_each(fd, stop, "link", |stream| {
+        let task = serve(
+            local.clone(),
+            link.clone(),
+            stream,
+            closing.clone(),
+            LinkRecord::default(),
+        );
+        local.spawn(task);
     })
     .await;
-    let _ = connections.close().await;
+}
+
+/// Carries on a link connection the previous process handed over (`--upgrade`).
+pub fn adopt<L: LocalSessions + 'static>(
+    local: &Rc<L>,
+    link: Arc<LinkShared>,
+    parcel: LinkParcel,
+    closing: flume::Receiver<()>,
+) {
+    let stream = crate::net::stream_from(parcel.fd);
+    local.spawn(serve(local.clone(), link, stream, closing, parcel.record));
+}
+
+/// How a parked link connection goes on.
+enum Parked {
+    Resume,
+    HandedOff,
+}
+
+/// Parks a link connection for a freeze: offers its socket and state to the hand-off, then waits
+/// for the freeze to end.
+async fn park<L: LocalSessions>(
+    local: &L,
+    member: &Member,
+    stream: &glommio::net::TcpStream,
+    record: LinkRecord,
+) -> Parked {
+    let taken = match crate::net::duplicate(stream) {
+        Ok(fd) => local.hand_over_link(LinkParcel { record, fd }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand the link connection over, it stays");
+            false
+        }
+    };
+    member.park();
+    let phase = std::future::poll_fn(|cx| member.stage().poll_leave(Phase::Frozen, cx)).await;
+    match phase {
+        Phase::Committed if taken => Parked::HandedOff,
+        _ => Parked::Resume,
+    }
 }
 
 async fn serve<L: LocalSessions>(
     local: Rc<L>,
     link: Arc<LinkShared>,
     mut stream: glommio::net::TcpStream,
-    stop: flume::Receiver<()>,
+    closing: flume::Receiver<()>,
+    record: LinkRecord,
 ) {
+    let member = local.link_stage().map(|s| s.enter());
     let remote = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -63,30 +126,64 @@ async fn serve<L: LocalSessions>(
         publish_v25: link.publish_v25,
     };
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    inbuf.extend_from_slice(&record.input_tail);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut out = BytesMut::new();
-    let mut peer = Peer::default();
+    let mut peer = record.peer;
     let mut last_seen = Instant::now();
     let reason = loop {
-        let read = futures_lite::future::or(
+        // A freeze parks the connection between two reads: every frame read so far has been
+        // handled and answered.
+        if let Some(m) = member
+            .as_ref()
+            .filter(|m| m.stage().phase() == Phase::Frozen)
+        {
+            let record = LinkRecord {
+                peer: peer.clone(),
+                input_tail: inbuf.to_vec(),
+            };
+            match park(&*local, m, &stream, record).await {
+                Parked::Resume => {}
+                Parked::HandedOff => {
+                    tracing::debug!(%remote, id = %peer.id, "link connection handed over");
+                    return;
+                }
+            }
+        }
+        enum Next {
+            Read(Result<std::io::Result<usize>, glommio::GlommioError<()>>),
+            Stop,
+            Freeze,
+        }
+        // What the previous process left in `inbuf` is never a whole frame (every whole frame is
+        // handled before the next read), so reading comes first.
+        let next = futures_lite::future::or(
             async {
-                Some(
+                Next::Read(
                     glommio::timer::timeout(LINK_HEARTBEAT, async {
                         Ok(stream.read(&mut chunk).await)
                     })
                     .await,
                 )
             },
-            async {
-                let _ = stop.recv_async().await;
-                None
-            },
+            futures_lite::future::or(
+                async {
+                    let _ = closing.recv_async().await;
+                    Next::Stop
+                },
+                async {
+                    freeze_begins(member.as_ref()).await;
+                    Next::Freeze
+                },
+            ),
         )
         .await;
-        let Some(read) = read else {
-            break "gate stopping".to_string();
+        let fresh = match next {
+            Next::Stop => break "gate stopping".to_string(),
+            Next::Freeze => continue,
+            Next::Read(read) => read,
         };
-        match read {
+        match fresh {
             Err(_) => {
                 if last_seen.elapsed() > LINK_HEARTBEAT * 2 {
                     break "no frame for 20 s".to_string();
@@ -138,6 +235,14 @@ async fn serve<L: LocalSessions>(
         }
     };
     tracing::debug!(%remote, kind = peer.kind, id = %peer.id, %reason, "link connection closed");
+}
+
+/// Resolves when a freeze begins for a member; never for a non-member.
+async fn freeze_begins(member: Option<&Member>) {
+    match member {
+        Some(m) => m.stage().freeze_begins().await,
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// Runs one planned effect against the sessions and the shared instance state.

@@ -244,7 +244,8 @@ impl Conn {
         }
     }
 
-    fn wake(&self) {
+    /// Wakes the connection's driver (a freeze must reach it even while it waits for input).
+    pub(crate) fn wake(&self) {
         if let Some(w) = self.waker.borrow().as_ref() {
             w.wake_by_ref();
         }
@@ -264,6 +265,11 @@ impl Conn {
         let before = ch.len();
         ch.retain(|c| &**c != name);
         ch.len() != before
+    }
+
+    /// The channels the connection is subscribed to.
+    pub(crate) fn channel_names(&self) -> Vec<Box<str>> {
+        self.channels.borrow().clone()
     }
 
     pub(crate) fn take_channels(&self) -> Vec<Box<str>> {

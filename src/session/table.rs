@@ -140,8 +140,38 @@ impl Table {
         cid
     }
 
+    /// The sequence number the next cid of this shard is made from.
+    pub fn next_seq(&self) -> i64 {
+        self.next_seq
+    }
+
+    /// Makes cids from sequence `seq` on (an upgrade: lower ones may belong to connections the
+    /// previous process handed over). Never goes back.
+    pub fn reserve_below(&mut self, seq: i64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
+    /// Adds a connection the previous process handed over, with its channel memberships.
+    pub fn insert_imported(&mut self, conn: Rc<Conn>) {
+        for ch in conn.channel_names() {
+            self.channels.entry(ch).or_default().insert(conn.cid);
+        }
+        self.conns.insert(conn.cid, conn);
+    }
+
+    /// Home index entry `uid → cid` carried over by an upgrade.
+    pub fn insert_user(&mut self, uid: i64, cid: i64) {
+        debug_assert_eq!(home_of_uid(uid, self.shards), self.shard);
+        self.users.insert(uid, cid);
+    }
+
     pub fn len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Every local connection.
+    pub fn conns(&self) -> impl Iterator<Item = &Rc<Conn>> {
+        self.conns.values()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,0 +1,232 @@
+//! The hand-off stage of one shard's tasks during `--upgrade`: serving, frozen (each task parked
+//! with its state exported) or committed (the next process owns their sockets now).
+//!
+//! A shard keeps one [`Stage`] for its client connections and one for its inbound node links.
+//! The shard moves the stage (`set`); every task of that kind is a [`Member`] while it lives,
+//! and reports once it has parked, so the shard can await [`Stage::all_parked`]. A task that
+//! parks watches the stage with [`Stage::poll_leave`]: back to `Serving` (the upgrade failed, it
+//! carries on as if nothing happened) or `Committed` (it ends without touching its socket).
+//! A parcel is collected only while the stage is frozen ([`Collector`]); one offered later is
+//! given back, and its task keeps its socket and is drained the old way.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// Where a shard's tasks stand in a hand-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    #[default]
+    Serving,
+    /// Parked: read nothing, write nothing, the exported state stays true.
+    Frozen,
+    /// The next process took the exported sockets: parked tasks end without a byte.
+    Committed,
+}
+
+/// One kind of task of a shard, as a hand-off moves it.
+#[derive(Default)]
+pub struct Stage {
+    phase: Cell<Phase>,
+    /// Parked tasks waiting for the phase to change.
+    waiters: RefCell<Vec<Waker>>,
+    /// Which freeze this is (members count themselves parked once per freeze).
+    epoch: Cell<u64>,
+    /// Members alive, and those parked in the current freeze.
+    live: Cell<usize>,
+    parked: Cell<usize>,
+    /// The shard awaiting `all_parked`.
+    counting: RefCell<Option<Waker>>,
+}
+
+impl Stage {
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// Moves every member to `phase` and wakes those parked.
+    pub fn set(&self, phase: Phase) {
+        if phase == Phase::Frozen && self.phase.get() != Phase::Frozen {
+            self.epoch.set(self.epoch.get() + 1);
+            self.parked.set(0);
+        }
+        self.phase.set(phase);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// A task of this kind starts; it stays a member until the guard drops.
+    pub fn enter(self: &Rc<Self>) -> Member {
+        self.live.set(self.live.get() + 1);
+        Member {
+            stage: self.clone(),
+            parked_in: Cell::new(0),
+        }
+    }
+
+    /// `Pending` while the phase is `from` (the task is woken when it changes), then the new one.
+    pub fn poll_leave(&self, from: Phase, cx: &mut Context<'_>) -> Poll<Phase> {
+        let now = self.phase.get();
+        if now != from {
+            return Poll::Ready(now);
+        }
+        let mut w = self.waiters.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Resolves when a freeze begins, if the stage is serving now; never otherwise (a task left
+    /// out of a committed hand-off serves on).
+    pub async fn freeze_begins(&self) {
+        if self.phase.get() == Phase::Serving {
+            std::future::poll_fn(|cx| self.poll_leave(Phase::Serving, cx)).await;
+        } else {
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// Resolves once every member has parked (or ended).
+    pub async fn all_parked(&self) {
+        std::future::poll_fn(|cx| {
+            if self.parked.get() >= self.live.get() {
+                Poll::Ready(())
+            } else {
+                *self.counting.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Members alive now.
+    pub fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    fn count_changed(&self) {
+        if let Some(w) = self.counting.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// A live task of a [`Stage`].
+pub struct Member {
+    stage: Rc<Stage>,
+    /// The freeze (epoch) this task last parked in; 0 = never.
+    parked_in: Cell<u64>,
+}
+
+impl Member {
+    pub fn stage(&self) -> &Stage {
+        &self.stage
+    }
+
+    /// This task has parked for the current freeze (counted once per freeze).
+    pub fn park(&self) {
+        let epoch = self.stage.epoch.get();
+        if self.parked_in.replace(epoch) != epoch {
+            self.stage.parked.set(self.stage.parked.get() + 1);
+            self.stage.count_changed();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let s = &self.stage;
+        s.live.set(s.live.get() - 1);
+        if self.parked_in.get() == s.epoch.get() && s.phase.get() == Phase::Frozen {
+            s.parked.set(s.parked.get() - 1);
+        }
+        s.count_changed();
+    }
+}
+
+/// Where a shard gathers its tasks' parcels during one freeze.
+pub struct Collector<P>(RefCell<Option<Vec<P>>>);
+
+impl<P> Default for Collector<P> {
+    fn default() -> Self {
+        Collector(RefCell::new(None))
+    }
+}
+
+impl<P> Collector<P> {
+    /// Starts collecting (a freeze begins).
+    pub fn open(&self) {
+        *self.0.borrow_mut() = Some(Vec::new());
+    }
+
+    /// Takes a parcel if collecting; otherwise gives it back.
+    pub fn offer(&self, parcel: P) -> Result<(), P> {
+        match &mut *self.0.borrow_mut() {
+            Some(v) => {
+                v.push(parcel);
+                Ok(())
+            }
+            None => Err(parcel),
+        }
+    }
+
+    /// Stops collecting and returns what was collected.
+    pub fn close(&self) -> Vec<P> {
+        self.0.borrow_mut().take().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn parked_members_see_the_phase_change_and_are_counted_once() {
+        let stage = Rc::new(Stage::default());
+        let a = stage.enter();
+        let b = stage.enter();
+        let woke = Arc::new(Count(Default::default()));
+        let waker = Waker::from(woke.clone());
+        let mut cx = Context::from_waker(&waker);
+        stage.set(Phase::Frozen);
+        assert!(stage.poll_leave(Phase::Frozen, &mut cx).is_pending());
+        let mut all = std::pin::pin!(stage.all_parked());
+        assert!(all.as_mut().poll(&mut cx).is_pending());
+        a.park();
+        a.park();
+        assert!(all.as_mut().poll(&mut cx).is_pending(), "one of two parked");
+        drop(b);
+        assert!(all.as_mut().poll(&mut cx).is_ready(), "the other ended");
+        stage.set(Phase::Committed);
+        assert!(woke.0.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert_eq!(
+            stage.poll_leave(Phase::Frozen, &mut cx),
+            Poll::Ready(Phase::Committed)
+        );
+        drop(a);
+        assert_eq!(stage.live(), 0);
+    }
+
+    #[test]
+    fn a_collector_takes_parcels_only_while_open() {
+        let c = Collector::default();
+        assert_eq!(c.offer(1), Err(1));
+        c.open();
+        assert_eq!(c.offer(2), Ok(()));
+        assert_eq!(c.close(), vec![2]);
+        assert_eq!(c.offer(3), Err(3));
+    }
+
+    use std::future::Future;
+}
