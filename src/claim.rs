@@ -13,6 +13,10 @@ use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 
+/// Connections a claim socket queues (nobody accepts them; a refused start only reads the
+/// holder's credentials).
+const CLAIM_BACKLOG: i32 = 128;
+
 /// The claims of one gate; dropping it releases them.
 #[derive(Debug, Default)]
 pub struct PortClaims {
@@ -76,6 +80,30 @@ impl PortClaims {
         }
     }
 
+    /// Duplicates of the claim sockets, for the next process (`--upgrade`): the claims go on
+    /// being held, by both processes until this one exits.
+    pub fn duplicate(&self) -> io::Result<Vec<(u16, std::os::fd::OwnedFd)>> {
+        self.held
+            .iter()
+            .map(|(port, l)| Ok((*port, std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?)))
+            .collect()
+    }
+
+    /// The claims the previous process held (`--upgrade`). Each is listened on again, which
+    /// makes the kernel record this process as the holder: a refused start names this pid.
+    pub fn inherit(sockets: Vec<(u16, std::os::fd::OwnedFd)>) -> Self {
+        let held = sockets
+            .into_iter()
+            .map(|(port, fd)| {
+                if let Err(e) = socket2::SockRef::from(&fd).listen(CLAIM_BACKLOG) {
+                    tracing::warn!(port, error = %e, "claim: cannot take over the holder's name");
+                }
+                (port, UnixListener::from(fd))
+            })
+            .collect();
+        PortClaims { held }
+    }
+
     /// Ports claimed so far.
     pub fn len(&self) -> usize {
         self.held.len()
@@ -93,6 +121,12 @@ fn claim_name(port: u16) -> String {
 
 /// The pid of the process that listens on the other end of `s`.
 fn peer_pid(s: &UnixStream) -> Option<u32> {
+    peer_cred(s).and_then(|c| (c.pid > 0).then_some(c.pid as u32))
+}
+
+/// The credentials (pid, uid, gid) of the process at the other end of the Unix socket `s`, as
+/// the kernel recorded them when it connected (SO_PEERCRED).
+pub fn peer_cred(s: &impl AsRawFd) -> Option<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -110,7 +144,7 @@ fn peer_pid(s: &UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    (r == 0 && cred.pid > 0).then_some(cred.pid as u32)
+    (r == 0).then_some(cred)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Command-line flags: due's own flag scanner (`--etc`, `--mode`) plus `--help` and `--version`.
+//! Command-line flags: due's flag scanner (`--etc`, `--mode`) plus `--help`, `--version`, `--upgrade`.
 //! Owns only the parsing of `argv[1..]` into [`Flags`]; applying them (precedence over env vars
 //! and the config file) belongs to the caller.
 
@@ -17,6 +17,8 @@ pub struct Flags {
     pub help: bool,
     /// `--version` (or `-version`) was given.
     pub version: bool,
+    /// `--upgrade`: take over from the gate running with the same configuration.
+    pub upgrade: bool,
 }
 
 /// Parses `args` (the command line **without** `argv[0]`) the way due's `flag` package does.
@@ -60,6 +62,8 @@ pub fn parse_flags<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, Str
             "mode" => flags.mode = Some(value),
             "h" | "help" => flags.help = true,
             "version" => flags.version = true,
+            // Like a Go bool flag: present = true, `--upgrade=false` = false.
+            "upgrade" => flags.upgrade = value != "false",
             _ => {}
         }
     }
@@ -153,7 +157,16 @@ mod tests {
         assert!(parse(&["--version"]).unwrap().version);
         assert!(parse(&["-version"]).unwrap().version);
         let f = parse(&["--etc=x"]).unwrap();
-        assert!(!f.help && !f.version);
+        assert!(!f.help && !f.version && !f.upgrade);
+    }
+
+    #[test]
+    fn upgrade() {
+        let f = parse(&["--upgrade", "--etc", "dir"]).unwrap();
+        assert!(f.upgrade);
+        assert_eq!(f.etc.as_deref(), Some("dir"));
+        assert!(parse(&["-upgrade"]).unwrap().upgrade);
+        assert!(!parse(&["--upgrade=false"]).unwrap().upgrade);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! through their inboxes (`shard::fan_out`); it never touches shard state directly.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,10 @@ use crate::node_api::LinkShared;
 use crate::registry::{
     self, endpoint_url, Discovery, InstanceState, RegistryError, ServiceInstance,
 };
-use crate::session::{Sessions, Transport};
-use crate::shard::{fan_out, ClientListener, Shard, ShardInbox, ShardMsg, ShardSpec};
+use crate::session::{home_of_uid, shard_of_cid, Sessions, Transport};
+use crate::shard::{fan_out, ClientListener, Inherited, Shard, ShardInbox, ShardMsg, ShardSpec};
+use crate::upgrade::take::{Received, Taking};
+use crate::upgrade::{self, give, ListenerKind, UpgradeError};
 
 /// Why the gate could not start. Each says which part failed; the text is what `main` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,9 @@ pub enum StartError {
         index: usize,
         reason: String,
     },
+    /// `--upgrade` did not take over (the running gate serves on), or the upgrade socket could
+    /// not be served.
+    Upgrade(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -54,6 +60,7 @@ impl std::fmt::Display for StartError {
             StartError::Locator(e) => write!(f, "locator: {e}"),
             StartError::Registry(e) => write!(f, "registry: {e}"),
             StartError::Shard { index, reason } => write!(f, "start shard {index}: {reason}"),
+            StartError::Upgrade(e) => write!(f, "upgrade: {e}"),
         }
     }
 }
@@ -82,9 +89,41 @@ pub struct Gate {
     inboxes: Vec<ShardInbox>,
     /// This gate's claims on its configured ports (released with the gate).
     _claims: PortClaims,
+    /// Duplicates of every listening socket, by listener in shard order: what an upgrade
+    /// hands to the next process.
+    listening: Vec<(ListenerKind, Vec<OwnedFd>)>,
+    /// The upgrade socket inherited from the previous process, until served.
+    upgrade_socket: Option<socket2::Socket>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Control,
     control_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where a starting gate's listening sockets come from.
+enum Sockets {
+    /// Claim the ports and bind the configured addresses (a plain start).
+    Bind,
+    /// Later, from the running gate (`--upgrade`, see `take_up`).
+    Inherit,
+}
+
+/// Everything a gate is made of before its shards run: built by [`Gate::prepare`], started by
+/// [`Gate::launch`].
+struct Prepared {
+    gate: Gate,
+    per_shard: Vec<ShardInputs>,
+    upstream: UpstreamFactory,
+    cpus: Vec<usize>,
+    /// Client servers whose sockets come with the hand-off.
+    pending: Vec<(Arc<ServerCtx>, Option<Arc<WsRules>>)>,
+}
+
+/// What one shard is started with, apart from what every shard shares.
+struct ShardInputs {
+    clients: Vec<ClientListener>,
+    link_fds: Vec<OwnedFd>,
+    inbox: flume::Receiver<ShardMsg>,
+    inherited: Inherited,
 }
 
 impl Gate {
@@ -97,6 +136,77 @@ impl Gate {
     /// Like [`Gate::start`], with the shards' upstream built by `upstream` instead of the
     /// cluster upstream (tests observe the gate this way).
     pub fn start_with(cfg: &Config, upstream: Option<UpstreamFactory>) -> Result<Gate, StartError> {
+        let prepared = Self::prepare(cfg, upstream, Sockets::Bind, None)?;
+        Self::launch(cfg, prepared)
+    }
+
+    /// Takes over from the gate running with this configuration (`--upgrade`): its listening
+    /// sockets, connections, node links and identity. Until the running gate has let go of
+    /// them, nothing here runs; any failure before that leaves it serving as before.
+    pub fn start_upgrade(cfg: &Config) -> Result<Gate, StartError> {
+        let socket = upgrade::socket_name(cfg)
+            .ok_or_else(|| StartError::Upgrade(UpgradeError::NoSocket.to_string()))?;
+        let taking = Taking::begin(&socket).map_err(|e| StartError::Upgrade(e.to_string()))?;
+        let offer = taking.offer.clone();
+        tracing::info!(pid = offer.pid, gid = %offer.gid, shards = offer.shards, "upgrade: taking over");
+        // The identity is the running gate's: its Consul record and Redis bindings stay valid.
+        let mut cfg = cfg.clone();
+        cfg.gate.id = offer.gid.clone();
+        // Everything slow (the locator, the registry and its first node list) happens before
+        // the running gate freezes.
+        let mut prepared = match Self::prepare(&cfg, None, Sockets::Inherit, Some(&offer.link_addr))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                taking.refuse(&e.to_string());
+                return Err(e);
+            }
+        };
+        if let Err(e) = Self::register(&cfg, &mut prepared.gate) {
+            taking.refuse(&e.to_string());
+            return Err(e);
+        }
+        let received = match taking.receive() {
+            Ok(r) => r,
+            Err(e) => {
+                taking.refuse(&e.to_string());
+                prepared.gate.abandon_registry();
+                return Err(StartError::Upgrade(e.to_string()));
+            }
+        };
+        let conns = received.conns.len();
+        let upgrade_socket = received.upgrade_socket.is_some();
+        let prepared = match Self::take_up(&cfg, prepared, received) {
+            Ok(p) => p,
+            Err(e) => {
+                taking.refuse(&e.to_string());
+                return Err(e);
+            }
+        };
+        if std::env::var_os("GATEHOUSE_TEST_UPGRADE_PAUSE").is_some() {
+            // Test hook: a window in which a test kills this process mid-hand-off.
+            println!("upgrade: paused before ready");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        if let Err(e) = taking.confirm() {
+            return Err(StartError::Upgrade(e.to_string()));
+        }
+        tracing::info!(
+            connections = conns,
+            upgrade_socket,
+            "upgrade: running gate let go"
+        );
+        Self::run_shards(&cfg, prepared)
+    }
+
+    /// Builds the gate up to its shards: claims and binds (or takes over) the listeners, starts
+    /// the locator and the control thread, makes the inboxes.
+    fn prepare(
+        cfg: &Config,
+        upstream: Option<UpstreamFactory>,
+        sockets: Sockets,
+        link_addr: Option<&str>,
+    ) -> Result<Prepared, StartError> {
         let shard_count = match cfg.gatehouse.shards {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -115,37 +225,40 @@ impl Gate {
             (0, true) => LENIENT_INBOUND_CAP,
             (n, _) => n,
         };
-
-        // Claim the configured ports before binding: the sockets are SO_REUSEPORT, so binding
-        // next to a running gatehouse would already steal some of its new connections.
         let link_cfg = if cfg.gate.addr.is_empty() {
             ":0"
         } else {
             cfg.gate.addr.as_str()
         };
-        let configured = cfg
-            .tcp
-            .iter()
-            .map(|s| (addr_key(Some(Transport::Tcp)), s.addr.as_str()))
-            .chain(
-                cfg.ws
-                    .iter()
-                    .map(|w| (addr_key(Some(Transport::Ws)), w.server.addr.as_str())),
-            )
-            .chain([(addr_key(None), link_cfg)]);
         let mut claims = PortClaims::default();
-        for (key, addr) in configured {
-            // An address that does not parse is reported by the bind below, with its key.
-            let port = net::HostPort::parse(addr).map_or(0, |a| a.port);
-            claims
-                .claim(port)
-                .map_err(|e| StartError::Listen(format!("{key}: {e}")))?;
+        if let Sockets::Bind = sockets {
+            // Claim the configured ports before binding: the sockets are SO_REUSEPORT, so
+            // binding next to a running gatehouse would already steal some of its connections.
+            let configured = cfg
+                .tcp
+                .iter()
+                .map(|s| (addr_key(Some(Transport::Tcp)), s.addr.as_str()))
+                .chain(
+                    cfg.ws
+                        .iter()
+                        .map(|w| (addr_key(Some(Transport::Ws)), w.server.addr.as_str())),
+                )
+                .chain([(addr_key(None), link_cfg)]);
+            for (key, addr) in configured {
+                // An address that does not parse is reported by the bind below, with its key.
+                let port = net::HostPort::parse(addr).map_or(0, |a| a.port);
+                claims
+                    .claim(port)
+                    .map_err(|e| StartError::Listen(format!("{key}: {e}")))?;
+            }
         }
 
         // Bind every listener first: a busy port must fail start-up before anything runs.
+        let backlog = cfg.gatehouse.listen_backlog;
         let mut per_shard: Vec<Vec<ClientListener>> =
             (0..shard_count).map(|_| Vec::new()).collect();
         let mut servers = Vec::new();
+        let mut listening = Vec::new();
         let tcp = cfg.tcp.clone().map(|s| (Transport::Tcp, s, None));
         let ws = cfg.ws.clone().map(|w| {
             let options = WsOptions {
@@ -155,37 +268,56 @@ impl Gate {
             let rules = WsRules::new(&w, options);
             (Transport::Ws, w.server, Some(Arc::new(rules)))
         });
+        let mut bound_servers = Vec::new();
+        let mut pending = Vec::new();
         for (transport, sc, ws_rules) in tcp.into_iter().chain(ws) {
             let tls = if sc.tls() {
                 Some(crate::tls::acceptor(&sc.cert_file, &sc.key_file).map_err(StartError::Tls)?)
             } else {
                 None
             };
-            let (fds, bound) =
-                net::bind_shared(&sc.addr, shard_count, cfg.gatehouse.listen_backlog)
-                    .map_err(StartError::Listen)?;
             let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
-            for (i, fd) in fds.into_iter().enumerate() {
-                per_shard[i].push(ClientListener {
-                    server: server.clone(),
-                    ws: ws_rules.clone(),
-                    fd,
-                });
-            }
-            servers.push((server, bound));
+            bound_servers.push((server, ws_rules));
         }
-
-        // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
-        let (link_fds, link_bound) =
-            net::bind_shared(link_cfg, shard_count, cfg.gatehouse.listen_backlog)
-                .map_err(StartError::Listen)?;
-        let mut listening: Vec<(&str, SocketAddr)> = servers
-            .iter()
-            .map(|(server, bound)| (addr_key(Some(server.transport)), *bound))
-            .collect();
-        listening.push((addr_key(None), link_bound));
-        shared_port(&listening).map_err(StartError::Listen)?;
-        let link_addr = net::advertised(&cfg.gate.addr, link_bound);
+        let mut link_fds: Vec<Vec<OwnedFd>> = (0..shard_count).map(|_| Vec::new()).collect();
+        let mut link_bound = None;
+        if let Sockets::Bind = sockets {
+            for (server, ws_rules) in bound_servers {
+                let (fds, bound) = net::bind_shared(&server.config.addr, shard_count, backlog)
+                    .map_err(StartError::Listen)?;
+                listening.push((kind_of(server.transport), dup_all(&fds)?));
+                for (i, fd) in fds.into_iter().enumerate() {
+                    per_shard[i].push(ClientListener {
+                        server: server.clone(),
+                        ws: ws_rules.clone(),
+                        fd,
+                    });
+                }
+                servers.push((server, bound));
+            }
+            // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
+            let (fds, bound) =
+                net::bind_shared(link_cfg, shard_count, backlog).map_err(StartError::Listen)?;
+            listening.push((ListenerKind::Link, dup_all(&fds)?));
+            for (i, fd) in fds.into_iter().enumerate() {
+                link_fds[i].push(fd);
+            }
+            link_bound = Some(bound);
+            let mut addrs: Vec<(&str, SocketAddr)> = servers
+                .iter()
+                .map(|(server, bound)| (addr_key(Some(server.transport)), *bound))
+                .collect();
+            addrs.push((addr_key(None), bound));
+            shared_port(&addrs).map_err(StartError::Listen)?;
+        } else {
+            // The listeners come with the hand-off (`take_up`).
+            pending = bound_servers;
+        }
+        let link_addr = match (link_addr, link_bound) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(bound)) => net::advertised(&cfg.gate.addr, bound),
+            (None, None) => String::new(),
+        };
         // The one instance state: the node API and the registrar share it.
         let state = StateCell::new(InstanceState::Work);
         let link = Arc::new(LinkShared {
@@ -224,37 +356,18 @@ impl Gate {
             .map(|i| Box::new(i.clone()) as Box<dyn crate::session::Mailbox>)
             .collect();
         let sessions = Sessions::new(mailboxes, control.clone());
-
-        let mut shards = Vec::with_capacity(shard_count);
-        let shard_inputs = per_shard.into_iter().zip(inbox_rxs).zip(link_fds);
-        for (index, ((clients, inbox), link_fd)) in shard_inputs.enumerate() {
-            let placement = match (cfg.gatehouse.pin, cpus.get(index % cpus.len().max(1))) {
-                (true, Some(&cpu)) => Placement::Fixed(cpu),
-                _ => Placement::Unbound,
-            };
-            let spec = ShardSpec {
-                index,
-                count: shard_count,
-                packet,
-                sessions: sessions.clone(),
-                inbox,
+        let per_shard = per_shard
+            .into_iter()
+            .zip(link_fds)
+            .zip(inbox_rxs)
+            .map(|((clients, link_fds), inbox)| ShardInputs {
                 clients,
-                link_fds: vec![link_fd],
-                link: link.clone(),
-                inherited: Default::default(),
-            };
-            let upstream = upstream.clone();
-            let handle = LocalExecutorBuilder::new(placement)
-                .name(&format!("shard-{index}"))
-                .io_memory(cfg.gatehouse.io_memory)
-                .spawn(move || Shard::run(spec, upstream(index)))
-                .map_err(|e| StartError::Shard {
-                    index,
-                    reason: e.to_string(),
-                })?;
-            shards.push(handle);
-        }
-        let mut gate = Gate {
+                link_fds,
+                inbox,
+                inherited: Inherited::default(),
+            })
+            .collect();
+        let gate = Gate {
             discovery: None,
             id: cfg.gate.id.clone(),
             sessions,
@@ -265,13 +378,124 @@ impl Gate {
             link,
             inboxes,
             _claims: claims,
-            shards,
+            listening,
+            upgrade_socket: None,
+            shards: Vec::new(),
             control,
             control_thread: Some(control_thread),
             name: cfg.gate.name.clone(),
             metadata: cfg.gate.metadata.clone(),
         };
-        // One path for every backend, one fan-out to the shards.
+        Ok(Prepared {
+            gate,
+            per_shard,
+            upstream,
+            cpus,
+            pending,
+        })
+    }
+
+    /// Spreads what the running gate handed over onto this gate's shards: listeners (more are
+    /// bound when this process has more shards), claims, connections by cid, node links and
+    /// home index entries. Refuses a hand-off this configuration cannot carry on.
+    fn take_up(cfg: &Config, mut p: Prepared, mut got: Received) -> Result<Prepared, StartError> {
+        let count = p.gate.shard_count;
+        let backlog = cfg.gatehouse.listen_backlog;
+        let refuse = |reason: String| StartError::Upgrade(format!("refused: {reason}"));
+        for (server, ws_rules) in std::mem::take(&mut p.pending) {
+            let kind = kind_of(server.transport);
+            let key = addr_key(Some(server.transport));
+            let fds = got.take_listeners(kind);
+            let spread = spread(fds, count, backlog).map_err(|e| refuse(format!("{key}: {e}")))?;
+            let bound = same_port(&server.config.addr, &spread, key).map_err(refuse)?;
+            p.gate
+                .listening
+                .push((kind, dup_all(spread.iter().flatten())?));
+            for (i, fds) in spread.into_iter().enumerate() {
+                for fd in fds {
+                    p.per_shard[i].clients.push(ClientListener {
+                        server: server.clone(),
+                        ws: ws_rules.clone(),
+                        fd,
+                    });
+                }
+            }
+            p.gate.servers.push((server, bound));
+        }
+        let link_cfg = if cfg.gate.addr.is_empty() {
+            ":0"
+        } else {
+            cfg.gate.addr.as_str()
+        };
+        let fds = got.take_listeners(ListenerKind::Link);
+        let spread =
+            spread(fds, count, backlog).map_err(|e| refuse(format!("{}: {e}", addr_key(None))))?;
+        same_port(link_cfg, &spread, addr_key(None)).map_err(refuse)?;
+        p.gate
+            .listening
+            .push((ListenerKind::Link, dup_all(spread.iter().flatten())?));
+        for (i, fds) in spread.into_iter().enumerate() {
+            p.per_shard[i].link_fds = fds;
+        }
+        for (kind, fds) in &got.listeners {
+            if !fds.is_empty() {
+                return Err(refuse(format!(
+                    "the running gate has a {kind:?} listener this configuration does not"
+                )));
+            }
+        }
+        p.gate._claims = PortClaims::inherit(std::mem::take(&mut got.claims));
+        p.gate.upgrade_socket = got.upgrade_socket.take();
+
+        // Connections go to the shard their cid names under this shard count, so every cid
+        // stays valid; new cids start above every old one.
+        let next_seq = got.cid_bound / count as i64 + 1;
+        for conn in got.conns {
+            let rec = &conn.record;
+            if !p
+                .gate
+                .servers
+                .iter()
+                .any(|(s, _)| s.transport == rec.session.transport && s.tls.is_none())
+            {
+                return Err(refuse(format!(
+                    "connection {} is {:?}, and this configuration has no such server without TLS",
+                    rec.session.cid, rec.session.transport
+                )));
+            }
+            if rec.session.uid != 0 {
+                p.per_shard[home_of_uid(rec.session.uid, count)]
+                    .inherited
+                    .users
+                    .push((rec.session.uid, rec.session.cid));
+            }
+            p.per_shard[shard_of_cid(rec.session.cid, count)]
+                .inherited
+                .conns
+                .push(conn);
+        }
+        for (i, link) in got.links.into_iter().enumerate() {
+            p.per_shard[i % count].inherited.links.push(link);
+        }
+        for (old_shard, l) in got.node_links {
+            p.per_shard[old_shard % count].inherited.node_links.push(l);
+        }
+        for s in &mut p.per_shard {
+            s.inherited.next_seq = next_seq;
+        }
+        Ok(p)
+    }
+
+    /// Starts the shards, then registers (a plain start).
+    fn launch(cfg: &Config, prepared: Prepared) -> Result<Gate, StartError> {
+        let mut gate = Self::run_shards(cfg, prepared)?;
+        Self::register(cfg, &mut gate)?;
+        Ok(gate)
+    }
+
+    /// Registers the gate and starts node discovery; node lists go to the shards' inboxes
+    /// (a shard not running yet applies them before anything else).
+    fn register(cfg: &Config, gate: &mut Gate) -> Result<(), StartError> {
         let inboxes = gate.inboxes.clone();
         let on_nodes = move |nodes: Vec<ServiceInstance>| {
             tracing::info!(nodes = nodes.len(), "registry: node list changed");
@@ -287,6 +511,45 @@ impl Gate {
         )
         .map_err(StartError::Registry)?;
         gate.discovery = Some(discovery);
+        Ok(())
+    }
+
+    /// Spawns one pinned executor per shard with its inputs.
+    fn run_shards(cfg: &Config, prepared: Prepared) -> Result<Gate, StartError> {
+        let Prepared {
+            mut gate,
+            per_shard,
+            upstream,
+            cpus,
+            pending: _,
+        } = prepared;
+        for (index, inputs) in per_shard.into_iter().enumerate() {
+            let placement = match (cfg.gatehouse.pin, cpus.get(index % cpus.len().max(1))) {
+                (true, Some(&cpu)) => Placement::Fixed(cpu),
+                _ => Placement::Unbound,
+            };
+            let spec = ShardSpec {
+                index,
+                count: gate.shard_count,
+                packet: cfg.packet,
+                sessions: gate.sessions.clone(),
+                inbox: inputs.inbox,
+                clients: inputs.clients,
+                link_fds: inputs.link_fds,
+                link: gate.link.clone(),
+                inherited: inputs.inherited,
+            };
+            let upstream = upstream.clone();
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{index}"))
+                .io_memory(cfg.gatehouse.io_memory)
+                .spawn(move || Shard::run(spec, upstream(index)))
+                .map_err(|e| StartError::Shard {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            gate.shards.push(handle);
+        }
         Ok(gate)
     }
 
@@ -325,6 +588,57 @@ impl Gate {
             if let Err(e) = r.set_state(InstanceState::Hang) {
                 tracing::error!(error = %e, "registry: could not register state hang");
             }
+        }
+    }
+
+    /// Serves `gatehouse --upgrade` requests on this gate's upgrade socket (the one inherited
+    /// from the previous process, else a new one). The receiver yields the new process's pid
+    /// once the gate was handed over; it never yields when there is no upgrade socket.
+    pub fn serve_upgrades(&mut self, cfg: &Config) -> Result<flume::Receiver<u32>, StartError> {
+        let (tx, rx) = flume::bounded(1);
+        let socket = match self.upgrade_socket.take() {
+            Some(s) => s,
+            None => {
+                let Some(name) = upgrade::socket_name(cfg) else {
+                    tracing::info!("upgrade: no upgrade socket ({})", UpgradeError::NoSocket);
+                    std::mem::forget(tx);
+                    return Ok(rx);
+                };
+                name.listen().map_err(|e| {
+                    StartError::Upgrade(format!(
+                        "etc.gatehouse.upgradeSocket: cannot listen on {name}: {e}"
+                    ))
+                })?
+            }
+        };
+        let giver = give::Giver {
+            inboxes: self.inboxes.clone(),
+            listeners: self
+                .listening
+                .iter()
+                .map(|(k, fds)| Ok((*k, dup_all(fds)?)))
+                .collect::<Result<_, StartError>>()?,
+            claims: self
+                ._claims
+                .duplicate()
+                .map_err(|e| StartError::Upgrade(format!("port claims: {e}")))?,
+            gid: self.id.clone(),
+            link_addr: self.link_addr.clone(),
+        };
+        std::thread::Builder::new()
+            .name("upgrade".into())
+            .spawn(move || {
+                let pid = give::serve(socket, giver);
+                let _ = tx.send(pid);
+            })
+            .map_err(|e| StartError::Upgrade(format!("cannot start the upgrade thread: {e}")))?;
+        Ok(rx)
+    }
+
+    /// Stops the registry threads and leaves the registration to the process that took over.
+    pub fn abandon_registry(&mut self) {
+        if let Some(r) = self.discovery.take() {
+            r.abandon();
         }
     }
 
@@ -378,6 +692,58 @@ impl Gate {
             let _ = t.join();
         }
     }
+}
+
+/// The hand-off's name for the listener of `transport`.
+fn kind_of(transport: Transport) -> ListenerKind {
+    match transport {
+        Transport::Tcp => ListenerKind::Tcp,
+        Transport::Ws => ListenerKind::Ws,
+    }
+}
+
+/// Duplicates of `fds` (kept for a later hand-off while the originals serve).
+fn dup_all<'a>(fds: impl IntoIterator<Item = &'a OwnedFd>) -> Result<Vec<OwnedFd>, StartError> {
+    fds.into_iter()
+        .map(|fd| {
+            fd.try_clone()
+                .map_err(|e| StartError::Listen(format!("duplicate a listening socket: {e}")))
+        })
+        .collect()
+}
+
+/// Spreads a listener's inherited sockets over `count` shards: one each while they last (a
+/// process with fewer shards accepts on several), then new sockets bound beside them.
+fn spread(fds: Vec<OwnedFd>, count: usize, backlog: i32) -> Result<Vec<Vec<OwnedFd>>, String> {
+    let Some(first) = fds.first() else {
+        return Err("the running gate handed over no listening socket".into());
+    };
+    let extra = count.saturating_sub(fds.len());
+    let more = net::bind_alongside(first, extra, backlog)?;
+    let mut out: Vec<Vec<OwnedFd>> = (0..count).map(|_| Vec::new()).collect();
+    for (i, fd) in fds.into_iter().chain(more).enumerate() {
+        out[i % count].push(fd);
+    }
+    Ok(out)
+}
+
+/// The address the inherited sockets listen on, if it is the configured one (a configured
+/// port 0 takes any).
+fn same_port(configured: &str, spread: &[Vec<OwnedFd>], key: &str) -> Result<SocketAddr, String> {
+    let fd = spread
+        .iter()
+        .flatten()
+        .next()
+        .ok_or("no listening socket")?;
+    let bound = net::listening_addr(fd)?;
+    let want = net::HostPort::parse(configured).map_err(|e| format!("{key}: {e}"))?;
+    if want.port != 0 && want.port != bound.port() {
+        return Err(format!(
+            "{key} is {configured}, the running gate listens on {bound}: an upgrade keeps the \
+             configuration"
+        ));
+    }
+    Ok(bound)
 }
 
 /// The configuration key of a client server's address (`None`: the link's).

@@ -67,3 +67,4 @@ pub mod registry;
 pub mod session;
 pub mod shard;
 pub mod tls;
+pub mod upgrade;

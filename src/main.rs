@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Err(e) => return fatal(&e),
     };
     if flags.help {
-        println!("usage: gatehouse [--etc PATH] [--mode debug|test|release]\n\nPATH is an etc directory or file (default ./etc, or $DUE_ETC).");
+        println!("usage: gatehouse [--etc PATH] [--mode debug|test|release] [--upgrade]\n\nPATH is an etc directory or file (default ./etc, or $DUE_ETC).\n--upgrade takes over, without dropping a client, from the gatehouse running with the\nsame configuration (see docs/upgrade.md).");
         return ExitCode::SUCCESS;
     }
     if flags.version {
@@ -43,11 +43,6 @@ fn main() -> ExitCode {
         Ok(g) => g,
         Err(e) => return fatal(&format!("logging: {e}")),
     };
-    if let Some(pid) = &cfg.pid {
-        if let Err(e) = write_pid(pid) {
-            return fatal(&format!("pid file {}: {e}", pid.display()));
-        }
-    }
     // Handlers go in before anything is printed: a supervisor that signals as soon as it sees the
     // banner must get the graceful shutdown, not the default action.
     use signal_hook::consts::{SIGABRT, SIGINT, SIGQUIT, SIGTERM};
@@ -64,34 +59,101 @@ fn main() -> ExitCode {
         &now,
     ));
 
-    let mut gate = match Gate::start(&cfg) {
+    let started = if flags.upgrade {
+        Gate::start_upgrade(&cfg)
+    } else {
+        Gate::start(&cfg)
+    };
+    let mut gate = match started {
         Ok(g) => g,
         Err(e) => return fatal(&format!("network server start failed: {e}")),
+    };
+    // Written once the gate runs: a start that fails (a second gatehouse, a refused upgrade)
+    // leaves the running gate's pid in place.
+    if let Some(pid) = &cfg.pid {
+        if let Err(e) = write_pid(pid) {
+            gate.join();
+            return fatal(&format!("pid file {}: {e}", pid.display()));
+        }
+    }
+    let handed = match gate.serve_upgrades(&cfg) {
+        Ok(rx) => rx,
+        Err(e) => {
+            gate.join();
+            return fatal(&e.to_string());
+        }
     };
     print_lines(&banner::gate_box(&gate_info(&cfg, &gate)));
     tracing::info!(shards = gate.shard_count, "gate started");
 
-    wait_for_signal_and_drain(signals, &cfg, &mut gate);
+    match wait(signals, handed) {
+        Wake::Signal(sig, wakes) => drain(sig, wakes, &cfg, &mut gate),
+        Wake::HandedOver(pid) => close_after_hand_off(pid, &mut gate),
+    }
     gate.join();
     ExitCode::SUCCESS
 }
 
-/// Blocks until SIGINT/SIGTERM/SIGQUIT/SIGABRT, then runs due's two shutdown phases. A second
-/// signal terminates the process at once.
-fn wait_for_signal_and_drain(
-    mut signals: signal_hook::iterator::Signals,
-    cfg: &Config,
-    gate: &mut Gate,
-) {
-    let Some(sig) = signals.forever().next() else {
-        return;
-    };
+/// What ends a gate's serving.
+enum Wake {
+    /// A shutdown signal, and where later ones arrive.
+    Signal(i32, flume::Receiver<Wake>),
+    /// `gatehouse --upgrade` (that pid) took the gate over.
+    HandedOver(u32),
+}
+
+/// Blocks until SIGINT/SIGTERM/SIGQUIT/SIGABRT or a hand-off.
+fn wait(mut signals: signal_hook::iterator::Signals, handed: flume::Receiver<u32>) -> Wake {
+    let (tx, rx) = flume::unbounded();
+    let signal_tx = tx.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let (_, none) = flume::unbounded();
+            if signal_tx.send(Wake::Signal(sig, none)).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        if let Ok(pid) = handed.recv() {
+            let _ = tx.send(Wake::HandedOver(pid));
+        }
+    });
+    match rx.recv() {
+        Ok(Wake::Signal(sig, _)) => Wake::Signal(sig, rx),
+        Ok(w) => w,
+        Err(_) => Wake::Signal(signal_hook::consts::SIGTERM, rx),
+    }
+}
+
+/// The gate was handed over: the registration and every handed-over connection are the new
+/// process's now. What stayed here (TLS connections, which cannot move) closes the old way:
+/// queued packets first, then the socket.
+fn close_after_hand_off(pid: u32, gate: &mut Gate) {
+    tracing::info!(
+        pid,
+        "upgrade: handed over to pid {pid}, closing what stays here"
+    );
+    gate.abandon_registry();
+    gate.stop_accepting();
+    gate.close_all(true);
+    if !gate.wait_idle(Some(DESTROY_LIMIT)) {
+        gate.close_all(false);
+        gate.wait_idle(Some(Duration::from_secs(1)));
+    }
+}
+
+/// Runs due's two shutdown phases after signal `sig`. A second signal terminates the process at
+/// once.
+fn drain(sig: i32, wakes: flume::Receiver<Wake>, cfg: &Config, gate: &mut Gate) {
     tracing::warn!("process got signal {}, gate will close", signal_name(sig));
     gate.hang();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            eprintln!("gatehouse: second signal {}, exiting now", signal_name(sig));
-            std::process::exit(128 + sig);
+        while let Ok(w) = wakes.recv() {
+            if let Wake::Signal(sig, _) = w {
+                eprintln!("gatehouse: second signal {}, exiting now", signal_name(sig));
+                std::process::exit(128 + sig);
+            }
         }
     });
     // Close phase: state hang; keep serving (and accepting) until every client left.

@@ -248,6 +248,33 @@ pub fn bind_shared(
     Ok((fds, bound))
 }
 
+/// The address of a listening socket, e.g. one inherited from the previous process.
+pub fn listening_addr(fd: &OwnedFd) -> Result<SocketAddr, String> {
+    socket2::SockRef::from(fd)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| "an inherited listener has no address".to_string())
+}
+
+/// Opens `count` more listening sockets beside `existing`, on its address and port (an upgrade
+/// to a process with more shards than the one it took the listeners from).
+pub fn bind_alongside(
+    existing: &OwnedFd,
+    count: usize,
+    backlog: i32,
+) -> Result<Vec<OwnedFd>, String> {
+    let bound = listening_addr(existing)?;
+    let dual = bound.is_ipv6() && !socket2::SockRef::from(existing).only_v6().unwrap_or(true);
+    (0..count)
+        .map(|_| {
+            bind_one(bound, dual, backlog)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("listen on {bound}: {e}"))
+        })
+        .collect()
+}
+
 /// The address a listener on `configured` advertises to the cluster (due's rule): a concrete
 /// host as given; for a wildcard host, the first private 192.168.x.x address of an interface
 /// that is up, else the first other RFC 1918 address. due refuses to start without one; we fall

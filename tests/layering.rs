@@ -19,7 +19,7 @@ use std::path::Path;
 /// in exactly one layer.
 const LAYERS: &[(&str, &[&str])] = &[
     // Start-up: builds the shards and the control plane, nothing else.
-    ("wiring", &["gate"]),
+    ("wiring", &["gate", "upgrade"]),
     // One pinned executor: its inbox, listeners, tasks and shutdown.
     ("shard", &["shard"]),
     // Client sockets and the inbound node API (node commands applied to shard state).

@@ -792,6 +792,7 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "nodes",
     "linkConns",
     "publishResponseV25",
+    "upgradeSocket",
 ];
 
 /// `[[gatehouse.nodes]]` keys.
@@ -1345,6 +1346,9 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
         nodes,
         link_conns: g.ranged_int("linkConns", 1, 1, 20)? as usize,
         publish_v25: g.bool("publishResponseV25", false)?,
+        upgrade_socket: Some(g.string("upgradeSocket", "")?)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
     })
 }
 

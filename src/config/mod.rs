@@ -319,4 +319,8 @@ pub struct GatehouseConfig {
     /// `publishResponseV25`: answer node publish requests in the v2.5.5+ form (with a code);
     /// false (default) = the v2.4.1 form.
     pub publish_v25: bool,
+    /// `upgradeSocket`: the Unix socket where `gatehouse --upgrade` finds the running gate.
+    /// `None` = next to `pid` (`<pid>.upgrade`), or an abstract socket named after the first
+    /// fixed port when there is no pid file.
+    pub upgrade_socket: Option<PathBuf>,
 }

@@ -611,6 +611,17 @@ impl Registrar {
     /// removes the service once its checks have been critical for
     /// `deregister_critical_service_after`).
     pub fn stop(mut self) {
+        self.halt();
+        deregister_quietly(&self.shared);
+    }
+
+    /// Stops the threads and leaves the registration in place: the next process (`--upgrade`)
+    /// registered the same record and keeps it alive.
+    pub fn abandon(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
         self.shared.stopped.store(true, Ordering::SeqCst);
         // Wait for a delivery in progress; later ones see the flag.
         drop(
@@ -626,7 +637,6 @@ impl Registrar {
         if let Some(watch) = self.watch.take() {
             watch.join_bounded(JOIN_BOUND);
         }
-        deregister_quietly(&self.shared);
     }
 }
 

@@ -21,6 +21,9 @@ pub trait Discovery: Send {
     fn set_state(&self, state: InstanceState) -> Result<(), RegistryError>;
     /// Stops watching and deregisters.
     fn stop(self: Box<Self>);
+    /// Stops watching and leaves the registration to the next process (`--upgrade`), which
+    /// registered the same record.
+    fn abandon(self: Box<Self>);
 }
 
 /// Starts the configured backend: registers `instance` (its state read from `state`) and hands
@@ -58,6 +61,8 @@ impl Discovery for StaticNodes {
     }
 
     fn stop(self: Box<Self>) {}
+
+    fn abandon(self: Box<Self>) {}
 }
 
 impl Discovery for Registrar {
@@ -71,6 +76,10 @@ impl Discovery for Registrar {
 
     fn stop(self: Box<Self>) {
         Registrar::stop(*self)
+    }
+
+    fn abandon(self: Box<Self>) {
+        Registrar::abandon(*self)
     }
 }
 

@@ -1,0 +1,319 @@
+//! The running gate's side of an upgrade: serves the upgrade socket, freezes the shards for a
+//! new process that asks, sends it everything, and commits or thaws.
+//!
+//! Runs on a thread of its own; it reaches the shards only through their inboxes. A request from
+//! another user (SO_PEERCRED) or one that breaks the conversation is refused with a logged reason
+//! and changes nothing; a failure after the freeze thaws every shard, so the gate serves on.
+
+use socket2::Socket;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::wire::{Channel, MAX_FDS};
+use super::{ListenerKind, Msg, NodeLinkHead, PROTOCOL};
+use crate::connection::record::RECORD_VERSION;
+use crate::node_api::LinkParcel;
+use crate::shard::{fan_out, ShardInbox, ShardMsg, ShardParcel};
+
+/// How long each step of the conversation may take before the gate gives up and serves on.
+const STEP: Duration = Duration::from_secs(10);
+/// How long a shard may take to freeze (its own limits are shorter).
+const FREEZE: Duration = Duration::from_secs(10);
+/// How long the new process may take to take everything up.
+const READY: Duration = Duration::from_secs(30);
+
+/// What the running gate hands over, apart from what its shards hold.
+pub struct Giver {
+    pub inboxes: Vec<ShardInbox>,
+    /// Duplicates of every listening socket, by listener, in shard order.
+    pub listeners: Vec<(ListenerKind, Vec<OwnedFd>)>,
+    /// Duplicates of the port claims.
+    pub claims: Vec<(u16, OwnedFd)>,
+    pub gid: String,
+    pub link_addr: String,
+}
+
+/// Serves `socket` until one request hands the gate over; returns the new process's pid.
+pub fn serve(socket: Socket, giver: Giver) -> u32 {
+    let me = effective_uid();
+    loop {
+        let (sock, _) = match socket.accept() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade: accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let ch = match Channel::accepted(sock, STEP) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade: cannot set up the connection");
+                continue;
+            }
+        };
+        match ch.peer() {
+            Some((uid, _)) if uid == me => {}
+            Some((uid, pid)) => {
+                tracing::warn!(
+                    uid,
+                    pid,
+                    "upgrade: refused a request from another user (this gate runs as uid {me})"
+                );
+                continue;
+            }
+            None => {
+                tracing::warn!("upgrade: refused a request whose sender is unknown");
+                continue;
+            }
+        }
+        match giver.give(&ch, &socket) {
+            Ok(pid) => return pid,
+            Err(e) => tracing::warn!("upgrade: not handed over, serving on: {e}"),
+        }
+    }
+}
+
+/// This process's effective uid.
+fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// What the shards gave up in a freeze.
+struct Frozen {
+    links: Vec<LinkParcel>,
+    shards: Vec<ShardParcel>,
+}
+
+impl Giver {
+    /// One conversation. `Ok` = handed over to that pid; `Err` = the gate serves on (thawed if
+    /// it was frozen).
+    fn give(&self, ch: &Channel, socket: &Socket) -> Result<u32, String> {
+        let hello = recv(ch)?;
+        let Msg::Hello {
+            protocol,
+            record_version,
+            pid,
+        } = hello
+        else {
+            return Err(format!("expected a hello, got {}", name(&hello)));
+        };
+        tracing::info!(pid, "upgrade: requested");
+        if protocol != PROTOCOL || record_version != RECORD_VERSION {
+            let reason = format!(
+                "the running gate (pid {}) writes connection records v{RECORD_VERSION} over \
+                 hand-off protocol {PROTOCOL}; the new process reads v{record_version} over \
+                 protocol {protocol}",
+                std::process::id()
+            );
+            let _ = ch.send(&Msg::Refuse(reason.clone()), &[]);
+            return Err(reason);
+        }
+        let offer = Msg::Offer {
+            protocol: PROTOCOL,
+            record_version: RECORD_VERSION,
+            pid: std::process::id(),
+            gid: self.gid.clone(),
+            link_addr: self.link_addr.clone(),
+            shards: self.inboxes.len() as u32,
+        };
+        send(ch, &offer, &[])?;
+        match recv(ch)? {
+            Msg::Go => {}
+            Msg::Refuse(r) => return Err(format!("the new process (pid {pid}) refused: {r}")),
+            other => return Err(format!("expected go, got {}", name(&other))),
+        }
+        let started = std::time::Instant::now();
+        let frozen = match self.freeze() {
+            Ok(f) => f,
+            Err(e) => {
+                self.thaw();
+                let _ = ch.send(&Msg::Refuse(e.clone()), &[]);
+                return Err(e);
+            }
+        };
+        let counts = (
+            frozen.shards.iter().map(|s| s.conns.len()).sum::<usize>(),
+            frozen.links.len(),
+        );
+        tracing::info!(
+            connections = counts.0,
+            links = counts.1,
+            took = ?started.elapsed(),
+            "upgrade: frozen, sending"
+        );
+        match self.send_all(ch, socket, frozen) {
+            Ok(()) => {}
+            Err(e) => {
+                self.thaw();
+                return Err(e);
+            }
+        }
+        let _ = ch.set_timeout(READY);
+        match recv(ch) {
+            Ok(Msg::Ready) => {}
+            Ok(Msg::Refuse(r)) => {
+                self.thaw();
+                return Err(format!("the new process (pid {pid}) refused: {r}"));
+            }
+            Ok(other) => {
+                self.thaw();
+                return Err(format!("expected ready, got {}", name(&other)));
+            }
+            Err(e) => {
+                self.thaw();
+                return Err(format!("the new process (pid {pid}) failed: {e}"));
+            }
+        }
+        self.commit();
+        let _ = ch.send(&Msg::Committed, &[]);
+        tracing::info!(
+            pid,
+            connections = counts.0,
+            links = counts.1,
+            took = ?started.elapsed(),
+            "upgrade: handed over"
+        );
+        Ok(pid)
+    }
+
+    /// Freezes the link connections of every shard, then (every node command having reached
+    /// its shard) the client connections and node links.
+    fn freeze(&self) -> Result<Frozen, String> {
+        let mut links = Vec::new();
+        let replies: Vec<_> = self
+            .inboxes
+            .iter()
+            .map(|inbox| {
+                let (tx, rx) = flume::bounded(1);
+                inbox.post(ShardMsg::FreezeLinks(tx));
+                rx
+            })
+            .collect();
+        for (i, rx) in replies.into_iter().enumerate() {
+            links.extend(
+                rx.recv_timeout(FREEZE)
+                    .map_err(|_| format!("shard {i} did not freeze its links"))?,
+            );
+        }
+        let replies: Vec<_> = self
+            .inboxes
+            .iter()
+            .map(|inbox| {
+                let (tx, rx) = flume::bounded(1);
+                inbox.post(ShardMsg::FreezeClients(tx));
+                rx
+            })
+            .collect();
+        let mut shards = Vec::new();
+        for (i, rx) in replies.into_iter().enumerate() {
+            shards.push(
+                rx.recv_timeout(FREEZE)
+                    .map_err(|_| format!("shard {i} did not freeze its connections"))?,
+            );
+        }
+        Ok(Frozen { links, shards })
+    }
+
+    fn thaw(&self) {
+        fan_out(&self.inboxes, || ShardMsg::Thaw);
+    }
+
+    fn commit(&self) {
+        let replies: Vec<_> = self
+            .inboxes
+            .iter()
+            .map(|inbox| {
+                let (tx, rx) = flume::bounded(1);
+                inbox.post(ShardMsg::Commit(tx));
+                rx
+            })
+            .collect();
+        for rx in replies {
+            let _ = rx.recv_timeout(FREEZE);
+        }
+    }
+
+    /// Sends the listeners, claims, the upgrade socket and every parcel.
+    fn send_all(&self, ch: &Channel, socket: &Socket, frozen: Frozen) -> Result<(), String> {
+        for (kind, fds) in &self.listeners {
+            for chunk in fds.chunks(MAX_FDS) {
+                send(ch, &Msg::Listeners(*kind), &raw(chunk))?;
+            }
+        }
+        let ports: Vec<u16> = self.claims.iter().map(|(p, _)| *p).collect();
+        let claim_fds: Vec<RawFd> = self.claims.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        send(ch, &Msg::Claims(ports), &claim_fds)?;
+        send(ch, &Msg::UpgradeSocket, &[socket.as_raw_fd()])?;
+        let count = self.inboxes.len() as i64;
+        let mut cid_bound = 1;
+        let mut conns = Vec::new();
+        let mut node_links = Vec::new();
+        for (i, shard) in frozen.shards.into_iter().enumerate() {
+            // Shard i made cids seq * count + i + 1 for every seq below its next one.
+            cid_bound = cid_bound.max(shard.next_seq * count + i as i64 + 1);
+            conns.extend(shard.conns);
+            node_links.extend(shard.node_links.into_iter().map(|l| (i as u32, l)));
+        }
+        for chunk in conns.chunks(MAX_FDS) {
+            let records = chunk.iter().map(|p| p.record.clone()).collect();
+            let fds: Vec<RawFd> = chunk.iter().map(|p| p.fd.as_raw_fd()).collect();
+            send(ch, &Msg::Conns(records), &fds)?;
+        }
+        for chunk in frozen.links.chunks(MAX_FDS) {
+            let records = chunk.iter().map(|p| p.record.clone()).collect();
+            let fds: Vec<RawFd> = chunk.iter().map(|p| p.fd.as_raw_fd()).collect();
+            send(ch, &Msg::Links(records), &fds)?;
+        }
+        for chunk in node_links.chunks(MAX_FDS) {
+            let heads = chunk
+                .iter()
+                .map(|(shard, l)| NodeLinkHead {
+                    addr: l.addr.clone(),
+                    shard: *shard,
+                    slot: l.slot as u32,
+                    queued: l.queued.clone(),
+                })
+                .collect();
+            let fds: Vec<RawFd> = chunk.iter().map(|(_, l)| l.fd.as_raw_fd()).collect();
+            send(ch, &Msg::NodeLinks(heads), &fds)?;
+        }
+        send(ch, &Msg::Done { cid_bound }, &[])
+    }
+}
+
+fn raw(fds: &[OwnedFd]) -> Vec<RawFd> {
+    fds.iter().map(|f| f.as_raw_fd()).collect()
+}
+
+fn send(ch: &Channel, msg: &Msg, fds: &[RawFd]) -> Result<(), String> {
+    ch.send(msg, fds)
+        .map_err(|e| format!("sending {}: {e}", name(msg)))
+}
+
+fn recv(ch: &Channel) -> Result<Msg, String> {
+    let (msg, fds) = ch.recv::<Msg>().map_err(|e| format!("receiving: {e}"))?;
+    if !fds.is_empty() {
+        return Err(format!("{} came with sockets attached", name(&msg)));
+    }
+    Ok(msg)
+}
+
+/// A message's name for logs.
+pub(crate) fn name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello { .. } => "hello",
+        Msg::Offer { .. } => "offer",
+        Msg::Refuse(_) => "refuse",
+        Msg::Go => "go",
+        Msg::Listeners(_) => "listeners",
+        Msg::Claims(_) => "claims",
+        Msg::UpgradeSocket => "upgrade socket",
+        Msg::Conns(_) => "connections",
+        Msg::Links(_) => "links",
+        Msg::NodeLinks(_) => "node links",
+        Msg::Done { .. } => "done",
+        Msg::Ready => "ready",
+        Msg::Committed => "committed",
+    }
+}
