@@ -491,3 +491,156 @@ fn example_files_load_unchanged() {
         p.line(&format!("Name: {}", cfg.gate.name));
     }
 }
+
+/// A config on fixed free ports (client TCP, link) with a pid file in `dir`: the upgrade socket
+/// is `<dir>/gate.pid.upgrade`.
+fn fixed_ports(dir: &Path, name: &str) -> (std::path::PathBuf, u16) {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, link) = (free(), free());
+    let cfg = format!(
+        "pid = \"{}/gate.pid\"\n{}",
+        dir.display(),
+        etc_toml(name, "")
+            .replace(
+                "addr = \"127.0.0.1:0\"\nheartbeat",
+                &format!("addr = \"127.0.0.1:{port}\"\nheartbeat"),
+            )
+            .replace(
+                &format!("name = \"{name}\"\n"),
+                &format!("name = \"{name}\"\naddr = \"127.0.0.1:{link}\"\n"),
+            )
+    );
+    let f = dir.join("etc.toml");
+    std::fs::write(&f, &cfg).unwrap();
+    (f, port)
+}
+
+/// Issue 9 items 4 and 6 and a failed hand-off: a request the gate cannot honour (another
+/// record version, garbage, another user, a new process that vanishes after the freeze) is
+/// refused with a logged reason and the gate serves on as before; a real upgrade afterwards
+/// still works, and a plain start then names the new pid.
+#[test]
+fn upgrade_requests_that_cannot_be_honoured_change_nothing() {
+    use gatehouse::connection::record::RECORD_VERSION;
+    use gatehouse::upgrade::wire::{Channel, SocketName};
+    use gatehouse::upgrade::{Msg, PROTOCOL};
+
+    let dir = TempDir::new("upgrade-refusals");
+    let (etc, port) = fixed_ports(&dir.0, "refusals");
+    let etc = etc.to_str().unwrap().to_string();
+    let mut gate = Proc::spawn(&dir.0, &["--etc", &etc], &[]);
+    assert_eq!(gate.port(), port);
+    let mut c = client(port);
+    c.heartbeat();
+    assert_eq!(c.frame(), hex("0000000180"));
+    // Half a heartbeat waits in the gate while everything below happens.
+    c.send(&hex("0000"));
+    let socket = SocketName::Path(dir.0.join("gate.pid.upgrade"));
+    let connect = || Channel::connect(&socket, Duration::from_secs(5)).expect("upgrade socket");
+
+    // Another record version: refused by the running gate, naming both versions.
+    let ch = connect();
+    let hello = Msg::Hello {
+        protocol: PROTOCOL,
+        record_version: RECORD_VERSION + 1,
+        pid: 1,
+    };
+    ch.send(&hello, &[]).unwrap();
+    match ch.recv::<Msg>().unwrap().0 {
+        Msg::Refuse(r) => assert!(
+            r.contains(&format!("v{RECORD_VERSION} "))
+                && r.contains(&format!("v{} ", RECORD_VERSION + 1)),
+            "{r}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    gate.line("upgrade: not handed over, serving on");
+
+    // Garbage: the conversation is dropped with a logged reason.
+    let raw = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+    raw.connect(&socket2::SockAddr::unix(dir.0.join("gate.pid.upgrade")).unwrap())
+        .unwrap();
+    raw.send(b"\x07\xff\xffnot a hand-off message").unwrap();
+    let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(raw.recv(&mut buf).unwrap(), 0, "the gate hangs up");
+    gate.line("receiving:");
+
+    // Another user (only when the test can become one).
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let path = dir.0.join("gate.pid.upgrade");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let script = format!(
+            "import socket\ns=socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\ns.settimeout(5)\ns.connect({:?})\ns.send(b'\\x00hello')\ntry:\n    r=s.recv(64)\nexcept ConnectionResetError:\n    r=b''\nassert r == b''\n",
+            path.to_str().unwrap()
+        );
+        let st = Command::new("python3")
+            .args(["-c", &script])
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .unwrap();
+        assert!(st.success(), "another user is hung up on");
+        gate.line("refused a request from another user");
+    } else {
+        eprintln!("not root: the other-user case is skipped");
+    }
+
+    // A new process that takes everything and vanishes before confirming: the gate thaws.
+    let ch = connect();
+    let hello = Msg::Hello {
+        protocol: PROTOCOL,
+        record_version: RECORD_VERSION,
+        pid: 1,
+    };
+    ch.send(&hello, &[]).unwrap();
+    assert!(matches!(ch.recv::<Msg>().unwrap().0, Msg::Offer { .. }));
+    ch.send(&Msg::Go, &[]).unwrap();
+    let mut conns = 0;
+    loop {
+        let (msg, fds) = ch.recv::<Msg>().unwrap();
+        match msg {
+            Msg::Conns(records) => {
+                assert_eq!(records.len(), fds.len());
+                assert_eq!(records[0].input_tail, hex("0000"), "the half heartbeat");
+                conns += records.len();
+            }
+            Msg::Done { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(conns, 1);
+    drop(ch);
+    gate.line("upgrade: not handed over, serving on: the new process (pid 1) failed");
+    // The client carries on: the rest of its heartbeat completes the one the gate holds.
+    c.send(&hex("000180"));
+    assert_eq!(c.frame(), hex("0000000180"));
+    let mut n = client(port);
+    n.heartbeat();
+    assert_eq!(n.frame(), hex("0000000180"), "the gate accepts again");
+
+    // A real upgrade still works, and the new gate keeps both clients.
+    let mut new = Proc::spawn(&dir.0, &["--upgrade", "--etc", &etc], &[]);
+    new.line("gate started");
+    assert_eq!(gate.wait_exit(Duration::from_secs(10)).0, Some(0));
+    for cl in [&mut c, &mut n] {
+        cl.heartbeat();
+        assert_eq!(cl.frame(), hex("0000000180"));
+    }
+    let pid = std::fs::read_to_string(dir.0.join("gate.pid")).unwrap();
+    assert_eq!(pid, new.child.id().to_string());
+    let mut plain = Proc::spawn(&dir.0, &["--etc", &etc], &[]);
+    let line = plain.line("already served by gatehouse pid");
+    assert!(line.contains(&format!("pid {}", new.child.id())), "{line}");
+    assert_eq!(plain.wait_exit(Duration::from_secs(5)).0, Some(1));
+    c.heartbeat();
+    assert_eq!(c.frame(), hex("0000000180"));
+}
