@@ -579,7 +579,7 @@ fn upgrade_requests_that_cannot_be_honoured_change_nothing() {
         let path = dir.0.join("gate.pid.upgrade");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
         let script = format!(
-            "import socket\ns=socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\ns.settimeout(5)\ns.connect({:?})\ns.send(b'\\x00hello')\ntry:\n    r=s.recv(64)\nexcept ConnectionResetError:\n    r=b''\nassert r == b''\n",
+            "import socket\ns=socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\ns.settimeout(5)\ns.connect({:?})\ntry:\n    s.send(b'\\x00hello')\n    r=s.recv(64)\nexcept (ConnectionResetError, BrokenPipeError):\n    r=b''\nassert r == b''\n",
             path.to_str().unwrap()
         );
         let st = Command::new("python3")
@@ -643,4 +643,52 @@ fn upgrade_requests_that_cannot_be_honoured_change_nothing() {
     assert_eq!(plain.wait_exit(Duration::from_secs(5)).0, Some(1));
     c.heartbeat();
     assert_eq!(c.frame(), hex("0000000180"));
+}
+
+/// Issue 9 item 3: TLS connections are not handed over. At the hand-off they are closed the old
+/// way (an orderly end of stream) and a new TLS connection reaches the new process, while a
+/// plain WebSocket connection on the same gate moves without a break.
+#[test]
+fn upgrade_moves_plain_connections_and_closes_tls_ones() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("upgrade-tls");
+    let cert = TestCert::new(&dir);
+    let (etc, port) = fixed_ports(&dir.0, "tls");
+    let ws_port = free_port();
+    let cfg = std::fs::read_to_string(&etc).unwrap().replace(
+        "heartbeatInterval = \"10s\"\n",
+        &format!(
+            "heartbeatInterval = \"10s\"\n{}\n[network.ws.server]\naddr = \"127.0.0.1:{ws_port}\"\nheartbeatInterval = \"10s\"\n",
+            cert.server_keys
+        ),
+    );
+    std::fs::write(&etc, cfg).unwrap();
+    let etc = etc.to_str().unwrap().to_string();
+    let mut gate = Proc::spawn(&dir.0, &["--etc", &etc], &[]);
+    assert_eq!(gate.port(), port);
+    let heartbeat = hex("0000000180");
+    let mut tls = cert.connect(([127, 0, 0, 1], port).into());
+    tls.write_all(&heartbeat).unwrap();
+    let mut reply = [0u8; 5];
+    tls.read_exact(&mut reply).unwrap();
+    assert_eq!(reply.to_vec(), heartbeat);
+    let packet = gatehouse::packet::PacketConfig::default();
+    let mut ws = WsClient::connect(([127, 0, 0, 1], ws_port).into(), packet);
+    ws.heartbeat();
+    assert_eq!(ws.binary(), heartbeat);
+
+    let mut new = Proc::spawn(&dir.0, &["--upgrade", "--etc", &etc], &[]);
+    new.line("gate started");
+    assert_eq!(gate.wait_exit(Duration::from_secs(10)).0, Some(0));
+    let mut rest = Vec::new();
+    match tls.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "nothing was queued: {rest:?}"),
+        Err(e) => panic!("the TLS client was not closed in order: {e}"),
+    }
+    let mut again = cert.connect(([127, 0, 0, 1], port).into());
+    again.write_all(&heartbeat).unwrap();
+    again.read_exact(&mut reply).unwrap();
+    assert_eq!(reply.to_vec(), heartbeat, "the new process serves TLS");
+    ws.heartbeat();
+    assert_eq!(ws.binary(), heartbeat, "the WebSocket client moved");
 }
