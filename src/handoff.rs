@@ -13,6 +13,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+/// A socket lent by a parked task to the hand-off: it stays open as long as the task stays
+/// parked, that is until the stage leaves `Frozen`, which happens only after the parcels were
+/// sent (or given up). Lending instead of duplicating keeps a gate at the descriptor limit able
+/// to hand over all its connections.
+pub type Lent = std::os::fd::RawFd;
+
 /// Where a shard's tasks stand in a hand-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {

@@ -24,7 +24,7 @@ use crate::connection::record::{ConnParcel, RecordError};
 use crate::connection::ws::WsRules;
 use crate::connection::{driver, Host, ServerCtx};
 use crate::dispatch::{Delivery, EventKind, NodeLinkParcel, Upstream};
-use crate::handoff::{Collector, Phase, Stage};
+use crate::handoff::{Collector, Lent, Phase, Stage};
 use crate::listener;
 use crate::node_api::{self, LinkParcel, LinkShared, LocalSessions};
 use crate::packet::PacketConfig;
@@ -56,7 +56,7 @@ pub enum ShardMsg {
     Exit,
     /// Upgrade, step 1: stop accepting node links and park the link connections between two
     /// frames; answers their sockets and state.
-    FreezeLinks(flume::Sender<Vec<LinkParcel>>),
+    FreezeLinks(flume::Sender<Vec<LinkParcel<Lent>>>),
     /// Upgrade, step 2 (after every shard's links are parked, so every node command has reached
     /// its connection): stop accepting clients, park every connection, then the node links.
     FreezeClients(flume::Sender<ShardParcel>),
@@ -66,10 +66,10 @@ pub enum ShardMsg {
     Commit(flume::Sender<()>),
 }
 
-/// What one shard hands to the next process.
+/// What one shard hands to the next process (sockets lent by its parked tasks).
 pub struct ShardParcel {
-    pub conns: Vec<ConnParcel>,
-    pub node_links: Vec<NodeLinkParcel>,
+    pub conns: Vec<ConnParcel<Lent>>,
+    pub node_links: Vec<NodeLinkParcel<Lent>>,
     /// This shard's next cid sequence number (every cid it made is below it).
     pub next_seq: i64,
 }
@@ -170,8 +170,8 @@ pub struct Shard {
     /// freeze collects from them.
     clients_stage: Rc<Stage>,
     links_stage: Rc<Stage>,
-    conn_parcels: Collector<ConnParcel>,
-    link_parcels: Collector<LinkParcel>,
+    conn_parcels: Collector<ConnParcel<Lent>>,
+    link_parcels: Collector<LinkParcel<Lent>>,
 }
 
 /// The accept loops of one start: they stop when `stop` is dropped.
@@ -342,7 +342,7 @@ impl Shard {
     }
 
     /// Upgrade step 1: no new node link; every link connection parks between two frames.
-    async fn freeze_links(self: Rc<Self>) -> Vec<LinkParcel> {
+    async fn freeze_links(self: Rc<Self>) -> Vec<LinkParcel<Lent>> {
         Shard::stop_loops(&self.link_accepting).await;
         self.link_parcels.open();
         self.links_stage.set(Phase::Frozen);
@@ -551,7 +551,7 @@ impl Host for Shard {
         Some(&self.clients_stage)
     }
 
-    fn hand_over(&self, parcel: ConnParcel) -> bool {
+    fn hand_over(&self, parcel: ConnParcel<Lent>) -> bool {
         self.conn_parcels.offer(parcel).is_ok()
     }
 
@@ -638,7 +638,7 @@ impl LocalSessions for Shard {
         Some(&self.links_stage)
     }
 
-    fn hand_over_link(&self, parcel: LinkParcel) -> bool {
+    fn hand_over_link(&self, parcel: LinkParcel<Lent>) -> bool {
         self.link_parcels.offer(parcel).is_ok()
     }
 }

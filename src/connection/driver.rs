@@ -115,14 +115,11 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
             Phase::Frozen => {}
         }
         if self.parked.is_none() {
-            let taken = match self.stream.duplicate() {
-                Some(Ok(fd)) => {
+            // The socket is lent: this task keeps it open while parked.
+            let taken = match self.stream.socket() {
+                Some(fd) => {
                     let record = self.machine.export(Instant::now());
                     host.hand_over(ConnParcel { record, fd })
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(cid = self.machine.conn().cid, error = %e, "cannot hand the connection over, it stays");
-                    false
                 }
                 None => false,
             };

@@ -59,7 +59,7 @@ pub trait Host {
     }
     /// Offers a frozen connection's socket and state to the hand-off; `false` when none is
     /// being collected (the parcel is dropped and the connection stays here).
-    fn hand_over(&self, _parcel: record::ConnParcel) -> bool {
+    fn hand_over(&self, _parcel: record::ConnParcel<crate::handoff::Lent>) -> bool {
         false
     }
     /// Forgets a connection the next process took over: no event, no locator change; its
@@ -72,23 +72,23 @@ pub trait Host {
 /// A stream whose socket can move to another process as it is: plain TCP can, TLS cannot (its
 /// session keys live in this process).
 pub trait Transferable {
-    /// A duplicate of the socket (close-on-exec), or `None` when it cannot be handed over.
-    fn duplicate(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+    /// The socket, or `None` when it cannot be handed over.
+    fn socket(&self) -> Option<std::os::fd::RawFd> {
         None
     }
 }
 
 impl Transferable for glommio::net::TcpStream {
-    fn duplicate(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
-        Some(crate::net::duplicate(self))
+    fn socket(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
 }
 
 impl<S> Transferable for futures_rustls::server::TlsStream<S> {}
 
 impl<S: Transferable + ?Sized> Transferable for Box<S> {
-    fn duplicate(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
-        (**self).duplicate()
+    fn socket(&self) -> Option<std::os::fd::RawFd> {
+        (**self).socket()
     }
 }
 

@@ -29,11 +29,12 @@ pub struct ConnRecord {
     pub framing: FramingRecord,
 }
 
-/// A frozen connection on its way to the next process: its socket and its state.
+/// A frozen connection on its way to the next process: its state and its socket, lent by the
+/// parked driver in the old process ([`crate::handoff::Lent`]), owned in the new one.
 #[derive(Debug)]
-pub struct ConnParcel {
+pub struct ConnParcel<S = std::os::fd::OwnedFd> {
     pub record: ConnRecord,
-    pub fd: std::os::fd::OwnedFd,
+    pub fd: S,
 }
 
 /// Why a record cannot be taken up.

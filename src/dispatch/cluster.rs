@@ -252,7 +252,11 @@ impl Upstream for ClusterUpstream {
         })
     }
 
-    fn freeze(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeLinkParcel>>>> {
+    fn freeze(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Vec<NodeLinkParcel<crate::handoff::Lent>>>>,
+    > {
         let inner = self.inner.clone();
         Box::pin(async move {
             // Packets waiting for a locator answer are sent first: they were read before the

@@ -68,7 +68,11 @@ pub trait Upstream {
 
     /// An upgrade hand-off: once the locator lookups in flight are answered (bounded), parks the
     /// connected node links and returns their sockets and queued frames.
-    fn freeze(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeLinkParcel>>>> {
+    fn freeze(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Vec<NodeLinkParcel<crate::handoff::Lent>>>>,
+    > {
         Box::pin(std::future::ready(Vec::new()))
     }
     /// The hand-off was called off: parked links carry on.

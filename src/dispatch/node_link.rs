@@ -16,7 +16,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::drpc::{self, Head, LINK_HEARTBEAT};
-use crate::handoff::{Collector, Member, Phase, Stage};
+use crate::handoff::{Collector, Lent, Member, Phase, Stage};
 use crate::net::HostPort;
 
 /// due's dial rules: 500 ms per attempt, 3 attempts, 5 ms then 10 ms between them.
@@ -49,16 +49,17 @@ pub struct NodeLinks {
     tasks: glommio::sync::Gate,
     /// Connected links in an upgrade hand-off, and the parcels of a freeze.
     stage: Rc<Stage>,
-    parcels: Rc<Collector<NodeLinkParcel>>,
+    parcels: Rc<Collector<NodeLinkParcel<Lent>>>,
 }
 
 /// An outbound node connection on its way to the next process (`--upgrade`): which node, which
-/// of this shard's connections to it, the socket, and the frames queued and not yet written.
+/// of this shard's connections to it, the socket (lent by the parked task in the old process,
+/// owned in the new one), and the frames queued and not yet written.
 #[derive(Debug)]
-pub struct NodeLinkParcel {
+pub struct NodeLinkParcel<S = OwnedFd> {
     pub addr: String,
     pub slot: usize,
-    pub fd: OwnedFd,
+    pub fd: S,
     pub queued: Vec<u8>,
 }
 
@@ -108,7 +109,7 @@ impl NodeLinks {
 
     /// Parks every connected link after the write in progress (bounded) and returns their
     /// sockets and queued frames. Links not connected keep their queue and dial later.
-    pub async fn freeze(&self) -> Vec<NodeLinkParcel> {
+    pub async fn freeze(&self) -> Vec<NodeLinkParcel<Lent>> {
         self.parcels.open();
         self.stage.set(Phase::Frozen);
         for l in self.nodes.borrow().values().flatten() {
@@ -367,7 +368,7 @@ async fn run(
     link: Rc<NodeLink>,
     gid: Rc<str>,
     stage: Rc<Stage>,
-    parcels: Rc<Collector<NodeLinkParcel>>,
+    parcels: Rc<Collector<NodeLinkParcel<Lent>>>,
     mut adopted: Option<glommio::net::TcpStream>,
 ) {
     while !link.closed.get() {
@@ -416,23 +417,16 @@ async fn park(
     link: &NodeLink,
     member: &Member,
     stream: &glommio::net::TcpStream,
-    parcels: &Collector<NodeLinkParcel>,
+    parcels: &Collector<NodeLinkParcel<Lent>>,
 ) -> bool {
-    let taken = match crate::net::duplicate(stream) {
-        Ok(fd) => {
-            let parcel = NodeLinkParcel {
-                addr: link.addr.clone(),
-                slot: link.slot,
-                fd,
-                queued: link.queue.borrow().to_vec(),
-            };
-            parcels.offer(parcel).is_ok()
-        }
-        Err(e) => {
-            tracing::warn!(addr = %link.addr, error = %e, "cannot hand the link over, it stays");
-            false
-        }
+    // The socket is lent: this task keeps it open while parked.
+    let parcel = NodeLinkParcel {
+        addr: link.addr.clone(),
+        slot: link.slot,
+        fd: std::os::fd::AsRawFd::as_raw_fd(stream),
+        queued: link.queue.borrow().to_vec(),
     };
+    let taken = parcels.offer(parcel).is_ok();
     link.handed.set(taken);
     member.park();
     let phase = std::future::poll_fn(|cx| member.stage().poll_leave(Phase::Frozen, cx)).await;

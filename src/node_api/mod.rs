@@ -32,7 +32,7 @@ pub trait LocalSessions {
     }
     /// Offers a frozen link connection to the hand-off; `false` when none is being collected
     /// (the parcel is dropped and the connection stays here).
-    fn hand_over_link(&self, _parcel: LinkParcel) -> bool {
+    fn hand_over_link(&self, _parcel: LinkParcel<crate::handoff::Lent>) -> bool {
         false
     }
 }

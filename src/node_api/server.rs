@@ -41,11 +41,12 @@ pub struct LinkRecord {
     pub input_tail: Vec<u8>,
 }
 
-/// A frozen link connection on its way to the next process.
+/// A frozen link connection on its way to the next process; its socket lent by the parked task
+/// in the old process ([`crate::handoff::Lent`]), owned in the new one.
 #[derive(Debug)]
-pub struct LinkParcel {
+pub struct LinkParcel<S = OwnedFd> {
     pub record: LinkRecord,
-    pub fd: OwnedFd,
+    pub fd: S,
 }
 
 /// Accepts node connections on one shard until `stop` is dropped. Each connection runs as a task
@@ -95,13 +96,9 @@ async fn park<L: LocalSessions>(
     stream: &glommio::net::TcpStream,
     record: LinkRecord,
 ) -> Parked {
-    let taken = match crate::net::duplicate(stream) {
-        Ok(fd) => local.hand_over_link(LinkParcel { record, fd }),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot hand the link connection over, it stays");
-            false
-        }
-    };
+    // The socket is lent: this task keeps it open while parked.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+    let taken = local.hand_over_link(LinkParcel { record, fd });
     member.park();
     let phase = std::future::poll_fn(|cx| member.stage().poll_leave(Phase::Frozen, cx)).await;
     match phase {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::wire::{Channel, MAX_FDS};
 use super::{ListenerKind, Msg, NodeLinkHead, PROTOCOL};
 use crate::connection::record::RECORD_VERSION;
+use crate::handoff::Lent;
 use crate::node_api::LinkParcel;
 use crate::shard::{fan_out, ShardInbox, ShardMsg, ShardParcel};
 
@@ -81,7 +82,7 @@ fn effective_uid() -> u32 {
 
 /// What the shards gave up in a freeze.
 struct Frozen {
-    links: Vec<LinkParcel>,
+    links: Vec<LinkParcel<Lent>>,
     shards: Vec<ShardParcel>,
 }
 
@@ -257,12 +258,12 @@ impl Giver {
         }
         for chunk in conns.chunks(MAX_FDS) {
             let records = chunk.iter().map(|p| p.record.clone()).collect();
-            let fds: Vec<RawFd> = chunk.iter().map(|p| p.fd.as_raw_fd()).collect();
+            let fds: Vec<RawFd> = chunk.iter().map(|p| p.fd).collect();
             send(ch, &Msg::Conns(records), &fds)?;
         }
         for chunk in frozen.links.chunks(MAX_FDS) {
             let records = chunk.iter().map(|p| p.record.clone()).collect();
-            let fds: Vec<RawFd> = chunk.iter().map(|p| p.fd.as_raw_fd()).collect();
+            let fds: Vec<RawFd> = chunk.iter().map(|p| p.fd).collect();
             send(ch, &Msg::Links(records), &fds)?;
         }
         for chunk in node_links.chunks(MAX_FDS) {
@@ -275,7 +276,7 @@ impl Giver {
                     queued: l.queued.clone(),
                 })
                 .collect();
-            let fds: Vec<RawFd> = chunk.iter().map(|(_, l)| l.fd.as_raw_fd()).collect();
+            let fds: Vec<RawFd> = chunk.iter().map(|(_, l)| l.fd).collect();
             send(ch, &Msg::NodeLinks(heads), &fds)?;
         }
         send(ch, &Msg::Done { cid_bound }, &[])
