@@ -94,9 +94,11 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    /// Starts `program` in `cwd` (the run's etc dir) with the lines of both pipes collected.
+    fn spawn(program: &str, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(program);
-        cmd.args(args)
+        cmd.current_dir(cwd)
+            .args(args)
             .env_remove("DUE_ETC")
             .env_remove("DUE_MODE")
             .env_remove("GATEHOUSE_TEST_UPGRADE_PAUSE")
@@ -221,9 +223,10 @@ struct EchoNode {
 }
 
 impl EchoNode {
-    fn start(listen: u16, link: u16) -> EchoNode {
+    fn start(cwd: &Path, listen: u16, link: u16) -> EchoNode {
         let mut proc = Proc::spawn(
             ECHO,
+            cwd,
             &[
                 "--listen",
                 &format!("127.0.0.1:{listen}"),
@@ -410,9 +413,15 @@ fn upgrade(dir: &Path, etc: &Path) -> Proc {
     upgrade_with(dir, etc, &[])
 }
 
+/// [`upgrade`] with extra environment (`GATEHOUSE_TEST_UPGRADE_PAUSE=1`: the new process pauses
+/// before it is ready, printing "upgrade: paused before ready").
 fn upgrade_with(dir: &Path, etc: &Path, env: &[(&str, &str)]) -> Proc {
-    let _ = dir;
-    Proc::spawn(GATE, &["--upgrade", "--etc", etc.to_str().unwrap()], env)
+    Proc::spawn(
+        GATE,
+        dir,
+        &["--upgrade", "--etc", etc.to_str().unwrap()],
+        env,
+    )
 }
 
 /// The etc dir, the running gate and the echo node.
@@ -434,12 +443,12 @@ impl Cluster {
         std::fs::write(&etc, etc_toml(&dir.0, ports)).unwrap();
         // The gate first: it dials the node only when it has an event or packet for it, and the
         // node's push connection then finds the link listening at once.
-        let mut gate = Proc::spawn(GATE, &["--etc", etc.to_str().unwrap()], &[]);
+        let mut gate = Proc::spawn(GATE, &dir.0, &["--etc", etc.to_str().unwrap()], &[]);
         gate.line(
             &format!("Server: [ws] 127.0.0.1:{}", ports.ws),
             Duration::from_secs(15),
         );
-        let node = EchoNode::start(ports.node, ports.link);
+        let node = EchoNode::start(&dir.0, ports.node, ports.link);
         Cluster {
             dir,
             etc,
@@ -1627,7 +1636,7 @@ fn failed_upgrade_keeps_every_client() {
     }
     // A plain second start with the same configuration is refused and names the running pid.
     let etc = run.cluster.etc.to_str().unwrap().to_string();
-    let mut second = Proc::spawn(GATE, &["--etc", &etc], &[]);
+    let mut second = Proc::spawn(GATE, &run.cluster.dir.0, &["--etc", &etc], &[]);
     let code = second.wait_exit(Duration::from_secs(10));
     let named = format!("already served by gatehouse pid {old_pid}");
     let said = second
