@@ -150,9 +150,13 @@ impl Proc {
                         return l;
                     }
                 }
-                Err(_) => panic!(
-                    "pid {}: no line with {needle:?} within {limit:?}; output:\n{}",
+                Err(e) => panic!(
+                    "pid {}: no line with {needle:?} {}; output:\n{}",
                     self.pid(),
+                    match e {
+                        flume::RecvTimeoutError::Timeout => format!("within {limit:?}"),
+                        flume::RecvTimeoutError::Disconnected => "before it exited".into(),
+                    },
                     self.seen.join("\n")
                 ),
             }
@@ -1563,7 +1567,18 @@ fn upgrade_under_load_drops_nothing() {
         let t = Instant::now();
         let mut new = upgrade(&run.cluster.dir.0, &run.cluster.etc);
         // The hand-off happens while clients keep sending; the old process leaves on its own.
-        let code = run.cluster.gate.wait_exit(UPGRADE_LIMIT);
+        // A new process that dies first fails the test at once, with its output.
+        let deadline = Instant::now() + UPGRADE_LIMIT;
+        while run.cluster.gate.running() && new.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            new.running(),
+            "the new process exited {:?} during the upgrade; output:\n{}",
+            new.wait_exit(Duration::from_secs(1)),
+            new.tail(40)
+        );
+        let code = run.cluster.gate.wait_exit(Duration::from_secs(1));
         println!(
             "upgrade: old pid {old_pid} exited {code:?} {:.1?} after the new pid {} started",
             t.elapsed(),
@@ -1572,11 +1587,6 @@ fn upgrade_under_load_drops_nothing() {
         if code != Some(0) {
             failures.push(format!("old process exited with {code:?}, not 0"));
         }
-        assert!(
-            new.running(),
-            "the new process is gone; output:\n{}",
-            new.tail(40)
-        );
         let pid = run.cluster.pid_file();
         if pid.trim() != new.pid().to_string() {
             failures.push(format!(
