@@ -89,19 +89,25 @@ impl PortClaims {
             .collect()
     }
 
-    /// The claims the previous process held (`--upgrade`). Each is listened on again, which
-    /// makes the kernel record this process as the holder: a refused start names this pid.
+    /// The claims the previous process held (`--upgrade`); [`PortClaims::take_holder`] makes
+    /// them name this process once the hand-off is committed.
     pub fn inherit(sockets: Vec<(u16, std::os::fd::OwnedFd)>) -> Self {
         let held = sockets
             .into_iter()
-            .map(|(port, fd)| {
-                if let Err(e) = socket2::SockRef::from(&fd).listen(CLAIM_BACKLOG) {
-                    tracing::warn!(port, error = %e, "claim: cannot take over the holder's name");
-                }
-                (port, UnixListener::from(fd))
-            })
+            .map(|(port, fd)| (port, UnixListener::from(fd)))
             .collect();
         PortClaims { held }
+    }
+
+    /// Listens on each claim again, which makes the kernel record this process as the holder:
+    /// a refused start then names this pid. Called only once the previous holder let go (a
+    /// failed upgrade must leave the running gate named).
+    pub fn take_holder(&self) {
+        for (port, l) in &self.held {
+            if let Err(e) = socket2::SockRef::from(l).listen(CLAIM_BACKLOG) {
+                tracing::warn!(port, error = %e, "claim: cannot take over the holder's name");
+            }
+        }
     }
 
     /// Ports claimed so far.

@@ -191,6 +191,7 @@ impl Gate {
         if let Err(e) = taking.confirm() {
             return Err(StartError::Upgrade(e.to_string()));
         }
+        prepared.gate._claims.take_holder();
         tracing::info!(
             connections = conns,
             upgrade_socket,

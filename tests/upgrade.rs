@@ -48,7 +48,7 @@ const GATE: &str = env!("CARGO_BIN_EXE_gatehouse");
 const ECHO: &str = env!("CARGO_BIN_EXE_echo-node");
 
 /// Set to true once `gatehouse --upgrade` (and `GATEHOUSE_TEST_UPGRADE_PAUSE`) exist.
-const UPGRADE_IMPLEMENTED: bool = false;
+const UPGRADE_IMPLEMENTED: bool = true;
 
 const TCP_CLIENTS: usize = 2000;
 const WS_CLIENTS: usize = 500;
