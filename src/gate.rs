@@ -166,6 +166,7 @@ impl Gate {
             taking.refuse(&e.to_string());
             return Err(e);
         }
+        let go = Instant::now();
         let received = match taking.receive() {
             Ok(r) => r,
             Err(e) => {
@@ -192,12 +193,15 @@ impl Gate {
             return Err(StartError::Upgrade(e.to_string()));
         }
         prepared.gate._claims.take_holder();
+        let gate = Self::run_shards(&cfg, prepared)?;
+        // From asking for the freeze to this process's shards starting: the hand-off time.
         tracing::info!(
             connections = conns,
             upgrade_socket,
-            "upgrade: running gate let go"
+            took = ?go.elapsed(),
+            "upgrade: serving"
         );
-        Self::run_shards(&cfg, prepared)
+        Ok(gate)
     }
 
     /// Builds the gate up to its shards: claims and binds (or takes over) the listeners, starts
