@@ -548,6 +548,9 @@ impl Gate {
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
                 .io_memory(cfg.gatehouse.io_memory)
+                // Control tasks (see shard::CONTROL_LATENCY) wait at most this long for a busy
+                // queue to yield.
+                .preempt_timer(crate::shard::CONTROL_LATENCY)
                 .spawn(move || Shard::run(spec, upstream(index)))
                 .map_err(|e| StartError::Shard {
                     index,

@@ -112,6 +112,30 @@ impl Stage {
         self.live.get()
     }
 
+    /// Members parked in the current freeze.
+    pub fn parked(&self) -> usize {
+        self.parked.get()
+    }
+
+    /// Waits (at most `limit`) until every member parked; logs the stragglers of `what` if not.
+    pub async fn await_parked(&self, limit: std::time::Duration, what: &str) {
+        let started = std::time::Instant::now();
+        let done = glommio::timer::timeout(limit, async {
+            self.all_parked().await;
+            Ok(())
+        })
+        .await;
+        if done.is_err() {
+            tracing::warn!(
+                parked = self.parked(),
+                live = self.live(),
+                "upgrade: not every {what} parked within {limit:?}; the rest stay here"
+            );
+        } else {
+            tracing::debug!(parked = self.parked(), took = ?started.elapsed(), "upgrade: every {what} parked");
+        }
+    }
+
     fn count_changed(&self) {
         if let Some(w) = self.counting.borrow_mut().take() {
             w.wake();

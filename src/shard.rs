@@ -37,6 +37,11 @@ use crate::session::{
 /// How long a stopping shard waits for its connection tasks and for queued frames to reach the
 /// nodes (an unreachable node must not hold the exit).
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How soon the shard's control tasks (inbox, accept loops, node link connections, hand-off
+/// steps) get the CPU when client connections keep it busy: they run in a task queue of their
+/// own with this latency, and the executor preempts a busy queue at least this often.
+pub const CONTROL_LATENCY: Duration = Duration::from_millis(5);
+
 /// How long a freeze waits for the shard's connections to park (a WS handshake that finishes
 /// later stays here and is drained the old way).
 const FREEZE_LIMIT: Duration = Duration::from_secs(1);
@@ -153,6 +158,9 @@ pub struct Shard {
     heartbeat: Bytes,
     /// Every connection task of this shard, waited for (bounded) when it stops.
     tasks: glommio::sync::Gate,
+    /// The task queue of control work (see [`CONTROL_LATENCY`]); client connections run in the
+    /// executor's default queue.
+    control: glommio::TaskQueueHandle,
     /// The client servers this shard accepts on, and its link sockets: kept so that the accept
     /// loops can stop for an upgrade and start again when it fails.
     listeners: Vec<ClientListener>,
@@ -184,7 +192,13 @@ impl Shard {
     /// The whole life of a shard, on its executor: serves until `Exit`, then stops what it owns.
     pub fn run(spec: ShardSpec, upstream: Box<dyn Upstream>) -> impl Future<Output = ()> {
         let (link_closing, link_closing_rx) = flume::bounded::<()>(1);
+        let control = glommio::executor().create_task_queue(
+            glommio::Shares::default(),
+            glommio::Latency::Matters(CONTROL_LATENCY),
+            "shard-control",
+        );
         let shard = Rc::new(Shard {
+            control,
             index: spec.index,
             count: spec.count,
             packet: spec.packet,
@@ -208,7 +222,7 @@ impl Shard {
         });
         let inbox = spec.inbox;
         let inherited = spec.inherited;
-        async move {
+        let life = async move {
             // What reached the inbox before the start (the registry's first node list) is
             // applied before any inherited connection runs: its packets need the routes.
             while let Ok(msg) = inbox.try_recv() {
@@ -244,7 +258,21 @@ impl Shard {
                 Ok(())
             })
             .await;
+        };
+        async move {
+            match glommio::spawn_local_into(life, control) {
+                Ok(task) => task.await,
+                Err(e) => tracing::error!(error = %e, "shard: cannot start its control queue"),
+            }
         }
+    }
+
+    /// Runs `task` in the shard's control queue.
+    fn spawn_control<T: 'static>(
+        &self,
+        task: impl Future<Output = T> + 'static,
+    ) -> glommio::Task<T> {
+        glommio::spawn_local_into(task, self.control).expect("the shard's control queue exists")
     }
 
     /// Applies one inbox message. `false` = the shard must stop.
@@ -255,21 +283,21 @@ impl Shard {
             ShardMsg::StopAccepting => {
                 self.accept_wanted.set(false);
                 let shard = self.clone();
-                glommio::spawn_local(async move { Shard::stop_loops(&shard.accepting).await })
+                self.spawn_control(async move { Shard::stop_loops(&shard.accepting).await })
                     .detach();
             }
             ShardMsg::CloseAll { graceful } => self.table.borrow().close_all(graceful),
             ShardMsg::Exit => return false,
             ShardMsg::FreezeLinks(reply) => {
                 let shard = self.clone();
-                glommio::spawn_local(async move {
+                self.spawn_control(async move {
                     let _ = reply.send(shard.freeze_links().await);
                 })
                 .detach();
             }
             ShardMsg::FreezeClients(reply) => {
                 let shard = self.clone();
-                glommio::spawn_local(async move {
+                self.spawn_control(async move {
                     let _ = reply.send(shard.freeze_clients().await);
                 })
                 .detach();
@@ -294,7 +322,7 @@ impl Shard {
         let mut loops = Vec::new();
         for l in &self.listeners {
             match crate::net::duplicate(&l.fd) {
-                Ok(fd) => loops.push(glommio::spawn_local(listener::accept_loop(
+                Ok(fd) => loops.push(self.spawn_control(listener::accept_loop(
                     self.clone(),
                     l.server.clone(),
                     l.ws.clone(),
@@ -316,7 +344,7 @@ impl Shard {
         let mut loops = Vec::new();
         for fd in &self.link_fds {
             match crate::net::duplicate(fd) {
-                Ok(fd) => loops.push(glommio::spawn_local(node_api::accept_loop(
+                Ok(fd) => loops.push(self.spawn_control(node_api::accept_loop(
                     self.clone(),
                     self.link.clone(),
                     fd,
@@ -346,29 +374,36 @@ impl Shard {
         Shard::stop_loops(&self.link_accepting).await;
         self.link_parcels.open();
         self.links_stage.set(Phase::Frozen);
-        let _ = glommio::timer::timeout(FREEZE_LIMIT, async {
-            self.links_stage.all_parked().await;
-            Ok(())
-        })
-        .await;
+        self.links_stage
+            .await_parked(FREEZE_LIMIT, "link connection")
+            .await;
         self.link_parcels.close()
     }
 
     /// Upgrade step 2: every client connection parks and exports itself, then the node links.
     async fn freeze_clients(self: Rc<Self>) -> ShardParcel {
+        let started = Instant::now();
         Shard::stop_loops(&self.accepting).await;
+        let stopped = started.elapsed();
         self.conn_parcels.open();
         self.clients_stage.set(Phase::Frozen);
         for c in self.table.borrow().conns() {
             c.wake();
         }
-        let _ = glommio::timer::timeout(FREEZE_LIMIT, async {
-            self.clients_stage.all_parked().await;
-            Ok(())
-        })
-        .await;
+        self.clients_stage
+            .await_parked(FREEZE_LIMIT, "client connection")
+            .await;
         let conns = self.conn_parcels.close();
+        let parked = started.elapsed();
         let node_links = self.upstream.freeze().await;
+        tracing::info!(
+            shard = self.index,
+            connections = conns.len(),
+            accept_stopped = ?stopped,
+            parked = ?parked,
+            node_links_parked = ?started.elapsed(),
+            "upgrade: shard frozen"
+        );
         ShardParcel {
             conns,
             node_links,
@@ -534,8 +569,12 @@ impl<F: Future> Future for Gated<F> {
 impl Host for Shard {
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
         // A closed gate means the shard is stopping: the task is dropped (its socket closes).
+        // Client connections run in the default queue, whoever spawns them.
         if let Ok(pass) = self.tasks.enter() {
-            glommio::spawn_local(Gated { task, pass }).detach();
+            let queue = glommio::TaskQueueHandle::default();
+            if let Ok(t) = glommio::spawn_local_into(Gated { task, pass }, queue) {
+                t.detach();
+            }
         }
     }
 
@@ -630,8 +669,14 @@ impl LocalSessions for Shard {
         Shard::push_nowait(self, kind, target, bytes)
     }
 
+    /// Link connections and command follow-ups run in the control queue: a node's commands
+    /// are not held up by busy clients (and a freeze parks them at once).
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
-        Host::spawn(self, task)
+        if let Ok(pass) = self.tasks.enter() {
+            if let Ok(t) = glommio::spawn_local_into(Gated { task, pass }, self.control) {
+                t.detach();
+            }
+        }
     }
 
     fn link_stage(&self) -> Option<&Rc<Stage>> {

@@ -1393,6 +1393,22 @@ impl Run {
     /// Stops pushes and requests, waits for the last replies, checks everything; panics with
     /// every failure found. `extra` are failures the test found on its own.
     fn finish(mut self, tag: &str, mut failures: Vec<String>) {
+        // How long each hand-off took, as the gates logged it.
+        for g in self
+            .cluster
+            .retired
+            .iter_mut()
+            .chain([&mut self.cluster.gate])
+        {
+            g.collect();
+            for l in g.seen.iter().filter(|l| {
+                l.contains("took=")
+                    || l.contains("upgrade: freeze steps")
+                    || l.contains("upgrade: shard frozen")
+            }) {
+                println!("  gate {}: {}", g.pid(), l.trim_start_matches("[stderr] "));
+            }
+        }
         let rounds = self.pusher.stop();
         let traffic_secs = self.traffic_from.elapsed().as_secs_f64();
         let reports = self.pool.stop(rounds);
@@ -1678,4 +1694,57 @@ fn failed_upgrade_keeps_every_client() {
         }
     }
     run.finish("failed_upgrade_keeps_every_client", failures);
+}
+
+/// Issue 9 item 2: the new process may run another number of shards. Connections are re-spread
+/// by cid, so every cid a node knows stays valid (the echo node answers each client by cid),
+/// the uid index is rebuilt on the new homes (pushes by uid keep arriving, in order), and new
+/// cids do not collide with inherited ones (new clients are served while the old ones are).
+/// Two hand-offs: 2 shards → 3, then 3 → 1.
+#[test]
+fn upgrade_to_other_shard_counts_keeps_every_cid() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut run = Run::start("upgrade-shards");
+    let mut failures = vec![];
+    run.traffic(Duration::from_secs(2));
+    let base = std::fs::read_to_string(&run.cluster.etc).unwrap();
+    assert!(base.contains("shards = 2\n"));
+    for shards in [3, 1] {
+        let dir = run.cluster.dir.0.join(format!("etc-{shards}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let etc = dir.join("etc.toml");
+        std::fs::write(
+            &etc,
+            base.replace("shards = 2\n", &format!("shards = {shards}\n")),
+        )
+        .unwrap();
+        let old_pid = run.cluster.gate.pid();
+        let mut new = upgrade(&run.cluster.dir.0, &etc);
+        let deadline = Instant::now() + UPGRADE_LIMIT;
+        while run.cluster.gate.running() && new.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            new.running(),
+            "the new process ({shards} shards) exited {:?}; output:\n{}",
+            new.wait_exit(Duration::from_secs(1)),
+            new.tail(40)
+        );
+        let code = run.cluster.gate.wait_exit(Duration::from_secs(1));
+        println!("upgrade to {shards} shards: old pid {old_pid} exited {code:?}");
+        if code != Some(0) {
+            failures.push(format!(
+                "old process ({old_pid}) exited with {code:?}, not 0"
+            ));
+        }
+        let old = std::mem::replace(&mut run.cluster.gate, new);
+        run.cluster.retired.push(old);
+        if let Err(e) = run.served_for(Duration::from_secs(2)) {
+            failures.push(format!("after the upgrade to {shards} shards: {e}"));
+        }
+        if let Err(e) = run.probe_new_clients() {
+            failures.push(format!("after the upgrade to {shards} shards: {e}"));
+        }
+    }
+    run.finish("upgrade_to_other_shard_counts_keeps_every_cid", failures);
 }

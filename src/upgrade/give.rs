@@ -181,6 +181,7 @@ impl Giver {
     /// Freezes the link connections of every shard, then (every node command having reached
     /// its shard) the client connections and node links.
     fn freeze(&self) -> Result<Frozen, String> {
+        let started = std::time::Instant::now();
         let mut links = Vec::new();
         let replies: Vec<_> = self
             .inboxes
@@ -197,6 +198,7 @@ impl Giver {
                     .map_err(|_| format!("shard {i} did not freeze its links"))?,
             );
         }
+        let links_took = started.elapsed();
         let replies: Vec<_> = self
             .inboxes
             .iter()
@@ -213,6 +215,7 @@ impl Giver {
                     .map_err(|_| format!("shard {i} did not freeze its connections"))?,
             );
         }
+        tracing::info!(links = ?links_took, clients = ?(started.elapsed() - links_took), "upgrade: freeze steps");
         Ok(Frozen { links, shards })
     }
 
