@@ -288,8 +288,9 @@ impl Gate {
         let mut link_bound = None;
         if let Sockets::Bind = sockets {
             for (server, ws_rules) in bound_servers {
+                let key = addr_key(Some(server.transport));
                 let (fds, bound) = net::bind_shared(&server.config.addr, shard_count, backlog)
-                    .map_err(StartError::Listen)?;
+                    .map_err(|e| StartError::Listen(format!("{key}: {e}")))?;
                 listening.push((kind_of(server.transport), dup_all(&fds)?));
                 for (i, fd) in fds.into_iter().enumerate() {
                     per_shard[i].push(ClientListener {
@@ -301,8 +302,8 @@ impl Gate {
                 servers.push((server, bound));
             }
             // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
-            let (fds, bound) =
-                net::bind_shared(link_cfg, shard_count, backlog).map_err(StartError::Listen)?;
+            let (fds, bound) = net::bind_shared(link_cfg, shard_count, backlog)
+                .map_err(|e| StartError::Listen(format!("{}: {e}", addr_key(None))))?;
             listening.push((ListenerKind::Link, dup_all(&fds)?));
             for (i, fd) in fds.into_iter().enumerate() {
                 link_fds[i].push(fd);
