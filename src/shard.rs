@@ -62,8 +62,14 @@ pub enum ShardMsg {
     /// Upgrade, step 1: stop accepting node links and park the link connections between two
     /// frames; answers their sockets and state.
     FreezeLinks(flume::Sender<Vec<LinkParcel<Lent>>>),
-    /// Upgrade, step 2 (after every shard's links are parked, so every node command has reached
-    /// its connection): stop accepting clients, park every connection, then the node links.
+    /// Upgrade, between the steps: answered once every message queued before it was applied. A
+    /// node command a parked link already handed on may take a second hop (a push by uid goes
+    /// to the uid's home, then to the connection's shard); after one such round on every shard,
+    /// every second hop is queued ahead of the client freeze.
+    Quiesce(flume::Sender<()>),
+    /// Upgrade, step 2 (after every shard's links are parked and one `Quiesce` round, so every
+    /// node command has reached its connection): stop accepting clients, park every
+    /// connection, then the node links.
     FreezeClients(flume::Sender<ShardParcel>),
     /// The upgrade failed: everything parked carries on, the listeners accept again.
     Thaw,
@@ -301,6 +307,9 @@ impl Shard {
                     let _ = reply.send(shard.freeze_clients().await);
                 })
                 .detach();
+            }
+            ShardMsg::Quiesce(reply) => {
+                let _ = reply.send(());
             }
             ShardMsg::Thaw => self.thaw(),
             ShardMsg::Commit(reply) => {

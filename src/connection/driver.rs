@@ -141,6 +141,15 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
         for _ in 0..IO_BUDGET {
             let now = Instant::now();
             if let Err(r) = self.machine.handle_timeout(now) {
+                // A client is silent only if nothing waits in the socket either: after a stall
+                // of the shard (or a hand-off) its heartbeat may be there, unread.
+                if r == CloseReason::HeartbeatTimeout && self.machine.wants_read() {
+                    match self.poll_read(host, cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(e),
+                        Poll::Pending => {}
+                    }
+                }
                 return Poll::Ready(self.abort(r, cx));
             }
             if self

@@ -198,6 +198,21 @@ impl Giver {
                     .map_err(|_| format!("shard {i} did not freeze its links"))?,
             );
         }
+        // One round through every inbox: the second hops of commands the links handed on (a push
+        // by uid: home shard, then owner) are queued before the client freeze.
+        let replies: Vec<_> = self
+            .inboxes
+            .iter()
+            .map(|inbox| {
+                let (tx, rx) = flume::bounded(1);
+                inbox.post(ShardMsg::Quiesce(tx));
+                rx
+            })
+            .collect();
+        for (i, rx) in replies.into_iter().enumerate() {
+            rx.recv_timeout(FREEZE)
+                .map_err(|_| format!("shard {i} did not answer"))?;
+        }
         let links_took = started.elapsed();
         let replies: Vec<_> = self
             .inboxes
