@@ -273,7 +273,7 @@ impl Gate {
             let rules = WsRules::new(&w, options);
             (Transport::Ws, w.server, Some(Arc::new(rules)))
         });
-        let mut bound_servers = Vec::new();
+        let mut unbound = Vec::new();
         let mut pending = Vec::new();
         for (transport, sc, ws_rules) in tcp.into_iter().chain(ws) {
             let tls = if sc.tls() {
@@ -282,12 +282,12 @@ impl Gate {
                 None
             };
             let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
-            bound_servers.push((server, ws_rules));
+            unbound.push((server, ws_rules));
         }
         let mut link_fds: Vec<Vec<OwnedFd>> = (0..shard_count).map(|_| Vec::new()).collect();
         let mut link_bound = None;
         if let Sockets::Bind = sockets {
-            for (server, ws_rules) in bound_servers {
+            for (server, ws_rules) in unbound {
                 let key = addr_key(Some(server.transport));
                 let (fds, bound) = net::bind_shared(&server.config.addr, shard_count, backlog)
                     .map_err(|e| StartError::Listen(format!("{key}: {e}")))?;
@@ -317,7 +317,7 @@ impl Gate {
             shared_port(&addrs).map_err(StartError::Listen)?;
         } else {
             // The listeners come with the hand-off (`take_up`).
-            pending = bound_servers;
+            pending = unbound;
         }
         let link_addr = match (link_addr, link_bound) {
             (Some(a), _) => a.to_string(),
@@ -784,7 +784,29 @@ fn shared_port(listening: &[(&str, SocketAddr)]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::shared_port;
+    use super::{shared_port, spread};
+
+    #[test]
+    fn inherited_listeners_spread_over_any_shard_count() {
+        let (fds, _) = crate::net::bind_shared("127.0.0.1:0", 3, 16).unwrap();
+        let port = crate::net::listening_addr(&fds[0]).unwrap().port();
+        let raw = |v: &Vec<std::os::fd::OwnedFd>| -> Vec<i32> {
+            v.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect()
+        };
+        let ids: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        // Fewer shards: one accepts on two inherited sockets.
+        let two = spread(fds, 2, 16).unwrap();
+        assert_eq!(raw(&two[0]), vec![ids[0], ids[2]]);
+        assert_eq!(raw(&two[1]), vec![ids[1]]);
+        // More shards: new sockets are bound beside the inherited ones, on the same port.
+        let fds: Vec<_> = two.into_iter().flatten().collect();
+        let five = spread(fds, 5, 16).unwrap();
+        assert!(five.iter().all(|s| s.len() == 1), "one socket per shard");
+        for s in &five {
+            assert_eq!(crate::net::listening_addr(&s[0]).unwrap().port(), port);
+        }
+        assert!(spread(Vec::new(), 2, 16).is_err(), "nothing inherited");
+    }
 
     #[test]
     fn listeners_may_not_share_a_port() {

@@ -143,3 +143,42 @@ pub fn socket_name(cfg: &Config) -> Option<SocketName> {
         .find(|&p| p != 0)
         .map(|p| SocketName::Abstract(format!("gatehouse/upgrade/{p}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml: &str) -> Config {
+        let dir =
+            std::env::temp_dir().join(format!("gatehouse-upgrade-name-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("etc.toml");
+        std::fs::write(&f, toml).unwrap();
+        let c = crate::config::load(&f, None).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        c
+    }
+
+    #[test]
+    fn the_upgrade_socket_is_named_by_key_then_pid_then_first_fixed_port() {
+        let c = cfg("pid = \"run/gate.pid\"\n[gatehouse]\nupgradeSocket = \"/tmp/up.sock\"\n");
+        assert_eq!(
+            socket_name(&c),
+            Some(SocketName::Path("/tmp/up.sock".into()))
+        );
+        let c = cfg("pid = \"run/gate.pid\"\n");
+        assert_eq!(
+            socket_name(&c),
+            Some(SocketName::Path("run/gate.pid.upgrade".into()))
+        );
+        let c = cfg(
+            "[network.tcp.server]\naddr = \":0\"\n[network.ws.server]\naddr = \"127.0.0.1:4444\"\n",
+        );
+        assert_eq!(
+            socket_name(&c),
+            Some(SocketName::Abstract("gatehouse/upgrade/4444".into()))
+        );
+        let c = cfg("[network.tcp.server]\naddr = \":0\"\n[cluster.gate]\naddr = \":0\"\n");
+        assert_eq!(socket_name(&c), None);
+    }
+}
