@@ -67,6 +67,12 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// io_uring entries per shard ring. The kernel sizes the ring's table of pending polls from it
+/// (8 buckets at glommio's default of 128), and holds one poll per idle connection: every reactor
+/// turn cancels a timer, which walks a bucket. At 19,000 idle connections that walk was 63 % of
+/// the gate's CPU with 128 entries, 29 % with 4,096 (bench/RESULTS.md, "Upgrade hand-off").
+const RING_DEPTH: usize = 4096;
+
 /// Frames larger than this are refused even in lenient mode.
 const LENIENT_INBOUND_CAP: u32 = 16 << 20;
 
@@ -549,6 +555,7 @@ impl Gate {
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{index}"))
                 .io_memory(cfg.gatehouse.io_memory)
+                .ring_depth(RING_DEPTH)
                 // Control tasks (see shard::CONTROL_LATENCY) wait at most this long for a busy
                 // queue to yield.
                 .preempt_timer(crate::shard::CONTROL_LATENCY)

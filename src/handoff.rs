@@ -38,6 +38,8 @@ pub struct Stage {
     waiters: RefCell<Vec<Waker>>,
     /// Which freeze this is (members count themselves parked once per freeze).
     epoch: Cell<u64>,
+    /// Bumped by every `set`: a parked member registers its waker once per phase.
+    generation: Cell<u64>,
     /// Members alive, and those parked in the current freeze.
     live: Cell<usize>,
     parked: Cell<usize>,
@@ -57,6 +59,7 @@ impl Stage {
             self.parked.set(0);
         }
         self.phase.set(phase);
+        self.generation.set(self.generation.get() + 1);
         for w in self.waiters.borrow_mut().drain(..) {
             w.wake();
         }
@@ -68,10 +71,13 @@ impl Stage {
         Member {
             stage: self.clone(),
             parked_in: Cell::new(0),
+            waiting_in: Cell::new(u64::MAX),
         }
     }
 
     /// `Pending` while the phase is `from` (the task is woken when it changes), then the new one.
+    /// For the few tasks that watch a stage without being parked members (it looks for the
+    /// waker among those registered); a parked member uses [`Member::poll_leave`].
     pub fn poll_leave(&self, from: Phase, cx: &mut Context<'_>) -> Poll<Phase> {
         let now = self.phase.get();
         if now != from {
@@ -148,11 +154,28 @@ pub struct Member {
     stage: Rc<Stage>,
     /// The freeze (epoch) this task last parked in; 0 = never.
     parked_in: Cell<u64>,
+    /// The stage generation this task registered its waker in.
+    waiting_in: Cell<u64>,
 }
 
 impl Member {
     pub fn stage(&self) -> &Stage {
         &self.stage
+    }
+
+    /// `Pending` while the stage is in `from`, then the new phase. The waker is registered once
+    /// per phase: thousands of parked tasks woken again by their sockets cost no search.
+    pub fn poll_leave(&self, from: Phase, cx: &mut Context<'_>) -> Poll<Phase> {
+        let s = &self.stage;
+        let now = s.phase.get();
+        if now != from {
+            return Poll::Ready(now);
+        }
+        let generation = s.generation.get();
+        if self.waiting_in.replace(generation) != generation {
+            s.waiters.borrow_mut().push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// This task has parked for the current freeze (counted once per freeze).
@@ -186,9 +209,9 @@ impl<P> Default for Collector<P> {
 }
 
 impl<P> Collector<P> {
-    /// Starts collecting (a freeze begins).
-    pub fn open(&self) {
-        *self.0.borrow_mut() = Some(Vec::new());
+    /// Starts collecting (a freeze begins), with room for `expected` parcels.
+    pub fn open(&self, expected: usize) {
+        *self.0.borrow_mut() = Some(Vec::with_capacity(expected));
     }
 
     /// Takes a parcel if collecting; otherwise gives it back.
@@ -231,6 +254,10 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         stage.set(Phase::Frozen);
         assert!(stage.poll_leave(Phase::Frozen, &mut cx).is_pending());
+        // A parked member polled again (by its socket) registers no second waker.
+        assert!(a.poll_leave(Phase::Frozen, &mut cx).is_pending());
+        assert!(a.poll_leave(Phase::Frozen, &mut cx).is_pending());
+        assert_eq!(stage.waiters.borrow().len(), 2);
         let mut all = std::pin::pin!(stage.all_parked());
         assert!(all.as_mut().poll(&mut cx).is_pending());
         a.park();
@@ -252,7 +279,7 @@ mod tests {
     fn a_collector_takes_parcels_only_while_open() {
         let c = Collector::default();
         assert_eq!(c.offer(1), Err(1));
-        c.open();
+        c.open(1);
         assert_eq!(c.offer(2), Ok(()));
         assert_eq!(c.close(), vec![2]);
         assert_eq!(c.offer(3), Err(3));

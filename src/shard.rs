@@ -188,6 +188,12 @@ pub struct Shard {
     link_parcels: Collector<LinkParcel<Lent>>,
 }
 
+/// A handed-over connection rebuilt and in the table, its driver not started yet.
+enum Adopted {
+    Tcp(Arc<ServerCtx>, Connection<TcpFraming>, OwnedFd),
+    Ws(Arc<ServerCtx>, Connection<WsFraming>, OwnedFd),
+}
+
 /// The accept loops of one start: they stop when `stop` is dropped.
 struct Accepting {
     stop: flume::Sender<()>,
@@ -236,7 +242,7 @@ impl Shard {
                     return;
                 }
             }
-            shard.take_over(inherited);
+            shard.take_over(inherited).await;
             shard.start_accepting();
             shard.start_link_accepting();
             while let Ok(msg) = inbox.recv_async().await {
@@ -381,7 +387,7 @@ impl Shard {
     /// Upgrade step 1: no new node link; every link connection parks between two frames.
     async fn freeze_links(self: Rc<Self>) -> Vec<LinkParcel<Lent>> {
         Shard::stop_loops(&self.link_accepting).await;
-        self.link_parcels.open();
+        self.link_parcels.open(self.links_stage.live());
         self.links_stage.set(Phase::Frozen);
         self.links_stage
             .await_parked(FREEZE_LIMIT, "link connection")
@@ -394,7 +400,7 @@ impl Shard {
         let started = Instant::now();
         Shard::stop_loops(&self.accepting).await;
         let stopped = started.elapsed();
-        self.conn_parcels.open();
+        self.conn_parcels.open(self.clients_stage.live());
         self.clients_stage.set(Phase::Frozen);
         for c in self.table.borrow().conns() {
             c.wake();
@@ -434,15 +440,30 @@ impl Shard {
 
     /// Takes up what the previous process handed to this shard (`--upgrade`): home index entries,
     /// node links, then the connections, each carrying on where it stopped.
-    fn take_over(self: &Rc<Self>, inherited: Inherited) {
-        let mut table = self.table.borrow_mut();
-        table.reserve_below(inherited.next_seq);
-        for (uid, cid) in inherited.users {
-            table.insert_user(uid, cid);
+    async fn take_over(self: &Rc<Self>, inherited: Inherited) {
+        {
+            let mut table = self.table.borrow_mut();
+            table.reserve_below(inherited.next_seq);
+            for (uid, cid) in inherited.users {
+                table.insert_user(uid, cid);
+            }
         }
-        drop(table);
         if !inherited.node_links.is_empty() {
             self.upstream.adopt(inherited.node_links);
+        }
+        // Every connection is in the table before anything else runs: a node command arriving
+        // on an inherited link finds its target, even if that target's driver has not started
+        // (a push just waits in its queue).
+        let count = inherited.conns.len();
+        let mut adopted = Vec::with_capacity(count);
+        for parcel in inherited.conns {
+            let cid = parcel.record.session.cid;
+            match self.adopt_conn(parcel) {
+                Ok(a) => adopted.push(a),
+                Err(e) => {
+                    tracing::error!(cid, error = %e, "upgrade: connection not taken up, closed")
+                }
+            }
         }
         for parcel in inherited.links {
             node_api::adopt(
@@ -452,11 +473,26 @@ impl Shard {
                 self.link_closing_rx.clone(),
             );
         }
-        let count = inherited.conns.len();
-        for parcel in inherited.conns {
-            let cid = parcel.record.session.cid;
-            if let Err(e) = self.adopt_conn(parcel) {
-                tracing::error!(cid, error = %e, "upgrade: connection not taken up, closed");
+        for (i, a) in adopted.into_iter().enumerate() {
+            match a {
+                Adopted::Tcp(server, machine, fd) => {
+                    let stream = crate::net::stream_from(fd);
+                    Host::spawn(
+                        &**self,
+                        driver::serve(self.clone(), server, machine, stream),
+                    );
+                }
+                Adopted::Ws(server, machine, fd) => {
+                    let stream = crate::net::stream_from(fd);
+                    Host::spawn(
+                        &**self,
+                        driver::serve(self.clone(), server, machine, stream),
+                    );
+                }
+            }
+            // Connections started so far are served meanwhile (they run in the default queue).
+            if i % 256 == 255 {
+                glommio::executor().yield_if_needed().await;
             }
         }
         if count > 0 {
@@ -468,8 +504,8 @@ impl Shard {
         }
     }
 
-    /// Rebuilds one handed-over connection and starts its driver on the inherited socket.
-    fn adopt_conn(self: &Rc<Self>, parcel: ConnParcel) -> Result<(), RecordError> {
+    /// Rebuilds one handed-over connection and puts it in the table; its driver starts later.
+    fn adopt_conn(&self, parcel: ConnParcel) -> Result<Adopted, RecordError> {
         let record = parcel.record;
         let transport = record.session.transport;
         let Some(l) = self
@@ -482,7 +518,6 @@ impl Shard {
         let server = l.server.clone();
         let (packet, cap) = (self.packet, server.inbound_cap);
         let now = Instant::now();
-        let stream = crate::net::stream_from(parcel.fd);
         let queue = server.config.write_queue_size;
         match (&l.ws, transport) {
             (None, crate::session::Transport::Tcp) => {
@@ -491,10 +526,7 @@ impl Shard {
                     FramingRecord::Ws(_) => Err(RecordError::Transport),
                 })?;
                 self.insert_adopted(&server, machine.conn());
-                Host::spawn(
-                    &**self,
-                    driver::serve(self.clone(), server, machine, stream),
-                );
+                Ok(Adopted::Tcp(server, machine, parcel.fd))
             }
             (Some(rules), crate::session::Transport::Ws) => {
                 let options = rules.options;
@@ -503,14 +535,10 @@ impl Shard {
                     FramingRecord::Tcp => Err(RecordError::Transport),
                 })?;
                 self.insert_adopted(&server, machine.conn());
-                Host::spawn(
-                    &**self,
-                    driver::serve(self.clone(), server, machine, stream),
-                );
+                Ok(Adopted::Ws(server, machine, parcel.fd))
             }
-            _ => return Err(RecordError::Transport),
+            _ => Err(RecordError::Transport),
         }
-        Ok(())
     }
 
     /// Registers an adopted connection: table, channels, server slot (no Connect: the nodes

@@ -126,7 +126,7 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
             self.parked = Some(taken);
             member.park();
         }
-        match member.stage().poll_leave(Phase::Frozen, cx) {
+        match member.poll_leave(Phase::Frozen, cx) {
             Poll::Pending => Some(Poll::Pending),
             // Re-enter: the phase decides again.
             Poll::Ready(_) => self.poll_stage(host, cx),

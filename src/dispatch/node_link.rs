@@ -125,7 +125,7 @@ impl NodeLinks {
     /// Parks every connected link after the write in progress (bounded) and returns their
     /// sockets and queued frames. Links not connected keep their queue and dial later.
     pub async fn freeze(&self) -> Vec<NodeLinkParcel<Lent>> {
-        self.parcels.open();
+        self.parcels.open(self.stage.live());
         self.stage.set(Phase::Frozen);
         for l in self.nodes.borrow().values().flatten() {
             l.wake();
@@ -440,7 +440,7 @@ async fn park(
     let taken = parcels.offer(parcel).is_ok();
     link.handed.set(taken);
     member.park();
-    let phase = std::future::poll_fn(|cx| member.stage().poll_leave(Phase::Frozen, cx)).await;
+    let phase = std::future::poll_fn(|cx| member.poll_leave(Phase::Frozen, cx)).await;
     let handed = phase == Phase::Committed && taken;
     link.handed.set(handed);
     handed

@@ -100,7 +100,7 @@ async fn park<L: LocalSessions>(
     let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
     let taken = local.hand_over_link(LinkParcel { record, fd });
     member.park();
-    let phase = std::future::poll_fn(|cx| member.stage().poll_leave(Phase::Frozen, cx)).await;
+    let phase = std::future::poll_fn(|cx| member.poll_leave(Phase::Frozen, cx)).await;
     match phase {
         Phase::Committed if taken => Parked::HandedOff,
         _ => Parked::Resume,
