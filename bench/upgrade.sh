@@ -124,7 +124,8 @@ progress_lines() { grep -c '^t=' "$work/load.err" 2>/dev/null || true; }
 
 "$bin/echo-node" --quiet --listen "127.0.0.1:$node" --gate "127.0.0.1:$link" \
     > "$work/node.out" 2> "$work/node.err" &
-pids+=($!)
+node_pid=$!
+pids+=($node_pid)
 wait_for 100 grep -q listening "$work/node.out" || { echo "echo node did not start" >&2; exit 1; }
 "$bin/gatehouse" --etc "$work/etc" > "$work/gate-old.out" 2> "$work/gate-old.err" &
 old=$!
@@ -149,13 +150,22 @@ head -n 1 "$work/load.err"
 grep -q "open=$conns .*connect_errors=0" "$work/load.err" \
     || { echo "not every connection opened"; head -n 3 "$work/load.err"; exit 1; } >&2
 
+# CPU seconds (utime + stime) of a process.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU seconds the whole machine was busy (all cores; not idle, not iowait).
+busy() { awk -v t="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / t }' /proc/stat; }
+sample() { echo "$(cpu "$old") $(cpu "$node_pid") $(cpu "$load") $(busy) $(date +%s.%N)"; }
+seconds_of_traffic() { [ "$(progress_lines)" -ge "$1" ]; }
 code=0
+# CPU use of each process over the steady window before the upgrade (second 2 to the mark).
+wait_for 100 seconds_of_traffic 2 || { echo "loadgen stopped reporting" >&2; exit 1; }
+cpu0=$(sample)
 if [ "$upgrade" = 1 ]; then
-    seconds_of_traffic() { [ "$(progress_lines)" -ge "$1" ]; }
     wait_for $(((upgrade_at + 30) * 10)) seconds_of_traffic "$upgrade_at" \
         || { echo "loadgen stopped reporting" >&2; exit 1; }
     mark=$(progress_lines)
     echo "upgrade after $mark s of traffic: $(sed -n "${mark}p" "$work/load.err")"
+    cpu1=$(sample)
     "$bin/gatehouse" --upgrade --etc "$new_etc" > "$work/gate-new.out" 2> "$work/gate-new.err" &
     new=$!
     pids+=($new)
@@ -172,6 +182,9 @@ if [ "$upgrade" = 1 ]; then
     [ "$old_code" = 0 ] || code=1
     echo "old pid $old exit code: $old_code; pid file: $(cat "$work/gate.pid"), new pid $new"
     [ "$(cat "$work/gate.pid")" = "$new" ] || code=1
+else
+    wait_for $(((duration - 2) * 10)) seconds_of_traffic $((duration - 2)) || true
+    cpu1=$(sample)
 fi
 
 wait_for $(((duration + 30) * 10)) exited "$load" || { echo "loadgen hangs" >&2; exit 1; }
@@ -199,6 +212,8 @@ if [ "$upgrade" = 1 ]; then
 else
     echo "baseline longest gap (seconds 2.. of traffic, no upgrade): $(window_gap 2 '$') ms"
 fi
+echo "$cpu0 $cpu1" | awk '{ w = $10 - $5; g = $6 - $1; n = $7 - $2; l = $8 - $3
+    printf "CPU in the steady window before the upgrade (%.0f s, %% of one core): gate %.0f%%, echo node %.0f%%, loadgen %.0f%%, everything else on the machine %.0f%%\n", w, g / w * 100, n / w * 100, l / w * 100, ($9 - $4 - g - n - l) / w * 100 }'
 echo "longest gap of the whole run (any client): $(field steady.max_gap_ms) ms; per-client longest gap p50 $(field steady.client_max_gap_ms.p50) ms, p99 $(field steady.client_max_gap_ms.p99) ms; round trip p50 $(field rtt_us.p50) µs, p99 $(field rtt_us.p99) µs, max $(field steady.max_rtt_ms) ms"
 [ -n "$keep" ] && echo "logs in $work"
 exit $code

@@ -1002,6 +1002,10 @@ fn main() {
     let a = parse_args();
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("loadgen")
+        // Deep rings: every reactor turn cancels glommio's preemption timer, and the kernel's
+        // cancel looks through a hash table of the ring's pending polls (one per connection)
+        // that has cq_entries/32 buckets, at most 256; the default depth (128) gives 8.
+        .ring_depth(4096)
         .spawn(move || async move {
             let now = Instant::now();
             let run = Rc::new(Run {
