@@ -152,12 +152,26 @@ grep -q "open=$conns .*connect_errors=0" "$work/load.err" \
 
 # CPU seconds (utime + stime) of a process.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# CPU seconds the whole machine was busy (all cores; not idle, not iowait).
-busy() { awk -v t="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / t }' /proc/stat; }
-sample() { echo "$(cpu "$old") $(cpu "$node_pid") $(cpu "$load") $(busy) $(date +%s.%N)"; }
+# CPU seconds of every other process (with its reaped children: a compiler a build ran meanwhile).
+others() {
+    python3 - "$old" "$node_pid" "$load" <<'PY'
+import os, sys
+ours, total = set(sys.argv[1:]), 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if pid not in ours:
+        total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+print(f"{total / os.sysconf('SC_CLK_TCK'):.2f}")
+PY
+}
+sample() { echo "$(cpu "$old") $(cpu "$node_pid") $(cpu "$load") $(others) $(date +%s.%N)"; }
 seconds_of_traffic() { [ "$(progress_lines)" -ge "$1" ]; }
 code=0
-# CPU use of each process over the steady window before the upgrade (second 2 to the mark).
+# CPU use of each process over the steady window: from progress line 2 to the upgrade (or, with
+# --no-upgrade, to 2 s before the end).
 wait_for 100 seconds_of_traffic 2 || { echo "loadgen stopped reporting" >&2; exit 1; }
 cpu0=$(sample)
 if [ "$upgrade" = 1 ]; then
@@ -169,8 +183,10 @@ if [ "$upgrade" = 1 ]; then
     "$bin/gatehouse" --upgrade --etc "$new_etc" > "$work/gate-new.out" 2> "$work/gate-new.err" &
     new=$!
     pids+=($new)
-    if ! wait_for 300 grep -q 'upgrade: serving' "$work/gate-new.err"; then
-        echo "the new process is not serving after 30 s:" >&2
+    serving_or_gone() { grep -q 'upgrade: serving' "$work/gate-new.err" || exited "$new"; }
+    wait_for 300 serving_or_gone || true
+    if ! grep -q 'upgrade: serving' "$work/gate-new.err"; then
+        echo "the new process is not serving (exited, or 30 s passed):" >&2
         tail "$work/gate-new.err" >&2
         exit 1
     fi
@@ -208,12 +224,18 @@ if [ "$upgrade" = 1 ]; then
     echo "old process: $(grep -o 'upgrade: frozen.*' "$work/gate-old.err" | head -n 1)"
     echo "old process: $(grep -o 'upgrade: handed over.*' "$work/gate-old.err" | head -n 1)"
     echo "new process: $(grep -o 'upgrade: serving.*' "$work/gate-new.err" | head -n 1)"
+    # The new shards adopt their connections after "serving" is logged: when did the last finish?
+    adopted=$(grep -E 'upgrade: (serving|connections taken over)' "$work/gate-new.err" \
+        | sed -E 's/.*[0-9]{4}\/[0-9]{2}\/[0-9]{2} ([0-9]+):([0-9]+):([0-9.]+)\].*upgrade: ([a-z]+).*/\1 \2 \3 \4/' \
+        | awk '{ t = $1 * 3600 + $2 * 60 + $3; if ($4 == "serving") s = t; else if (t > m) m = t }
+               END { printf "%.1f", (m - s) * 1000 }')
+    echo "new process: its shards finished taking over the connections ${adopted} ms after 'serving'"
     echo "freeze: $(took "$work/gate-old.err" 'upgrade: frozen'), request to commit (old): $(took "$work/gate-old.err" 'upgrade: handed over'), hand-off (new, freeze asked to shards started): $(took "$work/gate-new.err" 'upgrade: serving')"
 else
     echo "baseline longest gap (seconds 2.. of traffic, no upgrade): $(window_gap 2 '$') ms"
 fi
 echo "$cpu0 $cpu1" | awk '{ w = $10 - $5; g = $6 - $1; n = $7 - $2; l = $8 - $3
-    printf "CPU in the steady window before the upgrade (%.0f s, %% of one core): gate %.0f%%, echo node %.0f%%, loadgen %.0f%%, everything else on the machine %.0f%%\n", w, g / w * 100, n / w * 100, l / w * 100, ($9 - $4 - g - n - l) / w * 100 }'
+    printf "CPU in the steady window (%.0f s before the upgrade or the end, %% of one core): gate %.0f%%, echo node %.0f%%, loadgen %.0f%%, all other processes (this script included) %.0f%%\n", w, g / w * 100, n / w * 100, l / w * 100, ($9 - $4) / w * 100 }'
 echo "longest gap of the whole run (any client): $(field steady.max_gap_ms) ms; per-client longest gap p50 $(field steady.client_max_gap_ms.p50) ms, p99 $(field steady.client_max_gap_ms.p99) ms; round trip p50 $(field rtt_us.p50) µs, p99 $(field rtt_us.p99) µs, max $(field steady.max_rtt_ms) ms"
 [ -n "$keep" ] && echo "logs in $work"
 exit $code
