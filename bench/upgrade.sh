@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): `gatehouse --upgrade` under steady traffic at 19,000 connections.
 # Starts the Rust echo node, a 2-shard gatehouse (static node list, pid file, fixed ports) and
-# `loadgen steady` (N connections with heartbeats, K of them sending a numbered request every
-# interval); once every connection is open and traffic has run for --before seconds, runs
-# `gatehouse --upgrade` with the same etc, checks the old process exits 0, lets traffic run on,
-# and prints the hand-off time (the processes' own logs), the longest gap any client saw between
-# two replies (before the upgrade, as a baseline, and across it), and closed/missing counts.
+# `loadgen steady` (N connections with a heartbeat each every 5 s, K of them sending a numbered
+# 64-byte request every 20 ms); once every connection is open and traffic has run for --before
+# seconds, runs `gatehouse --upgrade` with the same etc, checks the old process exits 0 and the
+# pid file names the new one, lets traffic run on for --after seconds, and prints the hand-off
+# time and freeze (the processes' own logs), the longest gap any client saw between two replies
+# (before the upgrade as a baseline, and across it), and closed/missing/reordered counts.
 #
 # Usage: bench/upgrade.sh [--no-build] [--conns N] [--active K] [--interval SECS] [--size BYTES]
 #                         [--heartbeat SECS] [--before SECS] [--after SECS]
 #                         [--new-shards N] [--no-upgrade] [--keep DIR]
+#   defaults: 19000 connections, 500 active every 0.02 s (25,000 requests/s), 64 B, heartbeat
+#   5 s, 10 s before, 8 s after
 #   --new-shards N  the new process reads a copy of the etc with only `shards = N` changed
 #   --no-upgrade    same load, no upgrade: the baseline of the whole run
 #   --keep DIR      keep the etc and every log in DIR (default: a temp dir, removed)
-# Ports (fixed, so both processes read the same etc): TCP $PORT (39753), link $PORT+1,
-# echo node $PORT+2. Exit code 1 if the upgrade failed, the old process did not exit 0, or a
-# client was closed or missed/reordered a reply.
+# Ports (fixed, so both processes read the same etc): TCP $PORT (39753), link $PORT+1, echo node
+# $PORT+2. Binaries from ${CARGO_TARGET_DIR:-target}/release. Exit code 1 if the upgrade failed,
+# the old process did not exit 0, or a client was closed or missed/reordered a reply.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-build=1 conns=19000 active=1000 interval=0.02 size=64 heartbeat=5 before=10 after=8
+build=1 conns=19000 active=500 interval=0.02 size=64 heartbeat=5 before=10 after=8
 new_shards="" upgrade=1 keep=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
     --after) after=$2; shift ;;
     --new-shards) new_shards=$2; shift ;;
     --keep) keep=$2; shift ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
