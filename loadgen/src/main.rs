@@ -821,7 +821,12 @@ async fn steady_conn(run: Rc<Run>, mut s: Stream, index: usize, active: bool) {
                     if is_heartbeat(frame) {
                         Stats::bump(&run.stats.heartbeats);
                     } else if let Some(e) = echoes.as_mut() {
-                        match run.packet.unpack(frame).ok().and_then(|m| counter_of(&m.payload)) {
+                        match run
+                            .packet
+                            .unpack(frame)
+                            .ok()
+                            .and_then(|m| counter_of(m.payload))
+                        {
                             Some(n) => e.reply(&run, n),
                             None => e.disordered += 1,
                         }
@@ -1094,7 +1099,10 @@ async fn report_and_run(run: Rc<Run>) -> usize {
                 let got = run.stats.received.get();
                 // steady: the longest reply gap that ended since the last line.
                 let gap = if run.a.mode == "steady" {
-                    format!(" max_gap_ms={:.1}", run.gaps.window_us.replace(0) as f64 / 1e3)
+                    format!(
+                        " max_gap_ms={:.1}",
+                        run.gaps.window_us.replace(0) as f64 / 1e3
+                    )
                 } else {
                     String::new()
                 };
@@ -1218,7 +1226,13 @@ fn steady_summary(run: &Run) -> serde_json::Value {
     let g = &run.gaps;
     let per = g.per_client.borrow();
     let ms = |us: u64| us as f64 / 1e3;
-    let q = |q: f64| if per.is_empty() { 0.0 } else { ms(per.value_at_quantile(q)) };
+    let q = |q: f64| {
+        if per.is_empty() {
+            0.0
+        } else {
+            ms(per.value_at_quantile(q))
+        }
+    };
     serde_json::json!({
         "active": per.len(), "interval_ms": run.a.interval.as_secs_f64() * 1e3,
         "replies": s.received.get(), "closed": s.closed_by_gate.get(), "faulty": s.faulty.get(),
