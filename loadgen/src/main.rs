@@ -10,12 +10,15 @@
 //! - `fanout`: N connections wait; one more connection sends a trigger on the broadcast route,
 //!   the node broadcasts a packet stamped with its wall clock, and every connection records
 //!   how long it took to arrive. A round is complete when every connection has it.
+//! - `steady`: N connections send heartbeats; K of them also send a numbered request every
+//!   interval and check the echoes (missing, duplicated, reordered), the longest gap between
+//!   two replies and the round trips — what a client sees while the gate is upgraded.
 //!
 //! In flood and closed mode each connection's socket is duplicated so one task writes while
-//! another reads: requests and replies flow independently, as with due's own clients. Idle and
-//! fanout connections use one fd and one task (heartbeat timer raced against the read), so one
+//! another reads: requests and replies flow independently, as with due's own clients. Idle,
+//! fanout and steady connections use one fd and one task (timers raced against the read), so one
 //! process can hold ~19,900 of them under the 20,000-fd limit. The backend must echo route and
-//! seq.
+//! seq (steady: the payload too).
 //! Request payloads are JSON (`{"message":"aaa…"}` of exactly `--size` bytes) so that due's own
 //! benchmark handler (JSON in, JSON out) can serve them as well as a byte-echoing node.
 
@@ -54,24 +57,29 @@ struct Args {
     /// fanout: broadcast rounds, and the pause between them.
     rounds: u32,
     pause: Duration,
+    /// steady: connections that send requests, and the period of each one's requests.
+    active: usize,
+    interval: Duration,
     json: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen MODE [flags]\n\
-         MODE: idle | flood | closed | fanout\n\
+         MODE: idle | flood | closed | fanout | steady\n\
          --addr HOST:PORT   gate address (127.0.0.1:3553)\n\
          --conns N          connections (1000)\n\
          --rate N           connects per second (5000)\n\
          --sources K        spread source addresses over 127.0.0.1..127.0.0.K (8)\n\
-         --duration SECS    idle: how long to hold; closed: how long to run (30)\n\
-         --heartbeat SECS   idle: heartbeat period per connection (10)\n\
+         --duration SECS    idle: how long to hold; closed/steady: how long to run (30)\n\
+         --heartbeat SECS   idle/fanout/steady: heartbeat period per connection (10)\n\
          --requests N       flood: total requests shared by all connections (100000)\n\
          --inflight K       closed: requests in flight per connection (1)\n\
          --target-rate R    closed: pace to R requests/s over all connections (0 = unpaced)\n\
          --rounds N         fanout: broadcast rounds (10)\n\
          --pause SECS       fanout: pause between rounds (0.5)\n\
+         --active K         steady: connections that send numbered requests (100)\n\
+         --interval SECS    steady: period of each active connection's requests (0.02)\n\
          --size BYTES       payload size (1024)\n\
          --route R          route of the requests (1; fanout: the broadcast route, 20)\n\
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
@@ -105,6 +113,8 @@ fn parse_args() -> Args {
         target_rate: 0,
         rounds: 10,
         pause: Duration::from_millis(500),
+        active: 100,
+        interval: Duration::from_millis(20),
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -132,11 +142,24 @@ fn parse_args() -> Args {
             "--target-rate" => a.target_rate = num(&v),
             "--rounds" => a.rounds = num(&v),
             "--pause" => a.pause = Duration::from_secs_f64(num::<f64>(&v)),
+            "--active" => a.active = num(&v),
+            "--interval" => a.interval = Duration::from_secs_f64(num::<f64>(&v)),
             _ => usage(),
         }
     }
-    if !matches!(a.mode.as_str(), "idle" | "flood" | "closed" | "fanout") {
+    if !matches!(
+        a.mode.as_str(),
+        "idle" | "flood" | "closed" | "fanout" | "steady"
+    ) {
         usage();
+    }
+    if a.mode == "steady" && (a.size < COUNTER_AT + COUNTER_DIGITS + 2 || a.interval.is_zero()) {
+        eprintln!(
+            "steady: --size must be at least {} (the request number travels in the payload) \
+             and --interval above 0",
+            COUNTER_AT + COUNTER_DIGITS + 2
+        );
+        std::process::exit(2);
     }
     if a.mode == "fanout" && !route_given(&std::env::args().collect::<Vec<_>>()) {
         a.route = 20;
@@ -159,6 +182,11 @@ struct Stats {
     received: Cell<u64>,
     /// fanout: rounds in which some connection never got the broadcast.
     incomplete_rounds: Cell<usize>,
+    /// steady: requests never answered, answers duplicated or out of order, and the
+    /// connections that saw either.
+    missing: Cell<u64>,
+    disordered: Cell<u64>,
+    faulty: Cell<usize>,
 }
 
 impl Stats {
@@ -208,6 +236,8 @@ struct Run {
     budget: Cell<u64>,
     /// fanout: arrivals of the current round, its latest arrival, and per-arrival latencies.
     fanout: Fanout,
+    /// steady: reply gaps.
+    gaps: Gaps,
     /// The main task, waiting for replies (flood: all of them; fanout: a round's).
     waiter: RefCell<Option<std::task::Waker>>,
     start: Cell<Instant>,
@@ -414,9 +444,9 @@ struct FrameReader {
 
 impl FrameReader {
     fn new(run: &Run) -> Self {
-        // Idle connections read heartbeats and small broadcasts only: small buffers keep 19,000
-        // of them cheap.
-        let size = if matches!(run.a.mode.as_str(), "idle" | "fanout") {
+        // Idle connections read heartbeats and small broadcasts only (steady: small echoes too):
+        // small buffers keep 19,000 of them cheap.
+        let size = if matches!(run.a.mode.as_str(), "idle" | "fanout" | "steady") {
             256
         } else {
             64 * 1024
@@ -632,6 +662,214 @@ async fn idle_conn(run: Rc<Run>, mut s: Stream) {
     }
 }
 
+/// steady: where a request's number sits in its payload (inside the JSON string, so due's JSON
+/// echo handler answers it too), as fixed-width decimal digits.
+const COUNTER_AT: usize = 12;
+const COUNTER_DIGITS: usize = 16;
+/// steady: after the run, how long connections wait for the replies still due.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// steady: reply gaps over all connections.
+struct Gaps {
+    /// Each active connection's longest gap between two replies (µs), recorded when it ends.
+    per_client: RefCell<Histogram<u64>>,
+    /// The longest gap of any connection (µs), and the longest that ended since the last
+    /// progress line.
+    max_us: Cell<u64>,
+    window_us: Cell<u64>,
+}
+
+impl Default for Gaps {
+    fn default() -> Self {
+        Gaps {
+            per_client: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("hist")),
+            max_us: Cell::new(0),
+            window_us: Cell::new(0),
+        }
+    }
+}
+
+/// steady: one active connection's view of its echoes.
+struct Echoes {
+    /// Requests sent (numbered 1..=sent) and the next number expected back.
+    sent: u64,
+    expect: u64,
+    /// Requests not answered yet, oldest first, with when they were sent.
+    in_flight: VecDeque<(u64, Instant)>,
+    last_reply: Option<Instant>,
+    max_gap: Duration,
+    missing: u64,
+    disordered: u64,
+}
+
+impl Echoes {
+    fn new() -> Self {
+        Echoes {
+            sent: 0,
+            expect: 1,
+            in_flight: VecDeque::new(),
+            last_reply: None,
+            max_gap: Duration::ZERO,
+            missing: 0,
+            disordered: 0,
+        }
+    }
+
+    /// An echo numbered `n` arrived now.
+    fn reply(&mut self, run: &Run, n: u64) {
+        let now = Instant::now();
+        if let Some(last) = self.last_reply {
+            let gap = now - last;
+            self.max_gap = self.max_gap.max(gap);
+            let us = gap.as_micros() as u64;
+            let g = &run.gaps;
+            g.max_us.set(g.max_us.get().max(us));
+            g.window_us.set(g.window_us.get().max(us));
+        }
+        self.last_reply = Some(now);
+        Stats::bump(&run.stats.received);
+        if n < self.expect {
+            // Already answered, or given up as missing: duplicated or reordered.
+            self.disordered += 1;
+            return;
+        }
+        self.missing += n - self.expect;
+        self.expect = n + 1;
+        while let Some(&(m, at)) = self.in_flight.front() {
+            if m > n {
+                break;
+            }
+            self.in_flight.pop_front();
+            if m == n {
+                let us = (now - at).as_micros() as u64;
+                let _ = run.hist.borrow_mut().record(us.max(1));
+            }
+        }
+    }
+
+    /// The connection is done: what never came back is missing; adds this one to the totals.
+    fn finish(mut self, run: &Run) {
+        self.missing += self.sent + 1 - self.expect.min(self.sent + 1);
+        let s = &run.stats;
+        s.missing.set(s.missing.get() + self.missing);
+        s.disordered.set(s.disordered.get() + self.disordered);
+        if self.missing + self.disordered > 0 {
+            Stats::bump_usize(&s.faulty);
+        }
+        let us = (self.max_gap.as_micros() as u64).max(1);
+        let _ = run.gaps.per_client.borrow_mut().record(us);
+    }
+}
+
+/// The request number in an echoed payload.
+fn counter_of(payload: &[u8]) -> Option<u64> {
+    let digits = payload.get(COUNTER_AT..COUNTER_AT + COUNTER_DIGITS)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// steady: one fd, one task. A heartbeat every `--heartbeat`; an active connection also sends a
+/// numbered request every `--interval` (behind schedule it sends late, never in a burst) and
+/// checks every echo. Sends and heartbeats start staggered by the connection's index so they
+/// spread evenly over their periods. After `--duration` an active connection stops sending and
+/// waits (up to [`DRAIN`]) for the replies still due.
+async fn steady_conn(run: Rc<Run>, mut s: Stream, index: usize, active: bool) {
+    if !open_session(&run, &mut s).await {
+        return;
+    }
+    let a = &run.a;
+    let mut hb = BytesMut::new();
+    run.put_wire(&run.packet.heartbeat(0), &mut hb);
+    let mut fr = FrameReader::new(&run);
+    let phase = index as f64 / a.conns.max(1) as f64;
+    let start = run.start.get();
+    let mut next_heartbeat = start + a.heartbeat.mul_f64(phase);
+    let mut next_send = start + a.interval.mul_f64(phase);
+    let mut echoes = active.then(Echoes::new);
+    let mut payload = run.payload.clone();
+    let mut out = BytesMut::new();
+    let (end, drain_end) = (run.end.get(), run.end.get() + DRAIN);
+    enum Event {
+        Read(std::io::Result<usize>),
+        Tick,
+    }
+    loop {
+        let now = Instant::now();
+        let due = echoes.as_ref().map_or(0, |e| e.in_flight.len());
+        if now >= drain_end || (now >= end && due == 0) {
+            break;
+        }
+        let mut wake = if now < end {
+            next_heartbeat.min(end)
+        } else {
+            drain_end
+        };
+        if echoes.is_some() && now < end {
+            wake = wake.min(next_send);
+        }
+        let read = async { Event::Read(s.read(&mut fr.chunk).await) };
+        let tick = async {
+            glommio::timer::sleep(wake.saturating_duration_since(Instant::now())).await;
+            Event::Tick
+        };
+        match futures_lite::future::or(read, tick).await {
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => {
+                Stats::bump_usize(&run.stats.closed_by_gate);
+                break;
+            }
+            Event::Read(Ok(n)) => {
+                fr.take(n, |frame| {
+                    if is_heartbeat(frame) {
+                        Stats::bump(&run.stats.heartbeats);
+                    } else if let Some(e) = echoes.as_mut() {
+                        match run
+                            .packet
+                            .unpack(frame)
+                            .ok()
+                            .and_then(|m| counter_of(m.payload))
+                        {
+                            Some(n) => e.reply(&run, n),
+                            None => e.disordered += 1,
+                        }
+                    }
+                    true
+                });
+            }
+            Event::Tick => {
+                let now = Instant::now();
+                if now >= end {
+                    continue;
+                }
+                out.clear();
+                if now >= next_heartbeat {
+                    out.extend_from_slice(&hb);
+                    next_heartbeat = (next_heartbeat + a.heartbeat).max(now);
+                }
+                if let Some(e) = echoes.as_mut().filter(|_| now >= next_send) {
+                    e.sent += 1;
+                    let digits = format!("{:0w$}", e.sent, w = COUNTER_DIGITS);
+                    payload[COUNTER_AT..COUNTER_AT + COUNTER_DIGITS]
+                        .copy_from_slice(digits.as_bytes());
+                    let packet = run
+                        .packet
+                        .encode(a.route, run.seq_value(e.sent as u32), &payload)
+                        .expect("request fits the packet settings");
+                    run.put_wire(&packet, &mut out);
+                    e.in_flight.push_back((e.sent, Instant::now()));
+                    Stats::bump(&run.stats.sent);
+                    next_send = (next_send + a.interval).max(now);
+                }
+                if !out.is_empty() && s.write_all(&out).await.is_err() {
+                    Stats::bump_usize(&run.stats.closed_by_gate);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = echoes {
+        e.finish(&run);
+    }
+}
+
 /// The reader half for a writer task: a duplicate of the connection's fd (counted as a
 /// connect error when the process is out of fds).
 fn reader_of(run: &Run, s: &Stream) -> Option<Stream> {
@@ -769,11 +1007,16 @@ fn main() {
     let a = parse_args();
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("loadgen")
+        // Deep rings: every reactor turn cancels glommio's preemption timer, and the kernel's
+        // cancel looks through a hash table of the ring's pending polls (one per connection)
+        // that has cq_entries/32 buckets, at most 256; the default depth (128) gives 8.
+        .ring_depth(4096)
         .spawn(move || async move {
             let now = Instant::now();
             let run = Rc::new(Run {
                 budget: Cell::new(a.requests),
                 fanout: Fanout::default(),
+                gaps: Gaps::default(),
                 waiter: RefCell::default(),
                 payload: json_payload(a.size),
                 packet: PacketConfig {
@@ -826,14 +1069,22 @@ async fn report_and_run(run: Rc<Run>) -> usize {
         }
     }
     run.start.set(Instant::now());
-    // idle and closed run for --duration once every connection is open.
-    if matches!(a.mode.as_str(), "idle" | "closed") {
+    // idle, closed and steady run for --duration once every connection is open.
+    if matches!(a.mode.as_str(), "idle" | "closed" | "steady") {
         run.end.set(run.start.get() + a.duration);
     }
+    // steady: every stride-th connection is active, so active ones spread over the ramp.
+    let stride = (a.conns / a.active.max(1)).max(1);
     let mut tasks = Vec::new();
-    for s in streams {
+    for (i, s) in streams.into_iter().enumerate() {
         let task = match a.mode.as_str() {
             "idle" | "fanout" => glommio::spawn_local(idle_conn(run.clone(), s)),
+            "steady" => glommio::spawn_local(steady_conn(
+                run.clone(),
+                s,
+                i,
+                i % stride == 0 && i / stride < a.active,
+            )),
             "flood" => glommio::spawn_local(flood_conn(run.clone(), s)),
             _ => glommio::spawn_local(closed_conn(run.clone(), s)),
         };
@@ -846,8 +1097,17 @@ async fn report_and_run(run: Rc<Run>) -> usize {
             loop {
                 glommio::timer::sleep(Duration::from_secs(1)).await;
                 let got = run.stats.received.get();
+                // steady: the longest reply gap that ended since the last line.
+                let gap = if run.a.mode == "steady" {
+                    format!(
+                        " max_gap_ms={:.1}",
+                        run.gaps.window_us.replace(0) as f64 / 1e3
+                    )
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "t={:>4.0}s open={} sent={} received={} (+{}/s) heartbeats={} connect_errors={} closed_by_gate={}",
+                    "t={:>4.0}s open={} sent={} received={} (+{}/s) heartbeats={} connect_errors={} closed_by_gate={}{gap}",
                     run.start.get().elapsed().as_secs_f64(),
                     run.stats.open.get(),
                     run.stats.sent.get(),
@@ -874,6 +1134,11 @@ async fn report_and_run(run: Rc<Run>) -> usize {
         run_fanout(&run).await;
         run.end.set(Instant::now());
         drop(tasks);
+    } else if a.mode == "steady" {
+        // Each connection ends by itself, at most DRAIN after the end.
+        for t in tasks {
+            t.await;
+        }
     } else {
         let left = run.end.get().saturating_duration_since(Instant::now());
         glommio::timer::sleep(left).await;
@@ -908,6 +1173,7 @@ fn summary(run: &Run) -> usize {
     let failures = s.connect_errors.get()
         + s.closed_by_gate.get()
         + s.incomplete_rounds.get()
+        + s.faulty.get()
         + usize::from(a.mode == "flood" && s.received.get() < a.requests);
     let mut json = serde_json::json!({
         "mode": a.mode, "conns": a.conns, "size": a.size, "inflight": a.inflight,
@@ -921,6 +1187,10 @@ fn summary(run: &Run) -> usize {
     let fanout = fanout_summary(run);
     if let Some(f) = &fanout {
         json["fanout"] = f.clone();
+    }
+    let steady = (a.mode == "steady").then(|| steady_summary(run));
+    if let Some(st) = &steady {
+        json["steady"] = st.clone();
     }
     if a.json {
         println!("{json}");
@@ -943,8 +1213,34 @@ fn summary(run: &Run) -> usize {
         if let Some(f) = fanout {
             println!("fanout {f}");
         }
+        if let Some(st) = steady {
+            println!("steady {st}");
+        }
     }
     failures
+}
+
+/// steady figures: faults, and the gaps between two replies of one connection (ms).
+fn steady_summary(run: &Run) -> serde_json::Value {
+    let s = &run.stats;
+    let g = &run.gaps;
+    let per = g.per_client.borrow();
+    let ms = |us: u64| us as f64 / 1e3;
+    let q = |q: f64| {
+        if per.is_empty() {
+            0.0
+        } else {
+            ms(per.value_at_quantile(q))
+        }
+    };
+    serde_json::json!({
+        "active": per.len(), "interval_ms": run.a.interval.as_secs_f64() * 1e3,
+        "replies": s.received.get(), "closed": s.closed_by_gate.get(), "faulty": s.faulty.get(),
+        "missing": s.missing.get(), "disordered": s.disordered.get(),
+        "max_gap_ms": ms(g.max_us.get()),
+        "client_max_gap_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
+        "max_rtt_ms": ms(run.hist.borrow().max()),
+    })
 }
 
 /// fanout figures: per round, broadcast → last arrival; per arrival, broadcast → arrival (µs).
