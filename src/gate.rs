@@ -183,6 +183,7 @@ impl Gate {
         };
         let conns = received.conns.len();
         let upgrade_socket = received.upgrade_socket.is_some();
+        let received_in = go.elapsed();
         let prepared = match Self::take_up(&cfg, prepared, received) {
             Ok(p) => p,
             Err(e) => {
@@ -195,15 +196,20 @@ impl Gate {
             println!("upgrade: paused before ready");
             std::thread::sleep(Duration::from_secs(60));
         }
+        let taken_up_in = go.elapsed();
         if let Err(e) = taking.confirm() {
             return Err(StartError::Upgrade(e.to_string()));
         }
+        let committed_in = go.elapsed();
         prepared.gate._claims.take_holder();
         let gate = Self::run_shards(&cfg, prepared)?;
         // From asking for the freeze to this process's shards starting: the hand-off time.
         tracing::info!(
             connections = conns,
             upgrade_socket,
+            received = ?received_in,
+            taken_up = ?taken_up_in,
+            committed = ?committed_in,
             took = ?go.elapsed(),
             "upgrade: serving"
         );

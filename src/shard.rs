@@ -42,6 +42,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// own with this latency, and the executor preempts a busy queue at least this often.
 pub const CONTROL_LATENCY: Duration = Duration::from_millis(5);
 
+/// An inherited connection whose client sent a frame within this long is started before the
+/// idle ones.
+const BUSY_WITHIN: Duration = Duration::from_millis(500);
+
 /// How long a freeze waits for the shard's connections to park (a WS handshake that finishes
 /// later stays here and is drained the old way).
 const FREEZE_LIMIT: Duration = Duration::from_secs(1);
@@ -189,7 +193,13 @@ pub struct Shard {
 }
 
 /// A handed-over connection rebuilt and in the table, its driver not started yet.
-enum Adopted {
+struct Adopted {
+    conn: AdoptedConn,
+    /// It has bytes to write or its client sent a frame lately: started first.
+    busy: bool,
+}
+
+enum AdoptedConn {
     Tcp(Arc<ServerCtx>, Connection<TcpFraming>, OwnedFd),
     Ws(Arc<ServerCtx>, Connection<WsFraming>, OwnedFd),
 }
@@ -454,12 +464,30 @@ impl Shard {
         // Every connection is in the table before anything else runs: a node command arriving
         // on an inherited link finds its target, even if that target's driver has not started
         // (a push just waits in its queue).
+        let started = Instant::now();
         let count = inherited.conns.len();
+        self.table.borrow_mut().reserve(count);
         let mut adopted = Vec::with_capacity(count);
-        for parcel in inherited.conns {
+        // Busy connections start first: those with bytes to write, then by how recently the
+        // client sent a frame. A client that only heartbeats every few seconds does not notice
+        // waiting for the rest of the take-over; one sending every 20 ms does.
+        let mut conns = inherited.conns;
+        conns.sort_by_key(|p| {
+            let r = &p.record;
+            let idle = r.transmit.is_empty() && r.session.outbox.is_empty();
+            (idle, r.liveness.since_last_receive)
+        });
+        let busy = |p: &ConnParcel| {
+            let r = &p.record;
+            !r.transmit.is_empty()
+                || !r.session.outbox.is_empty()
+                || r.liveness.since_last_receive < BUSY_WITHIN
+        };
+        for parcel in conns {
             let cid = parcel.record.session.cid;
+            let busy = busy(&parcel);
             match self.adopt_conn(parcel) {
-                Ok(a) => adopted.push(a),
+                Ok(conn) => adopted.push(Adopted { conn, busy }),
                 Err(e) => {
                     tracing::error!(cid, error = %e, "upgrade: connection not taken up, closed")
                 }
@@ -473,39 +501,78 @@ impl Shard {
                 self.link_closing_rx.clone(),
             );
         }
-        for (i, a) in adopted.into_iter().enumerate() {
-            match a {
-                Adopted::Tcp(server, machine, fd) => {
-                    let stream = crate::net::stream_from(fd);
-                    Host::spawn(
-                        &**self,
-                        driver::serve(self.clone(), server, machine, stream),
-                    );
-                }
-                Adopted::Ws(server, machine, fd) => {
-                    let stream = crate::net::stream_from(fd);
-                    Host::spawn(
-                        &**self,
-                        driver::serve(self.clone(), server, machine, stream),
-                    );
-                }
-            }
-            // Connections started so far are served meanwhile (they run in the default queue).
-            if i % 256 == 255 {
-                glommio::executor().yield_if_needed().await;
-            }
+        let imported = started.elapsed();
+        // Busy connections start now; the idle rest from a task of low priority, so that the
+        // busy ones' traffic gets the CPU first (an idle client waits unnoticed).
+        let busy = adopted.iter().take_while(|a| a.busy).count();
+        let mut rest = adopted.split_off(busy);
+        for a in adopted {
+            self.start_adopted(a);
         }
         if count > 0 {
             tracing::info!(
                 shard = self.index,
                 connections = count,
-                "upgrade: connections taken over"
+                busy,
+                imported = ?imported,
+                took = ?started.elapsed(),
+                "upgrade: busy connections started"
             );
+        }
+        if rest.is_empty() {
+            return;
+        }
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(10),
+            glommio::Latency::NotImportant,
+            "take-over",
+        );
+        let shard = self.clone();
+        let task = async move {
+            let n = rest.len();
+            for (i, a) in rest.drain(..).enumerate() {
+                shard.start_adopted(a);
+                if i % 256 == 255 {
+                    glommio::executor().yield_if_needed().await;
+                }
+            }
+            tracing::info!(
+                shard = shard.index,
+                connections = n,
+                took = ?started.elapsed(),
+                "upgrade: idle connections started"
+            );
+        };
+        match glommio::spawn_local_into(task, queue) {
+            Ok(t) => {
+                t.detach();
+            }
+            Err(e) => tracing::error!(error = %e, "upgrade: cannot start the idle connections"),
+        }
+    }
+
+    /// Starts the driver of an adopted connection on its inherited socket.
+    fn start_adopted(self: &Rc<Self>, a: Adopted) {
+        match a.conn {
+            AdoptedConn::Tcp(server, machine, fd) => {
+                let stream = crate::net::stream_from(fd);
+                Host::spawn(
+                    &**self,
+                    driver::serve(self.clone(), server, machine, stream),
+                );
+            }
+            AdoptedConn::Ws(server, machine, fd) => {
+                let stream = crate::net::stream_from(fd);
+                Host::spawn(
+                    &**self,
+                    driver::serve(self.clone(), server, machine, stream),
+                );
+            }
         }
     }
 
     /// Rebuilds one handed-over connection and puts it in the table; its driver starts later.
-    fn adopt_conn(&self, parcel: ConnParcel) -> Result<Adopted, RecordError> {
+    fn adopt_conn(&self, parcel: ConnParcel) -> Result<AdoptedConn, RecordError> {
         let record = parcel.record;
         let transport = record.session.transport;
         let Some(l) = self
@@ -526,7 +593,7 @@ impl Shard {
                     FramingRecord::Ws(_) => Err(RecordError::Transport),
                 })?;
                 self.insert_adopted(&server, machine.conn());
-                Ok(Adopted::Tcp(server, machine, parcel.fd))
+                Ok(AdoptedConn::Tcp(server, machine, parcel.fd))
             }
             (Some(rules), crate::session::Transport::Ws) => {
                 let options = rules.options;
@@ -535,7 +602,7 @@ impl Shard {
                     FramingRecord::Tcp => Err(RecordError::Transport),
                 })?;
                 self.insert_adopted(&server, machine.conn());
-                Ok(Adopted::Ws(server, machine, parcel.fd))
+                Ok(AdoptedConn::Ws(server, machine, parcel.fd))
             }
             _ => Err(RecordError::Transport),
         }

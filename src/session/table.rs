@@ -151,6 +151,11 @@ impl Table {
         self.next_seq = self.next_seq.max(seq);
     }
 
+    /// Makes room for `n` more connections (an upgrade's take-over).
+    pub fn reserve(&mut self, n: usize) {
+        self.conns.reserve(n);
+    }
+
     /// Adds a connection the previous process handed over, with its channel memberships.
     pub fn insert_imported(&mut self, conn: Rc<Conn>) {
         for ch in conn.channel_names() {

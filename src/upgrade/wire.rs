@@ -18,7 +18,7 @@ use std::time::Duration;
 /// than one packet).
 pub const PACKET: usize = 32 * 1024;
 /// Sockets attached to one message (the kernel takes up to 253 per packet).
-pub const MAX_FDS: usize = 200;
+pub const MAX_FDS: usize = 250;
 /// Flag byte: another packet of this message follows.
 const MORE: u8 = 1;
 const LAST: u8 = 0;
