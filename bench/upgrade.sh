@@ -227,12 +227,15 @@ if [ "$upgrade" = 1 ]; then
     echo "old process: $(grep -o 'upgrade: frozen.*' "$work/gate-old.err" | head -n 1)"
     echo "old process: $(grep -o 'upgrade: handed over.*' "$work/gate-old.err" | head -n 1)"
     echo "new process: $(grep -o 'upgrade: serving.*' "$work/gate-new.err" | head -n 1)"
-    # The new shards adopt their connections after "serving" is logged: when did the last finish?
-    adopted=$(grep -E 'upgrade: (serving|connections taken over)' "$work/gate-new.err" \
-        | sed -E 's/.*[0-9]{4}\/[0-9]{2}\/[0-9]{2} ([0-9]+):([0-9]+):([0-9.]+)\].*upgrade: ([a-z]+).*/\1 \2 \3 \4/' \
-        | awk '{ t = $1 * 3600 + $2 * 60 + $3; if ($4 == "serving") s = t; else if (t > m) m = t }
-               END { printf "%.1f", (m - s) * 1000 }')
-    echo "new process: its shards finished taking over the connections ${adopted} ms after 'serving'"
+    # The new shards start their connections after "serving" is logged, busy ones first: when
+    # had the last shard started its busy ones, and when its idle ones?
+    since_serving() {
+        grep -E "upgrade: (serving|$1)" "$work/gate-new.err" \
+            | sed -E 's/.*[0-9]{4}\/[0-9]{2}\/[0-9]{2} ([0-9]+):([0-9]+):([0-9.]+)\].*upgrade: ([a-z]+).*/\1 \2 \3 \4/' \
+            | awk '{ t = $1 * 3600 + $2 * 60 + $3; if ($4 == "serving") s = t; else if (t > m) m = t }
+                   END { if (m == 0) print "-"; else printf "%.1f", (m - s) * 1000 }'
+    }
+    echo "new process: busy connections started $(since_serving 'busy connections started') ms after 'serving', idle ones $(since_serving 'idle connections started') ms after"
     echo "freeze: $(took "$work/gate-old.err" 'upgrade: frozen'), request to commit (old): $(took "$work/gate-old.err" 'upgrade: handed over'), hand-off (new, freeze asked to shards started): $(took "$work/gate-new.err" 'upgrade: serving')"
 else
     echo "baseline longest gap (seconds 2.. of traffic, no upgrade): $(window_gap 2 '$') ms"

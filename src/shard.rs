@@ -502,52 +502,31 @@ impl Shard {
             );
         }
         let imported = started.elapsed();
-        // Busy connections start now; the idle rest from a task of low priority, so that the
-        // busy ones' traffic gets the CPU first (an idle client waits unnoticed).
+        // Busy ones first (the order above); the connections started so far are served while
+        // the rest start (they run in the default queue).
         let busy = adopted.iter().take_while(|a| a.busy).count();
-        let mut rest = adopted.split_off(busy);
-        for a in adopted {
+        for (i, a) in adopted.into_iter().enumerate() {
             self.start_adopted(a);
+            if i % 256 == 255 {
+                glommio::executor().yield_if_needed().await;
+            }
+            if i + 1 == busy {
+                tracing::info!(
+                    shard = self.index,
+                    busy,
+                    took = ?started.elapsed(),
+                    "upgrade: busy connections started"
+                );
+            }
         }
         if count > 0 {
             tracing::info!(
                 shard = self.index,
                 connections = count,
-                busy,
                 imported = ?imported,
-                took = ?started.elapsed(),
-                "upgrade: busy connections started"
-            );
-        }
-        if rest.is_empty() {
-            return;
-        }
-        let queue = glommio::executor().create_task_queue(
-            glommio::Shares::Static(10),
-            glommio::Latency::NotImportant,
-            "take-over",
-        );
-        let shard = self.clone();
-        let task = async move {
-            let n = rest.len();
-            for (i, a) in rest.drain(..).enumerate() {
-                shard.start_adopted(a);
-                if i % 256 == 255 {
-                    glommio::executor().yield_if_needed().await;
-                }
-            }
-            tracing::info!(
-                shard = shard.index,
-                connections = n,
                 took = ?started.elapsed(),
                 "upgrade: idle connections started"
             );
-        };
-        match glommio::spawn_local_into(task, queue) {
-            Ok(t) => {
-                t.detach();
-            }
-            Err(e) => tracing::error!(error = %e, "upgrade: cannot start the idle connections"),
         }
     }
 
