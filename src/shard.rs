@@ -37,10 +37,11 @@ use crate::session::{
 /// How long a stopping shard waits for its connection tasks and for queued frames to reach the
 /// nodes (an unreachable node must not hold the exit).
 const EXIT_GRACE: Duration = Duration::from_secs(1);
-/// How soon the shard's control tasks (inbox, accept loops, node link connections, hand-off
-/// steps) get the CPU when client connections keep it busy: they run in a task queue of their
-/// own with this latency, and the executor preempts a busy queue at least this often.
-pub const CONTROL_LATENCY: Duration = Duration::from_millis(5);
+/// How soon the shard's control tasks (inbox, accept loops, hand-off steps) get the CPU when
+/// connections keep it busy: they run in a task queue of their own with this latency, and the
+/// executor preempts a busy queue at least this often. Connections (clients and links) stay in
+/// the default queue: a latency queue that is always busy would cut every batch of IO short.
+pub const CONTROL_LATENCY: Duration = Duration::from_millis(20);
 
 /// An inherited connection whose client sent a frame within this long is started before the
 /// idle ones.
@@ -752,14 +753,8 @@ impl LocalSessions for Shard {
         Shard::push_nowait(self, kind, target, bytes)
     }
 
-    /// Link connections and command follow-ups run in the control queue: a node's commands
-    /// are not held up by busy clients (and a freeze parks them at once).
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
-        if let Ok(pass) = self.tasks.enter() {
-            if let Ok(t) = glommio::spawn_local_into(Gated { task, pass }, self.control) {
-                t.detach();
-            }
-        }
+        Host::spawn(self, task)
     }
 
     fn link_stage(&self) -> Option<&Rc<Stage>> {

@@ -35,9 +35,6 @@ const MAX_QUEUED: usize = 64 << 20;
 /// Instance kind "gate" in the handshake.
 const KIND_GATE: u8 = 1;
 
-/// How soon link tasks get the CPU when client connections keep it busy.
-const LINK_LATENCY: Duration = Duration::from_millis(5);
-
 /// How long a freeze waits for connected links to finish the write in progress and park.
 const FREEZE_LIMIT: Duration = Duration::from_secs(1);
 
@@ -53,8 +50,6 @@ pub struct NodeLinks {
     /// Connected links in an upgrade hand-off, and the parcels of a freeze.
     stage: Rc<Stage>,
     parcels: Rc<Collector<NodeLinkParcel<Lent>>>,
-    /// The task queue of this shard's link tasks, made on first use.
-    queue: std::cell::OnceCell<glommio::TaskQueueHandle>,
 }
 
 /// An outbound node connection on its way to the next process (`--upgrade`): which node, which
@@ -96,7 +91,6 @@ impl NodeLinks {
             tasks: glommio::sync::Gate::new(),
             stage: Rc::default(),
             parcels: Rc::default(),
-            queue: std::cell::OnceCell::new(),
         }
     }
 
@@ -108,16 +102,11 @@ impl NodeLinks {
             self.parcels.clone(),
             stream,
         );
-        // Link tasks run in a queue of their own: queued frames leave (and a freeze parks them)
-        // without waiting behind every busy client connection of the shard.
-        let queue = *self.queue.get_or_init(|| {
-            glommio::executor().create_task_queue(
-                glommio::Shares::default(),
-                glommio::Latency::Matters(LINK_LATENCY),
-                "node-links",
-            )
-        });
-        if let Ok(t) = self.tasks.spawn_into(task, queue) {
+        // In the default queue, beside the client connections that feed them.
+        if let Ok(t) = self
+            .tasks
+            .spawn_into(task, glommio::TaskQueueHandle::default())
+        {
             t.detach();
         }
     }
