@@ -172,6 +172,8 @@ pub struct Shard {
     /// The task queue of control work (see [`CONTROL_LATENCY`]); client connections run in the
     /// executor's default queue.
     control: glommio::TaskQueueHandle,
+    /// The task queue of inbound link connections.
+    links_queue: glommio::TaskQueueHandle,
     /// The client servers this shard accepts on, and its link sockets: kept so that the accept
     /// loops can stop for an upgrade and start again when it fails.
     listeners: Vec<ClientListener>,
@@ -220,8 +222,14 @@ impl Shard {
             glommio::Latency::Matters(CONTROL_LATENCY),
             "shard-control",
         );
+        let links_queue = glommio::executor().create_task_queue(
+            glommio::Shares::default(),
+            glommio::Latency::NotImportant,
+            "links",
+        );
         let shard = Rc::new(Shard {
             control,
+            links_queue,
             index: spec.index,
             count: spec.count,
             packet: spec.packet,
@@ -753,8 +761,14 @@ impl LocalSessions for Shard {
         Shard::push_nowait(self, kind, target, bytes)
     }
 
+    /// Link connections and command follow-ups run in the shard's link queue: beside the
+    /// client connections (same shares, no latency demand), but not behind all of them.
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
-        Host::spawn(self, task)
+        if let Ok(pass) = self.tasks.enter() {
+            if let Ok(t) = glommio::spawn_local_into(Gated { task, pass }, self.links_queue) {
+                t.detach();
+            }
+        }
     }
 
     fn link_stage(&self) -> Option<&Rc<Stage>> {
