@@ -312,16 +312,6 @@ pub fn advertised(configured: &str, bound: SocketAddr) -> String {
     }
 }
 
-/// An independent descriptor (close-on-exec) of the socket `s` holds, e.g. to hand it to the
-/// next process while `s` is dropped here.
-pub fn duplicate(s: &impl std::os::fd::AsRawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: the raw fd belongs to `s`, which is borrowed for this whole call, so it is open
-    // while the borrow lives; the borrow ends here, after `try_clone_to_owned` made a new
-    // descriptor of its own.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
-    fd.try_clone_to_owned()
-}
-
 /// Takes ownership of an accepted or inherited TCP socket as a glommio stream of this executor.
 pub fn stream_from(fd: OwnedFd) -> glommio::net::TcpStream {
     // SAFETY: `fd` is an owned, open TCP socket; its ownership moves into the stream, which

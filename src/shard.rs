@@ -355,7 +355,7 @@ impl Shard {
         let (stop, accepting) = flume::bounded::<()>(1);
         let mut loops = Vec::new();
         for l in &self.listeners {
-            match crate::net::duplicate(&l.fd) {
+            match l.fd.try_clone() {
                 Ok(fd) => loops.push(self.spawn_control(listener::accept_loop(
                     self.clone(),
                     l.server.clone(),
@@ -377,7 +377,7 @@ impl Shard {
         let (stop, accepting) = flume::bounded::<()>(1);
         let mut loops = Vec::new();
         for fd in &self.link_fds {
-            match crate::net::duplicate(fd) {
+            match fd.try_clone() {
                 Ok(fd) => loops.push(self.spawn_control(node_api::accept_loop(
                     self.clone(),
                     self.link.clone(),
