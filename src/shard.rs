@@ -298,6 +298,20 @@ impl Shard {
         }
     }
 
+    /// Runs `task` in `queue` as a task the shard waits for (bounded) when it stops. A closed
+    /// gate means the shard is stopping: the task is dropped (its socket closes).
+    fn spawn_gated(
+        &self,
+        task: impl Future<Output = ()> + 'static,
+        queue: glommio::TaskQueueHandle,
+    ) {
+        if let Ok(pass) = self.tasks.enter() {
+            if let Ok(t) = glommio::spawn_local_into(Gated { task, pass }, queue) {
+                t.detach();
+            }
+        }
+    }
+
     /// Runs `task` in the shard's control queue.
     fn spawn_control<T: 'static>(
         &self,
@@ -659,15 +673,9 @@ impl<F: Future> Future for Gated<F> {
 }
 
 impl Host for Shard {
+    /// Client connections run in the default queue, whoever spawns them.
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
-        // A closed gate means the shard is stopping: the task is dropped (its socket closes).
-        // Client connections run in the default queue, whoever spawns them.
-        if let Ok(pass) = self.tasks.enter() {
-            let queue = glommio::TaskQueueHandle::default();
-            if let Ok(t) = glommio::spawn_local_into(Gated { task, pass }, queue) {
-                t.detach();
-            }
-        }
+        self.spawn_gated(task, glommio::TaskQueueHandle::default())
     }
 
     fn packet(&self) -> &PacketConfig {
@@ -764,11 +772,7 @@ impl LocalSessions for Shard {
     /// Link connections and command follow-ups run in the shard's link queue: beside the
     /// client connections (same shares, no latency demand), but not behind all of them.
     fn spawn(&self, task: impl Future<Output = ()> + 'static) {
-        if let Ok(pass) = self.tasks.enter() {
-            if let Ok(t) = glommio::spawn_local_into(Gated { task, pass }, self.links_queue) {
-                t.detach();
-            }
-        }
+        self.spawn_gated(task, self.links_queue)
     }
 
     fn link_stage(&self) -> Option<&Rc<Stage>> {

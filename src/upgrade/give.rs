@@ -201,58 +201,46 @@ impl Giver {
         Ok(pid)
     }
 
+    /// Posts `msg` (built around a reply channel) to every shard and collects their answers in
+    /// shard order; `what` names a shard that does not answer in time.
+    fn ask_all<T>(
+        &self,
+        msg: impl Fn(flume::Sender<T>) -> ShardMsg,
+        what: &str,
+    ) -> Result<Vec<T>, String> {
+        let replies: Vec<_> = self
+            .inboxes
+            .iter()
+            .map(|inbox| {
+                let (tx, rx) = flume::bounded(1);
+                inbox.post(msg(tx));
+                rx
+            })
+            .collect();
+        replies
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| {
+                rx.recv_timeout(FREEZE)
+                    .map_err(|_| format!("shard {i} did not {what}"))
+            })
+            .collect()
+    }
+
     /// Freezes the link connections of every shard, then (every node command having reached
     /// its shard) the client connections and node links.
     fn freeze(&self) -> Result<Frozen, String> {
         let started = std::time::Instant::now();
-        let mut links = Vec::new();
-        let replies: Vec<_> = self
-            .inboxes
-            .iter()
-            .map(|inbox| {
-                let (tx, rx) = flume::bounded(1);
-                inbox.post(ShardMsg::FreezeLinks(tx));
-                rx
-            })
+        let links = self
+            .ask_all(ShardMsg::FreezeLinks, "freeze its links")?
+            .into_iter()
+            .flatten()
             .collect();
-        for (i, rx) in replies.into_iter().enumerate() {
-            links.extend(
-                rx.recv_timeout(FREEZE)
-                    .map_err(|_| format!("shard {i} did not freeze its links"))?,
-            );
-        }
         // One round through every inbox: the second hops of commands the links handed on (a push
         // by uid: home shard, then owner) are queued before the client freeze.
-        let replies: Vec<_> = self
-            .inboxes
-            .iter()
-            .map(|inbox| {
-                let (tx, rx) = flume::bounded(1);
-                inbox.post(ShardMsg::Quiesce(tx));
-                rx
-            })
-            .collect();
-        for (i, rx) in replies.into_iter().enumerate() {
-            rx.recv_timeout(FREEZE)
-                .map_err(|_| format!("shard {i} did not answer"))?;
-        }
+        self.ask_all(ShardMsg::Quiesce, "answer")?;
         let links_took = started.elapsed();
-        let replies: Vec<_> = self
-            .inboxes
-            .iter()
-            .map(|inbox| {
-                let (tx, rx) = flume::bounded(1);
-                inbox.post(ShardMsg::FreezeClients(tx));
-                rx
-            })
-            .collect();
-        let mut shards = Vec::new();
-        for (i, rx) in replies.into_iter().enumerate() {
-            shards.push(
-                rx.recv_timeout(FREEZE)
-                    .map_err(|_| format!("shard {i} did not freeze its connections"))?,
-            );
-        }
+        let shards = self.ask_all(ShardMsg::FreezeClients, "freeze its connections")?;
         tracing::info!(links = ?links_took, clients = ?(started.elapsed() - links_took), "upgrade: freeze steps");
         Ok(Frozen { links, shards })
     }
@@ -261,18 +249,11 @@ impl Giver {
         fan_out(&self.inboxes, || ShardMsg::Thaw);
     }
 
+    /// Tells every shard the next process has its parcels (waits for the answers, bounded; a
+    /// shard that does not answer is logged, its parked tasks touch nothing anyway).
     fn commit(&self) {
-        let replies: Vec<_> = self
-            .inboxes
-            .iter()
-            .map(|inbox| {
-                let (tx, rx) = flume::bounded(1);
-                inbox.post(ShardMsg::Commit(tx));
-                rx
-            })
-            .collect();
-        for rx in replies {
-            let _ = rx.recv_timeout(FREEZE);
+        if let Err(e) = self.ask_all(ShardMsg::Commit, "commit") {
+            tracing::warn!("upgrade: {e}");
         }
     }
 
