@@ -5,7 +5,9 @@
 //! asynchronously, so a slow locator delays only the operation that asked, never the shard.
 
 pub use crate::locator::{Locator, LocatorError, MemoryLocator};
+use crate::metrics::ControlMetrics;
 use std::fmt;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Why a request to the control thread failed.
@@ -67,19 +69,34 @@ pub struct Control {
 }
 
 impl Control {
-    /// Starts the control thread with its locator.
-    pub fn start(gid: String, mut locator: Box<dyn Locator>) -> (Control, JoinHandle<()>) {
+    /// Starts the control thread with its locator; locator calls are counted in `metrics`.
+    pub fn start(
+        gid: String,
+        mut locator: Box<dyn Locator>,
+        metrics: Arc<ControlMetrics>,
+    ) -> (Control, JoinHandle<()>) {
         let (tx, rx) = crossbeam_channel::unbounded();
+        metrics.locator_up.set(1);
+        // One writer: this thread.
+        let count = move |ok: bool| {
+            if !ok {
+                metrics.locator_errors.inc();
+            }
+            metrics.locator_up.set(ok as i64);
+        };
         let handle = std::thread::Builder::new()
             .name("gatehouse-control".into())
             .spawn(move || {
                 for req in rx {
                     match req {
                         ControlRequest::BindUser { uid, reply } => {
-                            let _ = reply.send(locator.bind_gate(uid, &gid));
+                            let r = locator.bind_gate(uid, &gid);
+                            count(r.is_ok());
+                            let _ = reply.send(r);
                         }
                         ControlRequest::UnbindUser { uid, reply } => {
                             let r = locator.unbind_gate(uid, &gid);
+                            count(r.is_ok());
                             if let Err(e) = &r {
                                 tracing::error!(uid, error = %e, "locator unbind failed");
                             }
@@ -88,7 +105,9 @@ impl Control {
                             }
                         }
                         ControlRequest::LocateNode { uid, name, reply } => {
-                            let _ = reply.send(locator.locate_node(uid, &name));
+                            let r = locator.locate_node(uid, &name);
+                            count(r.is_ok());
+                            let _ = reply.send(r);
                         }
                         ControlRequest::Stop => break,
                     }

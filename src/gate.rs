@@ -24,6 +24,8 @@ use crate::dispatch::UpstreamFactory;
 use crate::instance::StateCell;
 use crate::locator::redis::RedisLocator;
 use crate::locator::{Locator, LocatorError, MemoryLocator};
+use crate::metrics::http::MetricsServer;
+use crate::metrics::GateMetrics;
 use crate::net;
 use crate::node_api::LinkShared;
 use crate::registry::{
@@ -103,6 +105,11 @@ pub struct Gate {
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Control,
     control_thread: Option<std::thread::JoinHandle<()>>,
+    /// This gate's numbers and health flags (see `metrics`).
+    pub metrics: Arc<GateMetrics>,
+    /// `metricsAddr`'s socket, bound at start-up and served once the gate runs.
+    metrics_listener: Option<std::net::TcpListener>,
+    metrics_server: Option<MetricsServer>,
 }
 
 /// Where a starting gate's listening sockets come from.
@@ -202,7 +209,8 @@ impl Gate {
         }
         let committed_in = go.elapsed();
         prepared.gate._claims.take_holder();
-        let gate = Self::run_shards(&cfg, prepared)?;
+        let mut gate = Self::run_shards(&cfg, prepared)?;
+        gate.serve_metrics()?;
         // From asking for the freeze to this process's shards starting: the hand-off time.
         tracing::info!(
             connections = conns,
@@ -269,6 +277,17 @@ impl Gate {
                     .map_err(|e| StartError::Listen(format!("{key}: {e}")))?;
             }
         }
+
+        // SO_REUSEPORT, like the client listeners: during an upgrade both processes hold it
+        // until the old one exits; a second plain start was refused by the claims above.
+        let metrics_listener = match &cfg.gatehouse.metrics_addr {
+            Some(addr) => {
+                let (mut fds, _) = net::bind_shared(addr, 1, 128)
+                    .map_err(|e| StartError::Listen(format!("etc.gatehouse.metricsAddr: {e}")))?;
+                fds.pop().map(std::net::TcpListener::from)
+            }
+            None => None,
+        };
 
         // Bind every listener first: a busy port must fail start-up before anything runs.
         let backlog = cfg.gatehouse.listen_backlog;
@@ -350,7 +369,12 @@ impl Gate {
             }
         };
         let locator_name = locator.name();
-        let (control, control_thread) = Control::start(cfg.gate.id.clone(), locator);
+        let metrics = GateMetrics::new(shard_count);
+        let (control, control_thread) =
+            Control::start(cfg.gate.id.clone(), locator, metrics.control.clone());
+        if !matches!(cfg.registry, crate::config::RegistryConfig::Static) {
+            metrics.health.expect_registration();
+        }
         let upstream = upstream.unwrap_or_else(|| {
             let gid = cfg.gate.id.clone();
             let strategy = Strategy::parse(&cfg.gate.dispatch);
@@ -403,6 +427,9 @@ impl Gate {
             control_thread: Some(control_thread),
             name: cfg.gate.name.clone(),
             metadata: cfg.gate.metadata.clone(),
+            metrics,
+            metrics_listener,
+            metrics_server: None,
         };
         Ok(Prepared {
             gate,
@@ -508,6 +535,7 @@ impl Gate {
     fn launch(cfg: &Config, prepared: Prepared) -> Result<Gate, StartError> {
         let mut gate = Self::run_shards(cfg, prepared)?;
         Self::register(cfg, &mut gate)?;
+        gate.serve_metrics()?;
         Ok(gate)
     }
 
@@ -526,9 +554,11 @@ impl Gate {
             gate.instance(InstanceState::Work),
             gate.link.state.clone(),
             Box::new(on_nodes),
+            gate.metrics.control.clone(),
         )
         .map_err(StartError::Registry)?;
         gate.discovery = Some(discovery);
+        gate.metrics.health.set_registered(true);
         Ok(())
     }
 
@@ -556,6 +586,7 @@ impl Gate {
                 link_fds: inputs.link_fds,
                 link: gate.link.clone(),
                 inherited: inputs.inherited,
+                metrics: gate.metrics.clone(),
             };
             let upstream = upstream.clone();
             let handle = LocalExecutorBuilder::new(placement)
@@ -572,6 +603,7 @@ impl Gate {
                 })?;
             gate.shards.push(handle);
         }
+        gate.metrics.health.set_listening(true);
         Ok(gate)
     }
 
@@ -587,6 +619,28 @@ impl Gate {
             metadata: self.metadata.clone(),
             ..Default::default()
         }
+    }
+
+    /// Starts serving `metricsAddr` (bound by `prepare`), if configured.
+    fn serve_metrics(&mut self) -> Result<(), StartError> {
+        if let Some(l) = self.metrics_listener.take() {
+            let server = MetricsServer::serve(l, self.metrics.clone()).map_err(|e| {
+                StartError::Listen(format!("etc.gatehouse.metricsAddr: cannot serve: {e}"))
+            })?;
+            tracing::info!(addr = %server.addr(), "metrics: serving /metrics, /healthz, /readyz");
+            self.metrics_server = Some(server);
+        }
+        Ok(())
+    }
+
+    /// The address `/metrics` is served on, once the gate runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|s| s.addr())
+    }
+
+    /// Stops serving `/metrics` (a handed-over gate lets the next process answer alone).
+    pub fn stop_metrics(&mut self) {
+        self.metrics_server = None;
     }
 
     /// Connections currently admitted on all servers.
@@ -606,6 +660,7 @@ impl Gate {
     /// steered elsewhere; everything keeps being served.
     pub fn hang(&self) {
         self.link.state.set(InstanceState::Hang);
+        self.metrics.health.set_hanging(true);
         if let Some(r) = &self.discovery {
             if let Err(e) = r.set_state(InstanceState::Hang) {
                 tracing::error!(error = %e, "registry: could not register state hang");
@@ -673,6 +728,7 @@ impl Gate {
 
     /// Closes the listeners; connected clients keep being served.
     pub fn stop_accepting(&mut self) {
+        self.metrics.health.set_listening(false);
         fan_out(&self.inboxes, || ShardMsg::StopAccepting);
     }
 

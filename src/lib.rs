@@ -44,6 +44,8 @@
 //! - [`packet`]: the client packet codec, sans-IO. [`liveness`]: heartbeat and authorize rules,
 //!   clock-free. [`instance`]: instance states and route flags.
 //! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor, logging, the banner, flags.
+//! - [`metrics`]: per-shard counters without locks, summed for Prometheus at scrape time; the
+//!   health flags; the `/metrics`, `/healthz`, `/readyz` listener (`metricsAddr`).
 
 pub mod banner;
 pub mod claim;
@@ -60,6 +62,7 @@ pub mod listener;
 pub mod liveness;
 pub mod locator;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod node_api;
 pub mod packet;

@@ -133,10 +133,12 @@ async fn tls_handshake(
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::debug!(%ip, error = %e, "tls handshake failed");
+            crate::metrics::shard().refuse(crate::metrics::RefuseLabel::Handshake);
             None
         }
         Err(_) => {
             tracing::debug!(%ip, "tls handshake timed out");
+            crate::metrics::shard().refuse(crate::metrics::RefuseLabel::Handshake);
             None
         }
     }

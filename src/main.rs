@@ -136,6 +136,8 @@ fn close_after_hand_off(pid: u32, gate: &mut Gate) {
         "upgrade: handed over to pid {pid}, closing what stays here"
     );
     gate.abandon_registry();
+    // The next process answers /metrics and /readyz now.
+    gate.stop_metrics();
     gate.stop_accepting();
     gate.close_all(true);
     if !gate.wait_idle(Some(DESTROY_LIMIT)) {

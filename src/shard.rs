@@ -155,6 +155,8 @@ pub struct ShardSpec {
     pub link_fds: Vec<OwnedFd>,
     pub link: Arc<LinkShared>,
     pub inherited: Inherited,
+    /// The gate's numbers; this shard counts into its own cells.
+    pub metrics: Arc<crate::metrics::GateMetrics>,
 }
 
 /// The state owned by one shard's executor thread.
@@ -216,6 +218,7 @@ struct Accepting {
 impl Shard {
     /// The whole life of a shard, on its executor: serves until `Exit`, then stops what it owns.
     pub fn run(spec: ShardSpec, upstream: Box<dyn Upstream>) -> impl Future<Output = ()> {
+        crate::metrics::enter_shard(&spec.metrics, spec.index);
         let (link_closing, link_closing_rx) = flume::bounded::<()>(1);
         let control = glommio::executor().create_task_queue(
             glommio::Shares::default(),
@@ -613,6 +616,7 @@ impl Shard {
     /// Registers an adopted connection: table, channels, server slot (no Connect: the nodes
     /// know it already).
     fn insert_adopted(&self, server: &ServerCtx, conn: &Rc<Conn>) {
+        crate::metrics::shard().open[server.transport as usize].inc();
         server.slot().fetch_add(1, Ordering::AcqRel);
         self.table.borrow_mut().insert_imported(conn.clone());
     }
@@ -695,6 +699,7 @@ impl Host for Shard {
     }
 
     fn forget(&self, server: &ServerCtx, conn: &Conn) {
+        crate::metrics::shard().open[server.transport as usize].dec();
         conn.set_state(ConnState::Closed);
         self.table.borrow_mut().remove(conn);
         server.slot().fetch_sub(1, Ordering::AcqRel);
@@ -711,9 +716,13 @@ impl Host for Shard {
     /// Admits a new connection if `server` has room: allocates its cid, registers the session and
     /// emits Connect. `None` means the server is full (the caller closes the socket, no bytes).
     fn admit(&self, server: &ServerCtx, ip: IpAddr) -> Option<Rc<Conn>> {
+        let m = crate::metrics::shard();
         if !server.try_admit() {
+            m.refuse(crate::metrics::RefuseLabel::MaxConn);
             return None;
         }
+        m.accepted[server.transport as usize].inc();
+        m.open[server.transport as usize].inc();
         let mut table = self.table.borrow_mut();
         let cid = table.allocate_cid();
         let conn = Rc::new(Conn::new(
@@ -731,6 +740,7 @@ impl Host for Shard {
     /// Releases a connection whose socket is closed: removes it from the tables, unbinds its
     /// user, emits Disconnect with the uid bound at this moment and frees its server slot.
     fn release(&self, server: &ServerCtx, conn: &Conn) {
+        crate::metrics::shard().open[server.transport as usize].dec();
         conn.set_state(ConnState::Closed);
         let uid = self.table.borrow_mut().remove(conn);
         let slot = server.slot();

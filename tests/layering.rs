@@ -39,7 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "bottom",
         &[
             "net", "packet", "liveness", "tls", "logging", "banner", "cli", "instance", "claim",
-            "handoff",
+            "handoff", "metrics",
         ],
     ),
 ];

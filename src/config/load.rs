@@ -793,6 +793,7 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "linkConns",
     "publishResponseV25",
     "upgradeSocket",
+    "metricsAddr",
 ];
 
 /// `[[gatehouse.nodes]]` keys.
@@ -1349,7 +1350,23 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
         upgrade_socket: Some(g.string("upgradeSocket", "")?)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
+        metrics_addr: metrics_addr(g)?,
     })
+}
+
+/// `metricsAddr`: where `/metrics`, `/healthz` and `/readyz` are served; empty = off.
+fn metrics_addr(g: &Section) -> Result<Option<String>> {
+    let addr = g.string("metricsAddr", "")?;
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    HostPort::parse(&addr).map_err(|e| {
+        ConfigError::invalid(
+            g.key("metricsAddr"),
+            format!("{e}; expected host:port (e.g. \"127.0.0.1:9300\" or \":9300\")"),
+        )
+    })?;
+    Ok(Some(addr))
 }
 
 #[cfg(test)]
@@ -2087,6 +2104,14 @@ log:
             ),
             ("[gatehouse]\nioMemory = \"big\"", "etc.gatehouse.ioMemory"),
             ("[gatehouse]\npin = [true]", "etc.gatehouse.pin"),
+            (
+                "[gatehouse]\nmetricsAddr = \"9300\"",
+                "etc.gatehouse.metricsAddr",
+            ),
+            (
+                "[gatehouse]\nmetricsAddr = 9300",
+                "etc.gatehouse.metricsAddr",
+            ),
         ] {
             assert_eq!(err_key(from_toml(toml)), key, "{toml}");
         }

@@ -323,4 +323,7 @@ pub struct GatehouseConfig {
     /// `None` = next to `pid` (`<pid>.upgrade`), or an abstract socket named after the first
     /// fixed port when there is no pid file.
     pub upgrade_socket: Option<PathBuf>,
+    /// `metricsAddr`: the HTTP listener of `/metrics`, `/healthz` and `/readyz` (`host:port`);
+    /// `None` (empty, the default) = off.
+    pub metrics_addr: Option<String>,
 }

@@ -61,6 +61,7 @@ where
                 return;
             }
         };
+        crate::metrics::shard().close(reason.label(&conn));
         match &reason {
             CloseReason::Protocol(e) | CloseReason::Io(e) => {
                 tracing::info!(cid = conn.cid, reason = %e, "connection closed")
@@ -212,6 +213,9 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
                 Poll::Ready(Ok(n)) => {
                     wrote = true;
+                    let m = crate::metrics::shard();
+                    m.bytes_out.add(n as u64);
+                    m.write_batch.observe(n as u64);
                     // TLS buffers records: push them out once the batch is handed over.
                     if self.machine.transmitted(n) {
                         if let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
@@ -243,6 +247,7 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
                 Poll::Ready(Ok(n)) => n,
                 other => return other.map(|r| r.map(|_| ())),
             };
+            crate::metrics::shard().bytes_in.add(n as u64);
             Poll::Ready(
                 self.machine
                     .handle_input(&mut scratch[..n], Instant::now(), host),

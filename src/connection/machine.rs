@@ -134,10 +134,12 @@ impl<F: Framing> Connection<F> {
     ) -> Result<(), CloseReason> {
         let (framing, live, conn) = (&mut self.framing, &mut self.live, &*self.conn);
         let reply_heartbeats = self.reply_heartbeats;
+        let mut packets = 0;
         let r = self.tail.feed(fresh, |data| {
             framing.decode(data, &mut |msg, bytes| {
                 // Every complete message is liveness, even an empty or malformed one.
                 live.on_frame(now);
+                packets += 1;
                 match msg {
                     Ok(kind) => on_packet(conn, kind, bytes, reply_heartbeats, host),
                     Err(e) => tracing::debug!(
@@ -148,6 +150,7 @@ impl<F: Framing> Connection<F> {
                 }
             })
         });
+        crate::metrics::shard().packets_in.add(packets);
         if let Err(CloseReason::Protocol(e)) = &r {
             tracing::warn!(cid = conn.cid, "{e}, closing connection");
         }

@@ -179,6 +179,22 @@ pub enum CloseReason {
     Protocol(String),
 }
 
+impl CloseReason {
+    /// How this close is counted; `conn` tells a forced close's cause (queue full, …).
+    pub fn label(&self, conn: &Conn) -> crate::metrics::CloseLabel {
+        use crate::metrics::CloseLabel as L;
+        match self {
+            CloseReason::PeerClosed => L::Peer,
+            CloseReason::Io(_) => L::Io,
+            CloseReason::HeartbeatTimeout => L::HeartbeatTimeout,
+            CloseReason::AuthorizeTimeout => L::AuthorizeTimeout,
+            CloseReason::Forced => conn.forced_label(),
+            CloseReason::Graceful => L::Graceful,
+            CloseReason::Protocol(_) => L::Protocol,
+        }
+    }
+}
+
 /// The undecoded tail of a connection's input. Reads land in the shard's scratch buffer; only
 /// bytes of an incomplete frame are kept here, and the allocation is given back once it drains,
 /// so an idle connection holds no input buffer.

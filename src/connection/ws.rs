@@ -54,6 +54,7 @@ pub async fn accept<H, S>(
     let mut stream = Box::new(stream);
     // Everything the handshake allocated (request head, response) is gone once it returns.
     if !handshake(rules, peer_ip, &mut *stream).await {
+        crate::metrics::shard().refuse(crate::metrics::RefuseLabel::Handshake);
         return;
     }
     let Some(conn) = host.admit(&server, peer_ip) else {

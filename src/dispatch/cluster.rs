@@ -77,10 +77,14 @@ impl Inner {
 
     fn send_deliver(&self, addr: &str, d: &Delivery) {
         let (cid, uid, frame): (i64, i64, &Bytes) = (d.cid, d.uid, &d.frame);
-        if !self
+        let m = crate::metrics::shard();
+        if self
             .links
             .send(addr, cid, |out| drpc::put_deliver(out, 0, cid, uid, frame))
         {
+            m.delivered.inc();
+        } else {
+            m.dropped_no_endpoint.inc();
             tracing::warn!(
                 addr,
                 cid,
@@ -94,6 +98,7 @@ impl Inner {
     fn route(&self, d: &Delivery) -> Option<String> {
         let table = self.table.borrow();
         let Some(entry) = table.route(d.route) else {
+            crate::metrics::shard().dropped_no_route.inc();
             tracing::debug!(
                 route = d.route,
                 cid = d.cid,
@@ -102,6 +107,7 @@ impl Inner {
             return None;
         };
         if entry.internal() {
+            crate::metrics::shard().dropped_no_route.inc();
             tracing::warn!(
                 route = d.route,
                 cid = d.cid,
@@ -110,6 +116,7 @@ impl Inner {
             return None;
         }
         if d.uid == 0 && (entry.stateful() || entry.authorized()) {
+            crate::metrics::shard().dropped_no_route.inc();
             tracing::warn!(
                 route = d.route,
                 cid = d.cid,
@@ -119,6 +126,7 @@ impl Inner {
         }
         if entry.stateful() {
             if self.control.is_none() {
+                crate::metrics::shard().dropped_no_endpoint.inc();
                 tracing::debug!(
                     route = d.route,
                     uid = d.uid,
@@ -133,7 +141,10 @@ impl Inner {
                 drop(table);
                 self.send_deliver(&ep.address, d);
             }
-            None => tracing::warn!(route = d.route, "not found endpoint, packet dropped"),
+            None => {
+                crate::metrics::shard().dropped_no_endpoint.inc();
+                tracing::warn!(route = d.route, "not found endpoint, packet dropped")
+            }
         }
         None
     }
@@ -141,6 +152,7 @@ impl Inner {
     /// Sends a stateful packet to the node the locator named, if it serves the route.
     fn deliver_located(&self, d: &Delivery, nid: Option<String>) {
         let Some(nid) = nid else {
+            crate::metrics::shard().dropped_no_endpoint.inc();
             tracing::debug!(
                 route = d.route,
                 uid = d.uid,
@@ -151,7 +163,10 @@ impl Inner {
         let ep = self.table.borrow().find_in_route(d.route, &nid);
         match ep {
             Some(ep) => self.send_deliver(&ep.address, d),
-            None => tracing::warn!(route = d.route, nid, "not found endpoint, packet dropped"),
+            None => {
+                crate::metrics::shard().dropped_no_endpoint.inc();
+                tracing::warn!(route = d.route, nid, "not found endpoint, packet dropped")
+            }
         }
     }
 }
@@ -165,9 +180,13 @@ async fn locate_then_drain(inner: Rc<Inner>, first: Delivery, group: String) {
             .control
             .as_ref()
             .expect("stateful lookups need a locator");
-        match control.locate_node(d.uid, &group).await {
+        let asked = std::time::Instant::now();
+        let answer = control.locate_node(d.uid, &group).await;
+        crate::metrics::shard().lookup.observe_since(asked);
+        match answer {
             Ok(nid) => inner.deliver_located(&d, nid),
             Err(e) => {
+                crate::metrics::shard().dropped_no_endpoint.inc();
                 tracing::error!(uid = d.uid, error = %e, "locate node failed, packet dropped")
             }
         }

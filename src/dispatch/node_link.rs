@@ -371,6 +371,8 @@ async fn run(
     parcels: Rc<Collector<NodeLinkParcel<Lent>>>,
     mut adopted: Option<glommio::net::TcpStream>,
 ) {
+    // Whether this task's connection is counted as up, and whether one was lost before.
+    let (mut counted, mut lost_before) = (false, false);
     while !link.closed.get() {
         let mut stream = match adopted.take() {
             Some(s) => s,
@@ -395,9 +397,15 @@ async fn run(
                 stream
             }
         };
+        if !counted {
+            crate::metrics::with_control(|m| m.link_up(&link.addr, lost_before));
+            counted = true;
+        }
         let member = stage.enter();
         match pump(&link, &mut stream, &member).await {
             Pumped::Lost(reason) => {
+                crate::metrics::with_control(|m| m.link_down(&link.addr));
+                (counted, lost_before) = (false, true);
                 tracing::info!(addr = %link.addr, %reason, "link connection lost, re-dialling")
             }
             Pumped::Frozen => {
@@ -408,6 +416,9 @@ async fn run(
                 adopted = Some(stream);
             }
         }
+    }
+    if counted {
+        crate::metrics::with_control(|m| m.link_down(&link.addr));
     }
 }
 

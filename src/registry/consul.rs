@@ -25,6 +25,7 @@ use super::consul_meta::{decode_meta, encode_meta};
 use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
 use crate::config::ConsulConfig;
 use crate::instance::StateCell;
+use crate::metrics::ControlMetrics;
 
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -442,6 +443,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Serialises node-list deliveries with `stop`: none starts after `stop` returned.
     deliver: Mutex<()>,
+    /// Where failed calls are counted.
+    metrics: Arc<ControlMetrics>,
 }
 
 impl Shared {
@@ -534,7 +537,20 @@ impl Registrar {
         settings: ConsulConfig,
         on_nodes: impl Fn(Vec<ServiceInstance>) + Send + 'static,
     ) -> Result<Registrar, RegistryError> {
+        Self::start_counted(client, instance, state, settings, on_nodes, Arc::default())
+    }
+
+    /// [`Registrar::start`], counting failed calls in `metrics`.
+    pub fn start_counted(
+        client: ConsulClient,
+        instance: ServiceInstance,
+        state: StateCell,
+        settings: ConsulConfig,
+        on_nodes: impl Fn(Vec<ServiceInstance>) + Send + 'static,
+        metrics: Arc<ControlMetrics>,
+    ) -> Result<Registrar, RegistryError> {
         let shared = Arc::new(Shared {
+            metrics,
             client,
             settings,
             instance: Mutex::new(instance),
@@ -688,6 +704,7 @@ fn ttl_loop(shared: &Shared, stop: &Receiver<()>) {
                     return;
                 }
                 failing = true;
+                shared.metrics.registry_errors.add_shared(1);
                 tracing::warn!(error = %e, "consul: TTL heartbeat failed");
             }
         }
@@ -739,6 +756,7 @@ fn watch_loop(
                 if shared.stopped() {
                     return;
                 }
+                shared.metrics.registry_errors.add_shared(1);
                 if !failing {
                     tracing::warn!(error = %e, "consul: node watch failed; retrying every 1 s");
                 }

@@ -34,6 +34,7 @@ pub fn start(
     instance: ServiceInstance,
     state: StateCell,
     nodes: NodeSink,
+    metrics: std::sync::Arc<crate::metrics::ControlMetrics>,
 ) -> Result<Box<dyn Discovery>, RegistryError> {
     match cfg {
         RegistryConfig::Static => {
@@ -42,7 +43,8 @@ pub fn start(
         }
         RegistryConfig::Consul(c) => {
             let client = ConsulClient::new(&c.addr)?;
-            let registrar = Registrar::start(client, instance, state, c.clone(), nodes)?;
+            let registrar =
+                Registrar::start_counted(client, instance, state, c.clone(), nodes, metrics)?;
             Ok(Box::new(registrar))
         }
     }
@@ -123,6 +125,7 @@ mod tests {
             ServiceInstance::default(),
             StateCell::new(InstanceState::Work),
             Box::new(move |n| sink.lock().unwrap().push(n)),
+            Arc::default(),
         )
         .unwrap();
         assert_eq!(d.name(), "static");

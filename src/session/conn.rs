@@ -7,6 +7,8 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::CloseLabel;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -39,6 +41,8 @@ pub(crate) struct Orders {
     pub auth_changed: bool,
     /// Waiters of a graceful close, answered once the socket is closed.
     pub graceful_waiters: Vec<flume::Sender<Result<(), SessionError>>>,
+    /// Why a forced close was ordered, when it was not a plain order (counted by reason).
+    pub forced_as: Option<CloseLabel>,
 }
 
 /// The session half of a connection as plain data (see `connection::record`). The waiters of a
@@ -173,10 +177,12 @@ impl Conn {
                 limit = self.queue_limit,
                 "write queue full, closing connection"
             );
-            self.close_forced();
+            crate::metrics::shard().queue_full.inc();
+            self.close_forced_as(CloseLabel::QueueFull);
             return Err(SessionError::QueueFull);
         }
         q.push_back(bytes);
+        crate::metrics::shard().packets_out.inc();
         let first = q.len() == 1;
         drop(q);
         if first {
@@ -188,6 +194,7 @@ impl Conn {
     /// Owes the client a heartbeat, regardless of state and queue limit. The driver writes it
     /// before the packets queued so far (due allows heartbeats anywhere between whole frames).
     pub(crate) fn owe_heartbeat(&self) {
+        crate::metrics::shard().packets_out.inc();
         self.heartbeats_owed
             .set(self.heartbeats_owed.get().saturating_add(1));
     }
@@ -234,6 +241,24 @@ impl Conn {
         }
         self.orders.borrow_mut().forced_close = true;
         self.wake();
+    }
+
+    /// Closes now like [`Conn::close_forced`], counted under `why` rather than `forced`.
+    pub fn close_forced_as(&self, why: CloseLabel) {
+        if self.state.get() == ConnState::Closed {
+            return;
+        }
+        {
+            let mut orders = self.orders.borrow_mut();
+            orders.forced_close = true;
+            orders.forced_as.get_or_insert(why);
+        }
+        self.wake();
+    }
+
+    /// The counted reason of a forced close (`Forced` unless another was given).
+    pub fn forced_label(&self) -> CloseLabel {
+        self.orders.borrow().forced_as.unwrap_or(CloseLabel::Forced)
     }
 
     pub(crate) fn register_waker(&self, w: &Waker) {

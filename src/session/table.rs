@@ -168,6 +168,14 @@ impl Table {
     pub fn insert_user(&mut self, uid: i64, cid: i64) {
         debug_assert_eq!(home_of_uid(uid, self.shards), self.shard);
         self.users.insert(uid, cid);
+        self.count_users();
+    }
+
+    /// Publishes the size of the home index (the `users_bound` gauge).
+    fn count_users(&self) {
+        crate::metrics::shard()
+            .users_bound
+            .set(self.users.len() as i64);
     }
 
     pub fn len(&self) -> usize {
@@ -258,12 +266,14 @@ impl Table {
                 bytes,
                 reply,
             } => {
+                let started = std::time::Instant::now();
                 let n = self
                     .conns
                     .values()
                     .filter(|c| !users_only || c.uid() != 0)
                     .filter(|c| c.push(bytes.clone()).is_ok())
                     .count();
+                crate::metrics::shard().broadcast.observe_since(started);
                 let _ = reply.send(n);
             }
             Command::SetUid { cid, uid, reply } => {
@@ -286,14 +296,17 @@ impl Table {
             Command::DirSet { uid, cid, reply } => {
                 debug_assert_eq!(home_of_uid(uid, self.shards), self.shard);
                 let _ = reply.send(self.users.insert(uid, cid));
+                self.count_users();
             }
             Command::DirRemoveIf { uid, cid } => {
                 if self.users.get(&uid) == Some(&cid) {
                     self.users.remove(&uid);
+                    self.count_users();
                 }
             }
             Command::DirRemove { uid, reply } => {
                 let _ = reply.send(self.users.remove(&uid));
+                self.count_users();
             }
             Command::DirGet { uid, reply } => {
                 let _ = reply.send(self.users.get(&uid).copied());
