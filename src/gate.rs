@@ -312,7 +312,9 @@ impl Gate {
             } else {
                 None
             };
-            let server = Arc::new(ServerCtx::new(transport, sc, cap, tls));
+            let server = Arc::new(
+                ServerCtx::new(transport, sc, cap, tls).with_proxy(cfg.gatehouse.proxy.clone()),
+            );
             unbound.push((server, ws_rules));
         }
         let mut link_fds: Vec<Vec<OwnedFd>> = (0..shard_count).map(|_| Vec::new()).collect();

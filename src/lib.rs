@@ -41,6 +41,8 @@
 //! - [`config`]: due's `etc` files into typed settings, with errors that name the key.
 //! - [`net`]: listening sockets and the accept loop every listener shares. [`claim`]: the
 //!   claims on configured ports that refuse a second gatehouse on them.
+//! - [`proxy_header`]: the PROXY protocol (v1/v2) header before a client's first byte: trusted
+//!   peers and a sans-IO decision over the bytes read so far.
 //! - [`packet`]: the client packet codec, sans-IO. [`liveness`]: heartbeat and authorize rules,
 //!   clock-free. [`instance`]: instance states and route flags.
 //! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor, logging, the banner, flags.
@@ -66,6 +68,7 @@ pub mod metrics;
 pub mod net;
 pub mod node_api;
 pub mod packet;
+pub mod proxy_header;
 pub mod registry;
 pub mod session;
 pub mod shard;

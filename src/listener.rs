@@ -2,10 +2,13 @@
 //! it through the shard's [`Host`] and spawns its connection task on the accepting shard.
 //!
 //! The listening sockets themselves (one SO_REUSEPORT socket per shard per server, made on the
-//! starting thread) come from `net::bind_shared`; TLS handshakes are bounded here.
+//! starting thread) come from `net::bind_shared`; TLS handshakes are bounded here, and so is the
+//! PROXY protocol header that comes first on every socket when `proxyProtocol` is on (the
+//! decision is `proxy_header`'s; the peek-then-consume IO is here).
 
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,10 +19,18 @@ use crate::connection::machine::Connection;
 use crate::connection::ws::WsRules;
 use crate::connection::{client_ip, driver, ws, Host, ServerCtx};
 use crate::net::accept_each;
+use crate::proxy_header::{self, Decision, ProxyMode, ProxyRefusal};
 
 /// TLS handshakes that take longer than this are dropped (due has no limit; a client that never
 /// finishes one would hold a connection slot until its heartbeat timeout).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a trusted peer has to deliver its whole PROXY header. A fixed bound, the same for
+/// TCP and WS servers (a TCP server has no handshake timeout, and `authorizeTimeout` may be
+/// off): proxies write the header at once when they connect (the spec asks them to), so only a
+/// stalled or hostile peer ever waits on it. 3 s leaves room for two lost segments (TCP's
+/// retransmission timeout starts at 1 s) while a waiting socket holds no session slot.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Accepts client connections on one shard until `stop` is dropped.
 pub async fn accept_loop<H: Host + 'static>(
@@ -33,9 +44,19 @@ pub async fn accept_loop<H: Host + 'static>(
         let Ok(ip) = stream.peer_addr().map(client_ip) else {
             return;
         };
+        let server = server.clone();
+        if server.proxy.enabled() {
+            // Nothing is read from a peer that may not speak for others.
+            if !server.proxy.trusts(ip) {
+                refused(ip, ProxyRefusal::Untrusted, "not in proxyTrusted");
+                return;
+            }
+            let rules = ws_rules.clone();
+            host.spawn(serve_proxied(host.clone(), server, rules, ip, stream));
+            return;
+        }
         // One spawn per path, so each task's future is only as large as its own path needs: a
         // plain TCP connection must not pay for TLS or WebSocket handshake state.
-        let server = server.clone();
         match (ws_rules.clone(), server.tls.is_some()) {
             (None, false) => {
                 // Admitted before the spawn, so the task's future holds the driver only.
@@ -56,6 +77,100 @@ pub async fn accept_loop<H: Host + 'static>(
         }
     })
     .await
+}
+
+/// A connection from a trusted proxy: its PROXY header first, then the listener's path (TCP,
+/// TLS, WS, WSS) as for any connection, with the client address the header names.
+async fn serve_proxied<H: Host + 'static>(
+    host: Rc<H>,
+    server: Arc<ServerCtx>,
+    ws_rules: Option<Arc<WsRules>>,
+    peer: IpAddr,
+    mut stream: TcpStream,
+) {
+    let ip = match read_proxy_header(&mut stream, server.proxy.mode).await {
+        Ok(Some(client)) => {
+            let ip = client.ip();
+            tracing::debug!(%ip, port = client.port(), %peer, "PROXY header");
+            ip
+        }
+        // LOCAL, UNKNOWN: the proxy speaks for itself.
+        Ok(None) => peer,
+        Err((reason, detail)) => return refused(peer, reason, &detail),
+    };
+    match (ws_rules, server.tls.is_some()) {
+        (None, false) => {
+            if let Some(conn) = admit(&*host, &server, ip) {
+                let machine = tcp_machine(&*host, &server, conn);
+                driver::serve(host, server, machine, stream).await
+            }
+        }
+        (None, true) => Box::pin(serve_tls(host, server, ip, stream)).await,
+        (Some(rules), false) => Box::pin(serve_ws_plain(host, server, rules, ip, stream)).await,
+        (Some(rules), true) => Box::pin(serve_wss(host, server, rules, ip, stream)).await,
+    }
+}
+
+/// Reads the PROXY header off a new socket and returns the client address it names (`None`:
+/// the socket's peer). Takes exactly the header's bytes: it peeks, and consumes only what
+/// `proxy_header::decide` says belongs to the header, so whatever came with it (a TLS
+/// ClientHello, the WS upgrade request, a first due packet) stays in the socket for the next
+/// stage. Bounded by [`PROXY_HEADER_TIMEOUT`] and by `proxy_header::MAX_HEADER` bytes.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    mode: ProxyMode,
+) -> Result<Option<SocketAddr>, (ProxyRefusal, String)> {
+    let read = async {
+        // On the heap, and only until the header is read.
+        let mut buf = vec![0u8; proxy_header::MAX_HEADER];
+        let mut have = 0;
+        loop {
+            // `have < MAX_HEADER`: `decide` asks for more only below its caps.
+            let n = match stream.peek(&mut buf[have..]).await {
+                Ok(0) => {
+                    let detail = format!("closed after {have} bytes of the header");
+                    return Err((ProxyRefusal::Truncated, detail));
+                }
+                Ok(n) => n,
+                Err(e) => return Err((ProxyRefusal::Truncated, e.to_string())),
+            };
+            let (take, header) = match proxy_header::decide(mode, &buf[..have + n]) {
+                // All of it is header: consume it, so the next peek waits for new bytes.
+                Decision::Need { .. } => (n, None),
+                Decision::Header { source, len } => (len - have, Some(source)),
+                Decision::Refuse { reason, detail } => return Err((reason, detail)),
+            };
+            if let Err(e) = stream.read_exact(&mut buf[have..have + take]).await {
+                return Err((ProxyRefusal::Truncated, e.to_string()));
+            }
+            have += take;
+            if let Some(source) = header {
+                return Ok(source);
+            }
+        }
+    };
+    match glommio::timer::timeout(PROXY_HEADER_TIMEOUT, async { Ok(read.await) }).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            ProxyRefusal::Timeout,
+            format!("no complete header within {PROXY_HEADER_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// A connection refused for its PROXY header (or for not being allowed to send one). The
+/// caller drops the socket, which closes it; nothing was admitted. `reason.as_str()` is the
+/// label to count refusals by.
+fn refused(peer: IpAddr, reason: ProxyRefusal, detail: &str) {
+    let m = crate::metrics::shard();
+    m.refuse(crate::metrics::RefuseLabel::Proxy);
+    m.proxy_refused[reason as usize].inc();
+    tracing::debug!(
+        %peer,
+        reason = reason.as_str(),
+        detail,
+        "connection refused: PROXY protocol"
+    );
 }
 
 /// The machine of a TCP (or TLS) connection admitted now.

@@ -38,8 +38,18 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "bottom",
         &[
-            "net", "packet", "liveness", "tls", "logging", "banner", "cli", "instance", "claim",
-            "handoff", "metrics",
+            "net",
+            "packet",
+            "liveness",
+            "tls",
+            "logging",
+            "banner",
+            "cli",
+            "instance",
+            "claim",
+            "handoff",
+            "proxy_header",
+            "metrics",
         ],
     ),
 ];
@@ -76,7 +86,7 @@ const RULES: &[Rule] = &[
         why: "only the wiring builds and reaches shards; others get a narrow handle",
     },
     Rule {
-        from: From::Only(&["drpc", "net", "packet", "liveness"]),
+        from: From::Only(&["drpc", "net", "packet", "liveness", "proxy_header"]),
         to: To::Above,
         why: "codecs and socket helpers are leaves: sans-IO, testable alone",
     },

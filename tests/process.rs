@@ -191,6 +191,13 @@ fn invalid_values_fail_start_naming_the_key() {
             "[network.ws.server]\nnoSuchKey = 1\n",
             "etc.network.ws.server.noSuchKey",
         ),
+        // `extra` lands in [gatehouse], the last section.
+        ("proxyProtocol = \"v3\"\n", "etc.gatehouse.proxyProtocol"),
+        ("proxyProtocol = \"v2\"\n", "etc.gatehouse.proxyTrusted"),
+        (
+            "proxyProtocol = \"any\"\nproxyTrusted = [\"10.0.0.0/33\"]\n",
+            "etc.gatehouse.proxyTrusted",
+        ),
     ] {
         let f = dir.0.join("etc.toml");
         std::fs::write(&f, etc_toml("bad", extra)).unwrap();

@@ -18,6 +18,7 @@ use super::{
 use crate::instance::{InstanceState, RouteInfo};
 use crate::net::HostPort;
 use crate::packet::{ByteOrder, PacketConfig};
+use crate::proxy_header::{ProxyMode, ProxyPolicy};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -789,6 +790,8 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "wsLittleEndianTsHeartbeat",
     "ioMemory",
     "listenBacklog",
+    "proxyProtocol",
+    "proxyTrusted",
     "nodes",
     "linkConns",
     "publishResponseV25",
@@ -1344,6 +1347,7 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
             ConfigError::invalid(g.key("ioMemory"), format!("{io_memory} is too large"))
         })?,
         listen_backlog: g.bounded_int("listenBacklog", 4096, i32::MAX.into())? as i32,
+        proxy: proxy_policy(g)?,
         nodes,
         link_conns: g.ranged_int("linkConns", 1, 1, 20)? as usize,
         publish_v25: g.bool("publishResponseV25", false)?,
@@ -1367,6 +1371,41 @@ fn metrics_addr(g: &Section) -> Result<Option<String>> {
         )
     })?;
     Ok(Some(addr))
+}
+
+/// `proxyProtocol` and `proxyTrusted`. A mode other than off with no trusted network is an
+/// error: every connection would be refused, and trusting everyone would let any client name
+/// any address.
+fn proxy_policy(g: &Section) -> Result<ProxyPolicy> {
+    let mode = g
+        .get("proxyProtocol", |v| {
+            let s = value_to_string(v)?;
+            ProxyMode::parse(&s)
+                .ok_or_else(|| format!("{s:?} is not a PROXY protocol mode (off, v1, v2 or any)"))
+        })?
+        .unwrap_or_default();
+    let trusted = g.list_of("proxyTrusted", |v| {
+        let s = value_to_string(v)?;
+        let s = s.trim();
+        match s.parse::<ipnet::IpNet>() {
+            Ok(net) => Ok(net.trunc()),
+            Err(_) => s
+                .parse::<std::net::IpAddr>()
+                .map(ipnet::IpNet::from)
+                .map_err(|_| format!("{s:?} is not an IP address or CIDR")),
+        }
+    })?;
+    if mode != ProxyMode::Off && trusted.is_empty() {
+        return Err(ConfigError::invalid(
+            g.key("proxyTrusted"),
+            format!(
+                "proxyProtocol = \"{}\" needs the addresses of the proxies (CIDRs); \
+                 with none every connection would be refused",
+                mode.as_str()
+            ),
+        ));
+    }
+    Ok(ProxyPolicy { mode, trusted })
 }
 
 #[cfg(test)]
@@ -2115,6 +2154,106 @@ log:
         ] {
             assert_eq!(err_key(from_toml(toml)), key, "{toml}");
         }
+    }
+
+    #[test]
+    fn proxy_protocol_keys() {
+        use crate::proxy_header::{ProxyMode, ProxyPolicy};
+        // Off by default, with nothing trusted.
+        assert_eq!(
+            from_toml("").unwrap().gatehouse.proxy,
+            ProxyPolicy::default()
+        );
+        let c = from_toml(
+            r#"
+            [gatehouse]
+            proxyProtocol = "V2"
+            proxyTrusted = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1", " 172.16.5.9/12 "]
+            "#,
+        )
+        .unwrap();
+        let p = c.gatehouse.proxy;
+        assert_eq!(p.mode, ProxyMode::V2);
+        let nets: Vec<String> = p.trusted.iter().map(|n| n.to_string()).collect();
+        // Bare addresses are /32 and /128; host bits of a CIDR are dropped.
+        assert_eq!(
+            nets,
+            [
+                "10.0.0.0/8",
+                "192.0.2.7/32",
+                "2001:db8::/32",
+                "::1/128",
+                "172.16.0.0/12"
+            ]
+        );
+        for (mode, want) in [
+            ("off", ProxyMode::Off),
+            ("v1", ProxyMode::V1),
+            ("any", ProxyMode::Any),
+        ] {
+            let c = from_toml(&format!(
+                "[gatehouse]\nproxyProtocol = {mode:?}\nproxyTrusted = [\"127.0.0.1\"]"
+            ))
+            .unwrap();
+            assert_eq!(c.gatehouse.proxy.mode, want);
+        }
+        // A trusted list without a mode is kept (and ignored): switching off is one key.
+        let off = from_toml("[gatehouse]\nproxyTrusted = [\"127.0.0.1\"]").unwrap();
+        assert!(!off.gatehouse.proxy.enabled());
+        // The same keys from JSON.
+        let json = load_one(
+            "etc.json",
+            r#"{"gatehouse": {"proxyProtocol": "v1", "proxyTrusted": ["127.0.0.0/8"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(json.gatehouse.proxy.mode, ProxyMode::V1);
+        assert!(json.gatehouse.proxy.trusts([127, 0, 0, 9].into()));
+
+        for (toml, key) in [
+            (
+                "[gatehouse]\nproxyProtocol = \"on\"",
+                "etc.gatehouse.proxyProtocol",
+            ),
+            (
+                "[gatehouse]\nproxyProtocol = 2",
+                "etc.gatehouse.proxyProtocol",
+            ),
+            (
+                "[gatehouse]\nproxyProtocol = [\"v1\"]",
+                "etc.gatehouse.proxyProtocol",
+            ),
+            // On, with no one to trust: refused rather than trusting everyone or no one.
+            (
+                "[gatehouse]\nproxyProtocol = \"v1\"",
+                "etc.gatehouse.proxyTrusted",
+            ),
+            (
+                "[gatehouse]\nproxyProtocol = \"any\"\nproxyTrusted = []",
+                "etc.gatehouse.proxyTrusted",
+            ),
+            (
+                "[gatehouse]\nproxyTrusted = [\"10.0.0.0/33\"]",
+                "etc.gatehouse.proxyTrusted",
+            ),
+            (
+                "[gatehouse]\nproxyTrusted = [\"10.0.0.1\", \"lb.example\"]",
+                "etc.gatehouse.proxyTrusted",
+            ),
+            (
+                "[gatehouse]\nproxyTrusted = \"10.0.0.1\"",
+                "etc.gatehouse.proxyTrusted",
+            ),
+            (
+                "[gatehouse]\nproxyTrusted = [[\"10.0.0.1\"]]",
+                "etc.gatehouse.proxyTrusted",
+            ),
+        ] {
+            assert_eq!(err_key(from_toml(toml)), key, "{toml}");
+        }
+        let e = from_toml("[gatehouse]\nproxyTrusted = [\"10.0.0.1\", \"lb.example\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("element 1") && e.contains("lb.example"), "{e}");
     }
 
     #[test]

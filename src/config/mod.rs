@@ -312,6 +312,9 @@ pub struct GatehouseConfig {
     pub io_memory: usize,
     /// `listenBacklog`.
     pub listen_backlog: i32,
+    /// `proxyProtocol` (off, v1, v2, any) and `proxyTrusted` (CIDRs): PROXY protocol headers
+    /// on every client listener, and who may send them.
+    pub proxy: crate::proxy_header::ProxyPolicy,
     /// `[[gatehouse.nodes]]`: the static node list, used when no registry is configured.
     pub nodes: Vec<StaticNode>,
     /// `linkConns`: link connections per shard to each node, 1 to 20 (default 1).

@@ -100,6 +100,8 @@ pub struct ServerCtx {
     /// Largest accepted `size` field.
     pub inbound_cap: u32,
     pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// PROXY protocol headers expected first on each socket, and from whom (`[gatehouse]`).
+    pub proxy: crate::proxy_header::ProxyPolicy,
     /// Admitted and not yet released connections, across shards (maxConnNum).
     live: Arc<AtomicUsize>,
 }
@@ -125,8 +127,15 @@ impl ServerCtx {
             inbound_cap,
             tls,
             config,
+            proxy: Default::default(),
             live: Arc::default(),
         }
+    }
+
+    /// The same server expecting PROXY protocol headers as `proxy` says.
+    pub fn with_proxy(mut self, proxy: crate::proxy_header::ProxyPolicy) -> Self {
+        self.proxy = proxy;
+        self
     }
 
     /// Connections currently admitted on this server.

@@ -215,6 +215,16 @@ impl RefuseLabel {
     }
 }
 
+/// Why a PROXY protocol header was refused (`reason` label of `gatehouse_proxy_refused_total`),
+/// in the order of `proxy_header::ProxyRefusal::ALL`.
+pub const PROXY_REFUSALS: [&str; 5] = [
+    "untrusted",
+    "malformed",
+    "truncated",
+    "oversized",
+    "timeout",
+];
+
 /// The client transports, as counted (`transport` label).
 pub const TRANSPORTS: [&str; 2] = ["tcp", "ws"];
 
@@ -247,6 +257,8 @@ pub struct ShardMetrics {
     pub closed: [Counter; 10],
     /// Refusals by [`RefuseLabel`].
     pub refused: [Counter; 4],
+    /// PROXY protocol refusals by [`PROXY_REFUSALS`] index.
+    pub proxy_refused: [Counter; 5],
     pub packets_in: Counter,
     pub bytes_in: Counter,
     pub packets_out: Counter,
@@ -276,6 +288,7 @@ impl ShardMetrics {
             open: [const { Gauge::new() }; 2],
             closed: [const { Counter::new() }; 10],
             refused: [const { Counter::new() }; 4],
+            proxy_refused: [const { Counter::new() }; 5],
             packets_in: Counter::new(),
             bytes_in: Counter::new(),
             packets_out: Counter::new(),

@@ -79,6 +79,21 @@ pub fn render(m: &GateMetrics) -> String {
             .collect(),
     ));
     out.push(family(
+        "gatehouse_proxy_refused_total",
+        "Connections refused for their PROXY protocol header, by reason.",
+        MetricType::COUNTER,
+        super::PROXY_REFUSALS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    vec![("reason", r.to_string())],
+                    sum(&|s| s.proxy_refused[i].get()),
+                )
+            })
+            .collect(),
+    ));
+    out.push(family(
         "gatehouse_shard_connections",
         "Client connections open now, by shard.",
         MetricType::GAUGE,
