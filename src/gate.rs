@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::claim::PortClaims;
 use crate::config::Config;
-use crate::config::LocatorConfig;
+use crate::config::{LocatorConfig, SingleLogin};
 use crate::connection::framing::WsOptions;
 use crate::connection::ws::WsRules;
 use crate::connection::ServerCtx;
@@ -22,14 +22,14 @@ use crate::dispatch::cluster::ClusterUpstream;
 use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
 use crate::instance::StateCell;
-use crate::locator::redis::RedisLocator;
+use crate::locator::redis::{GateBindSink, RedisLocator};
 use crate::locator::{Locator, LocatorError, MemoryLocator};
 use crate::net;
 use crate::node_api::LinkShared;
 use crate::registry::{
     self, endpoint_url, Discovery, InstanceState, RegistryError, ServiceInstance,
 };
-use crate::session::{home_of_uid, shard_of_cid, Sessions, Transport};
+use crate::session::{bound_elsewhere, home_of_uid, shard_of_cid, Sessions, Transport};
 use crate::shard::{fan_out, ClientListener, Inherited, Shard, ShardInbox, ShardMsg, ShardSpec};
 use crate::upgrade::take::{Received, Taking};
 use crate::upgrade::{self, give, ListenerKind, UpgradeError};
@@ -343,10 +343,26 @@ impl Gate {
             publish_v25: cfg.gatehouse.publish_v25,
         });
 
+        let (inboxes, inbox_rxs): (Vec<_>, Vec<_>) =
+            (0..shard_count).map(|_| ShardInbox::new()).unzip();
+        let mailboxes = |inboxes: &[ShardInbox]| {
+            inboxes
+                .iter()
+                .map(|i| Box::new(i.clone()) as Box<dyn crate::session::Mailbox>)
+                .collect::<Vec<_>>()
+        };
         let locator: Box<dyn Locator> = match &cfg.locator {
             LocatorConfig::Memory => Box::new(MemoryLocator::default()),
             LocatorConfig::Redis(r) => {
-                Box::new(RedisLocator::start(r, cfg.gate.timeout).map_err(StartError::Locator)?)
+                // Single login across gates hears of other gates' binds from the locator.
+                let gate_binds = (cfg.gatehouse.single_login == SingleLogin::Cluster).then(|| {
+                    let sink = bound_elsewhere(mailboxes(&inboxes), cfg.gate.id.clone());
+                    Box::new(sink) as GateBindSink
+                });
+                Box::new(
+                    RedisLocator::start_with(r, cfg.gate.timeout, gate_binds)
+                        .map_err(StartError::Locator)?,
+                )
             }
         };
         let locator_name = locator.name();
@@ -367,13 +383,8 @@ impl Gate {
                 ))
             })
         });
-        let (inboxes, inbox_rxs): (Vec<_>, Vec<_>) =
-            (0..shard_count).map(|_| ShardInbox::new()).unzip();
-        let mailboxes = inboxes
-            .iter()
-            .map(|i| Box::new(i.clone()) as Box<dyn crate::session::Mailbox>)
-            .collect();
-        let sessions = Sessions::new(mailboxes, control.clone());
+        let sessions = Sessions::new(mailboxes(&inboxes), control.clone())
+            .with_single_login(cfg.gatehouse.single_login);
         let per_shard = per_shard
             .into_iter()
             .zip(link_fds)

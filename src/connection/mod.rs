@@ -177,6 +177,9 @@ pub enum CloseReason {
     Graceful,
     /// The client broke the protocol (oversize frame, bad WS frame).
     Protocol(String),
+    /// Single login (`[gatehouse] singleLogin`): its uid was bound to a newer connection, here
+    /// or on another gate. Label "replaced".
+    Replaced,
 }
 
 /// The undecoded tail of a connection's input. Reads land in the shard's scratch buffer; only
