@@ -103,6 +103,8 @@ pub struct Gate {
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     control: Control,
     control_thread: Option<std::thread::JoinHandle<()>>,
+    /// The TLS servers' certificates (SIGHUP reloads them).
+    tls: crate::tls::Reloader,
 }
 
 /// Where a starting gate's listening sockets come from.
@@ -287,9 +289,13 @@ impl Gate {
         });
         let mut unbound = Vec::new();
         let mut pending = Vec::new();
+        let mut cert_stores = Vec::new();
         for (transport, sc, ws_rules) in tcp.into_iter().chain(ws) {
             let tls = if sc.tls() {
-                Some(crate::tls::acceptor(&sc.cert_file, &sc.key_file).map_err(StartError::Tls)?)
+                let (acceptor, store) =
+                    crate::tls::acceptor(&sc.cert_file, &sc.key_file).map_err(StartError::Tls)?;
+                cert_stores.push(store);
+                Some(acceptor)
             } else {
                 None
             };
@@ -412,6 +418,7 @@ impl Gate {
             shards: Vec::new(),
             control,
             control_thread: Some(control_thread),
+            tls: crate::tls::Reloader::new(cert_stores),
             name: cfg.gate.name.clone(),
             metadata: cfg.gate.metadata.clone(),
         };
@@ -598,6 +605,11 @@ impl Gate {
             metadata: self.metadata.clone(),
             ..Default::default()
         }
+    }
+
+    /// What reloads every TLS server's certificate and key from its files (SIGHUP).
+    pub fn tls_reloader(&self) -> crate::tls::Reloader {
+        self.tls.clone()
     }
 
     /// Connections currently admitted on all servers.

@@ -12,9 +12,8 @@ use super::convert::{
 };
 use super::{
     Config, ConsulConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, LocatorConfig,
-    SingleLogin,
     LogConfig, LogFormat, LogLevel, Mode, RedisConfig, RegistryConfig, Rotate, ServerConfig,
-    StaticNode, WsConfig,
+    SingleLogin, StaticNode, WsConfig,
 };
 use crate::instance::{InstanceState, RouteInfo};
 use crate::net::HostPort;
@@ -2322,8 +2321,10 @@ log:
             ("gate", SingleLogin::Gate),
             ("cluster", SingleLogin::Cluster),
         ] {
-            let c = from_toml(&format!("[locate.redis]\n[gatehouse]\nsingleLogin = {value:?}"))
-                .unwrap();
+            let c = from_toml(&format!(
+                "[locate.redis]\n[gatehouse]\nsingleLogin = {value:?}"
+            ))
+            .unwrap();
             assert_eq!(c.gatehouse.single_login, mode);
         }
         for toml in [

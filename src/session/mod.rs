@@ -234,7 +234,10 @@ impl Sessions {
         }
         // The new connection holds the uid now (unless it closed meanwhile): close the old one.
         if let Some(prev) = prev.filter(|_| still && self.single_login != SingleLogin::Off) {
-            self.send(self.cid_shard(prev), Command::CloseReplaced { cid: prev, uid })?;
+            self.send(
+                self.cid_shard(prev),
+                Command::CloseReplaced { cid: prev, uid },
+            )?;
         }
         Ok(())
     }

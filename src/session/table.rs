@@ -108,10 +108,16 @@ pub enum Command {
     },
     /// Single login on this gate: closes local connection `cid`, whose `uid` a newer
     /// connection's bind just took, if it is still unbound.
-    CloseReplaced { cid: i64, uid: i64 },
+    CloseReplaced {
+        cid: i64,
+        uid: i64,
+    },
     /// Single login across gates, at the uid's home: gate `gid` bound `uid` (the locator's
     /// BindGate event). The connection bound here, if any, is asked to close.
-    BoundElsewhere { uid: i64, gid: Arc<str> },
+    BoundElsewhere {
+        uid: i64,
+        gid: Arc<str>,
+    },
     /// Closes local connection `cid` if it still carries `uid` with its bind completed, once
     /// the locator confirmed (`confirmed`) that it no longer names this gate.
     ReplaceMoved {
