@@ -215,7 +215,8 @@ const GATE_CHANNEL: &str = "due:locate:locate:cluster:gate:event";
 /// `cluster`: two gates, one Redis. A bind on gate 2 closes the connection bound on gate 1
 /// (Disconnect with uid 0 to gate 1's nodes), and gate 1's release leaves Redis naming gate 2.
 /// A replacement on gate 1 itself leaves the key naming gate 1. A BindGate event that Redis
-/// contradicts (a stale one) closes nothing; one it confirms does.
+/// contradicts (a stale one) closes nothing; one it confirms does. After a Redis restart the
+/// watchers subscribe again and it works on.
 #[test]
 fn cluster_mode_closes_the_connection_on_the_other_gate() {
     let Some(r) = Redis::start() else { return };
@@ -275,4 +276,18 @@ fn cluster_mode_closes_the_connection_on_the_other_gate() {
     c.wait_closed(Duration::from_secs(5));
     assert_eq!(g2.event_of(EventKind::Disconnect, cid_c).uid, 0);
     assert_eq!(r.cli(&["GET", GATE_KEY]), "gate-ghost");
+
+    // Redis restarts: both watchers subscribe again, and single login works on.
+    r.run("stop");
+    r.run("start");
+    r.wait_subscribers(GATE_CHANNEL, 2);
+    let (mut d, cid_d) = g2.connect_with_cid();
+    g2.run(s2.bind(cid_d, 8)).unwrap();
+    assert_eq!(g2.event_of(EventKind::Reconnect, cid_d).uid, 8);
+    let (mut e, cid_e) = g1.connect_with_cid();
+    g1.run(s1.bind(cid_e, 8)).unwrap();
+    d.wait_closed(Duration::from_secs(5));
+    assert_eq!(g2.event_of(EventKind::Disconnect, cid_d).uid, 0);
+    assert_eq!(r.cli(&["GET", "due:locate:locate:user:8:gate"]), "gate-one");
+    heartbeat_answered(&mut e);
 }
