@@ -95,7 +95,7 @@ impl Reloader {
     /// or the files and the reason it was refused. Returns how many were refused.
     pub fn reload_all(&self) -> usize {
         if self.0.is_empty() {
-            tracing::info!("tls: no TLS server, nothing to reload");
+            tracing::info!("no TLS server, no certificate to reload");
         }
         let mut refused = 0;
         for store in self.0.iter() {
@@ -105,7 +105,7 @@ impl Reloader {
                     key = %store.key_file,
                     sha256 = %s.sha256,
                     not_after = s.not_after.as_deref().unwrap_or("unknown"),
-                    "tls: certificate reloaded"
+                    "certificate reloaded"
                 ),
                 Err(e) => {
                     refused += 1;
@@ -113,7 +113,7 @@ impl Reloader {
                         cert = %store.cert_file,
                         key = %store.key_file,
                         error = %e,
-                        "tls: certificate reload refused, the current one stays in use"
+                        "certificate reload refused, the current one stays in use"
                     );
                 }
             }
