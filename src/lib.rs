@@ -43,7 +43,8 @@
 //!   claims on configured ports that refuse a second gatehouse on them.
 //! - [`packet`]: the client packet codec, sans-IO. [`liveness`]: heartbeat and authorize rules,
 //!   clock-free. [`instance`]: instance states and route flags.
-//! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor, logging, the banner, flags.
+//! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor (its certificate reloaded on
+//!   SIGHUP), logging, the banner, flags.
 
 pub mod banner;
 pub mod claim;

@@ -104,7 +104,7 @@ impl Reloader {
                     cert = %store.cert_file,
                     key = %store.key_file,
                     sha256 = %s.sha256,
-                    not_after = s.not_after.as_deref().unwrap_or("unknown"),
+                    not_after = %s.not_after.as_deref().unwrap_or("unknown"),
                     "certificate reloaded"
                 ),
                 Err(e) => {
