@@ -191,6 +191,9 @@ fn invalid_values_fail_start_naming_the_key() {
             "[network.ws.server]\nnoSuchKey = 1\n",
             "etc.network.ws.server.noSuchKey",
         ),
+        // etc_toml ends inside [gatehouse]: no [locate.redis], so "cluster" cannot work.
+        ("singleLogin = \"cluster\"\n", "etc.gatehouse.singleLogin"),
+        ("singleLogin = \"on\"\n", "etc.gatehouse.singleLogin"),
     ] {
         let f = dir.0.join("etc.toml");
         std::fs::write(&f, etc_toml("bad", extra)).unwrap();
