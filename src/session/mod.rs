@@ -234,10 +234,11 @@ impl Sessions {
         }
         // The new connection holds the uid now (unless it closed meanwhile): close the old one.
         if let Some(prev) = prev.filter(|_| still && self.single_login != SingleLogin::Off) {
-            self.send(
+            // The bind stands whatever happens to this post (a stopping shard closes it anyway).
+            self.post(
                 self.cid_shard(prev),
                 Command::CloseReplaced { cid: prev, uid },
-            )?;
+            );
         }
         Ok(())
     }
