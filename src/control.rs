@@ -59,6 +59,11 @@ pub enum ControlRequest {
         name: String,
         reply: flume::Sender<Result<Option<String>, LocatorError>>,
     },
+    /// Runs `then` unless the locator names this gate for `uid` (single login across gates).
+    IfMoved {
+        uid: i64,
+        then: Box<dyn FnOnce() + Send>,
+    },
     Stop,
 }
 
@@ -109,6 +114,17 @@ impl Control {
                             count(r.is_ok());
                             let _ = reply.send(r);
                         }
+                        ControlRequest::IfMoved { uid, then } => match locator.locate_gate(uid) {
+                            Ok(Some(g)) if g == gid => {
+                                tracing::debug!(uid, "locator: stale bind event, uid is here");
+                            }
+                            Ok(_) => then(),
+                            Err(e) => {
+                                // The event itself says another gate bound the uid: trust it.
+                                tracing::warn!(uid, error = %e, "locator: cannot confirm a bind elsewhere");
+                                then();
+                            }
+                        },
                         ControlRequest::Stop => break,
                     }
                 }
@@ -139,6 +155,13 @@ impl Control {
             .map_err(|_| ControlError::Stopped)?;
         let answer = rx.recv_async().await.map_err(|_| ControlError::Stopped)?;
         Ok(answer?)
+    }
+
+    /// Runs `then` on the control thread unless the locator names this gate for `uid` (an
+    /// event saying another gate bound it may be older than this gate's own later bind). A
+    /// locator error runs it too. Returns at once; `then` must not block.
+    pub fn if_moved(&self, uid: i64, then: Box<dyn FnOnce() + Send>) {
+        let _ = self.tx.send(ControlRequest::IfMoved { uid, then });
     }
 
     /// Fire-and-forget unbind of `uid` from this gate.

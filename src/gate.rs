@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::claim::PortClaims;
 use crate::config::Config;
-use crate::config::LocatorConfig;
+use crate::config::{LocatorConfig, SingleLogin};
 use crate::connection::framing::WsOptions;
 use crate::connection::ws::WsRules;
 use crate::connection::ServerCtx;
@@ -22,7 +22,7 @@ use crate::dispatch::cluster::ClusterUpstream;
 use crate::dispatch::routes::Strategy;
 use crate::dispatch::UpstreamFactory;
 use crate::instance::StateCell;
-use crate::locator::redis::RedisLocator;
+use crate::locator::redis::{GateBindSink, RedisLocator};
 use crate::locator::{Locator, LocatorError, MemoryLocator};
 use crate::metrics::http::MetricsServer;
 use crate::metrics::GateMetrics;
@@ -31,7 +31,7 @@ use crate::node_api::LinkShared;
 use crate::registry::{
     self, endpoint_url, Discovery, InstanceState, RegistryError, ServiceInstance,
 };
-use crate::session::{home_of_uid, shard_of_cid, Sessions, Transport};
+use crate::session::{bound_elsewhere, home_of_uid, shard_of_cid, Sessions, Transport};
 use crate::shard::{fan_out, ClientListener, Inherited, Shard, ShardInbox, ShardMsg, ShardSpec};
 use crate::upgrade::take::{Received, Taking};
 use crate::upgrade::{self, give, ListenerKind, UpgradeError};
@@ -110,6 +110,8 @@ pub struct Gate {
     /// `metricsAddr`'s socket, bound at start-up and served once the gate runs.
     metrics_listener: Option<std::net::TcpListener>,
     metrics_server: Option<MetricsServer>,
+    /// The TLS servers' certificates (SIGHUP reloads them).
+    tls: crate::tls::Reloader,
 }
 
 /// Where a starting gate's listening sockets come from.
@@ -306,9 +308,13 @@ impl Gate {
         });
         let mut unbound = Vec::new();
         let mut pending = Vec::new();
+        let mut cert_stores = Vec::new();
         for (transport, sc, ws_rules) in tcp.into_iter().chain(ws) {
             let tls = if sc.tls() {
-                Some(crate::tls::acceptor(&sc.cert_file, &sc.key_file).map_err(StartError::Tls)?)
+                let (acceptor, store) =
+                    crate::tls::acceptor(&sc.cert_file, &sc.key_file).map_err(StartError::Tls)?;
+                cert_stores.push(store);
+                Some(acceptor)
             } else {
                 None
             };
@@ -364,10 +370,26 @@ impl Gate {
             publish_v25: cfg.gatehouse.publish_v25,
         });
 
+        let (inboxes, inbox_rxs): (Vec<_>, Vec<_>) =
+            (0..shard_count).map(|_| ShardInbox::new()).unzip();
+        let mailboxes = |inboxes: &[ShardInbox]| {
+            inboxes
+                .iter()
+                .map(|i| Box::new(i.clone()) as Box<dyn crate::session::Mailbox>)
+                .collect::<Vec<_>>()
+        };
         let locator: Box<dyn Locator> = match &cfg.locator {
             LocatorConfig::Memory => Box::new(MemoryLocator::default()),
             LocatorConfig::Redis(r) => {
-                Box::new(RedisLocator::start(r, cfg.gate.timeout).map_err(StartError::Locator)?)
+                // Single login across gates hears of other gates' binds from the locator.
+                let gate_binds = (cfg.gatehouse.single_login == SingleLogin::Cluster).then(|| {
+                    let sink = bound_elsewhere(mailboxes(&inboxes), cfg.gate.id.clone());
+                    Box::new(sink) as GateBindSink
+                });
+                Box::new(
+                    RedisLocator::start_with(r, cfg.gate.timeout, gate_binds)
+                        .map_err(StartError::Locator)?,
+                )
             }
         };
         let locator_name = locator.name();
@@ -393,13 +415,8 @@ impl Gate {
                 ))
             })
         });
-        let (inboxes, inbox_rxs): (Vec<_>, Vec<_>) =
-            (0..shard_count).map(|_| ShardInbox::new()).unzip();
-        let mailboxes = inboxes
-            .iter()
-            .map(|i| Box::new(i.clone()) as Box<dyn crate::session::Mailbox>)
-            .collect();
-        let sessions = Sessions::new(mailboxes, control.clone());
+        let sessions = Sessions::new(mailboxes(&inboxes), control.clone())
+            .with_single_login(cfg.gatehouse.single_login);
         let per_shard = per_shard
             .into_iter()
             .zip(link_fds)
@@ -427,6 +444,7 @@ impl Gate {
             shards: Vec::new(),
             control,
             control_thread: Some(control_thread),
+            tls: crate::tls::Reloader::new(cert_stores),
             name: cfg.gate.name.clone(),
             metadata: cfg.gate.metadata.clone(),
             metrics,
@@ -643,6 +661,11 @@ impl Gate {
     /// Stops serving `/metrics` (a handed-over gate lets the next process answer alone).
     pub fn stop_metrics(&mut self) {
         self.metrics_server = None;
+    }
+
+    /// What reloads every TLS server's certificate and key from its files (SIGHUP).
+    pub fn tls_reloader(&self) -> crate::tls::Reloader {
+        self.tls.clone()
     }
 
     /// Connections currently admitted on all servers.

@@ -45,7 +45,8 @@
 //!   peers and a sans-IO decision over the bytes read so far.
 //! - [`packet`]: the client packet codec, sans-IO. [`liveness`]: heartbeat and authorize rules,
 //!   clock-free. [`instance`]: instance states and route flags.
-//! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor, logging, the banner, flags.
+//! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor (its certificate reloaded on
+//!   SIGHUP), logging, the banner, flags.
 //! - [`metrics`]: per-shard counters without locks, summed for Prometheus at scrape time; the
 //!   health flags; the `/metrics`, `/healthz`, `/readyz` listener (`metricsAddr`).
 

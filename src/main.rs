@@ -46,11 +46,12 @@ fn main() -> ExitCode {
     };
     // Handlers go in before anything is printed: a supervisor that signals as soon as it sees the
     // banner must get the graceful shutdown, not the default action.
-    use signal_hook::consts::{SIGABRT, SIGINT, SIGQUIT, SIGTERM};
-    let signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGABRT]) {
-        Ok(s) => s,
-        Err(e) => return fatal(&format!("cannot install signal handlers: {e}")),
-    };
+    use signal_hook::consts::{SIGABRT, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let signals =
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGABRT, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => return fatal(&format!("cannot install signal handlers: {e}")),
+        };
     print_lines(&[banner::logo()]);
     print_lines(&banner::website_box(DUE_VERSION));
     let now = banner::format_time(banner::now_in(&cfg.timezone));
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
     print_lines(&banner::gate_box(&gate_info(&cfg, &gate)));
     tracing::info!(shards = gate.shard_count, "gate started");
 
-    match wait(signals, handed) {
+    match wait(signals, handed, gate.tls_reloader()) {
         Wake::Signal(sig, wakes) => drain(sig, wakes, &cfg, &mut gate),
         Wake::HandedOver(pid) => close_after_hand_off(pid, &mut gate),
     }
@@ -103,12 +104,22 @@ enum Wake {
     HandedOver(u32),
 }
 
-/// Blocks until SIGINT/SIGTERM/SIGQUIT/SIGABRT or a hand-off.
-fn wait(mut signals: signal_hook::iterator::Signals, handed: flume::Receiver<u32>) -> Wake {
+/// Blocks until SIGINT/SIGTERM/SIGQUIT/SIGABRT or a hand-off. SIGHUP, now and later (while
+/// draining too), reloads the TLS certificates and changes nothing else.
+fn wait(
+    mut signals: signal_hook::iterator::Signals,
+    handed: flume::Receiver<u32>,
+    tls: gatehouse::tls::Reloader,
+) -> Wake {
     let (tx, rx) = flume::unbounded();
     let signal_tx = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                tracing::info!("process got signal hangup, reloading TLS certificates");
+                tls.reload_all();
+                continue;
+            }
             let (_, none) = flume::unbounded();
             if signal_tx.send(Wake::Signal(sig, none)).is_err() {
                 return;

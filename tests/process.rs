@@ -198,6 +198,9 @@ fn invalid_values_fail_start_naming_the_key() {
             "proxyProtocol = \"any\"\nproxyTrusted = [\"10.0.0.0/33\"]\n",
             "etc.gatehouse.proxyTrusted",
         ),
+        // etc_toml ends inside [gatehouse]: no [locate.redis], so "cluster" cannot work.
+        ("singleLogin = \"cluster\"\n", "etc.gatehouse.singleLogin"),
+        ("singleLogin = \"on\"\n", "etc.gatehouse.singleLogin"),
     ] {
         let f = dir.0.join("etc.toml");
         std::fs::write(&f, etc_toml("bad", extra)).unwrap();

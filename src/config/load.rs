@@ -13,7 +13,7 @@ use super::convert::{
 use super::{
     Config, ConsulConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, LocatorConfig,
     LogConfig, LogFormat, LogLevel, Mode, RedisConfig, RegistryConfig, Rotate, ServerConfig,
-    StaticNode, WsConfig,
+    SingleLogin, StaticNode, WsConfig,
 };
 use crate::instance::{InstanceState, RouteInfo};
 use crate::net::HostPort;
@@ -797,6 +797,7 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "publishResponseV25",
     "upgradeSocket",
     "metricsAddr",
+    "singleLogin",
 ];
 
 /// `[[gatehouse.nodes]]` keys.
@@ -849,6 +850,7 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
     let network = root.table("network")?;
     let tcp = network.table("tcp")?.table("server")?;
     let ws = network.table("ws")?.table("server")?;
+    let locator = locator(&root.table("locate")?.table("redis")?)?;
 
     Ok(Config {
         pid: (!pid.is_empty()).then(|| PathBuf::from(pid)),
@@ -871,10 +873,23 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
             None
         },
         log: log(&root.table("log")?)?,
-        gatehouse: gatehouse(&root.table("gatehouse")?)?,
-        locator: locator(&root.table("locate")?.table("redis")?)?,
+        gatehouse: gatehouse_with(&root.table("gatehouse")?, &locator)?,
+        locator,
         registry: registry(&root.table("registry")?.table("consul")?)?,
     })
+}
+
+/// `[gatehouse]`, checked against the locator: single login across gates hears of other
+/// gates' binds only through the Redis locator's events.
+fn gatehouse_with(g: &Section, locator: &LocatorConfig) -> Result<GatehouseConfig> {
+    let c = gatehouse(g)?;
+    if c.single_login == SingleLogin::Cluster && *locator == LocatorConfig::Memory {
+        return Err(ConfigError::invalid(
+            g.key("singleLogin"),
+            "\"cluster\" needs the Redis locator ([locate.redis]) to hear of other gates' binds",
+        ));
+    }
+    Ok(c)
 }
 
 /// `[locate.redis]`: its presence selects the Redis locator. Other `[locate.*]` sections
@@ -1355,6 +1370,17 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         metrics_addr: metrics_addr(g)?,
+        single_login: match g.string("singleLogin", "off")?.as_str() {
+            "off" | "" => SingleLogin::Off,
+            "gate" => SingleLogin::Gate,
+            "cluster" => SingleLogin::Cluster,
+            other => {
+                return Err(ConfigError::invalid(
+                    g.key("singleLogin"),
+                    format!("{other:?} is not a single-login mode (use off, gate or cluster)"),
+                ))
+            }
+        },
     })
 }
 
@@ -2156,6 +2182,10 @@ log:
         }
     }
 
+    fn c_default_single_login() -> SingleLogin {
+        from_toml("").unwrap().gatehouse.single_login
+    }
+
     #[test]
     fn proxy_protocol_keys() {
         use crate::proxy_header::{ProxyMode, ProxyPolicy};
@@ -2448,6 +2478,29 @@ log:
             "{e}"
         );
         assert!(e.to_string().contains("prefix"), "{e}");
+
+        assert_eq!(c_default_single_login(), SingleLogin::Off);
+        for (value, mode) in [
+            ("off", SingleLogin::Off),
+            ("gate", SingleLogin::Gate),
+            ("cluster", SingleLogin::Cluster),
+        ] {
+            let c = from_toml(&format!(
+                "[locate.redis]\n[gatehouse]\nsingleLogin = {value:?}"
+            ))
+            .unwrap();
+            assert_eq!(c.gatehouse.single_login, mode);
+        }
+        for toml in [
+            "[gatehouse]\nsingleLogin = \"yes\"",
+            "[gatehouse]\nsingleLogin = 1",
+            "[gatehouse]\nsingleLogin = \"cluster\"",
+        ] {
+            let e = from_toml(toml).unwrap_err();
+            assert_eq!(e.key(), Some("etc.gatehouse.singleLogin"), "{toml}: {e}");
+        }
+        let e = from_toml("[gatehouse]\nsingleLogin = \"cluster\"").unwrap_err();
+        assert!(e.to_string().contains("locate.redis"), "{e}");
 
         let c = from_toml("[gatehouse]\nlinkConns = 20\npublishResponseV25 = true").unwrap();
         assert_eq!(

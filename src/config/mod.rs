@@ -329,4 +329,20 @@ pub struct GatehouseConfig {
     /// `metricsAddr`: the HTTP listener of `/metrics`, `/healthz` and `/readyz` (`host:port`);
     /// `None` (empty, the default) = off.
     pub metrics_addr: Option<String>,
+    /// `singleLogin`: what binding a uid that is bound to another connection does to that one.
+    pub single_login: SingleLogin,
+}
+
+/// `[gatehouse] singleLogin`: whether a uid may stay on an older connection once it is bound to
+/// a newer one (docs/ops/single-login.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SingleLogin {
+    /// due's behaviour: the older connection stays open, unbound.
+    #[default]
+    Off,
+    /// The older connection on this gate is closed.
+    Gate,
+    /// As `Gate`, and a connection here is closed when another gate binds its uid (needs the
+    /// Redis locator: its BindGate events say so).
+    Cluster,
 }

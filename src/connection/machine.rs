@@ -85,7 +85,11 @@ impl<F: Framing> Connection<F> {
         {
             let mut orders = conn.orders.borrow_mut();
             if orders.forced_close {
-                return Err(CloseReason::Forced);
+                return Err(if orders.replaced {
+                    CloseReason::Replaced
+                } else {
+                    CloseReason::Forced
+                });
             }
             if std::mem::take(&mut orders.auth_changed) {
                 if conn.uid() == 0 {

@@ -186,6 +186,9 @@ pub enum CloseReason {
     Graceful,
     /// The client broke the protocol (oversize frame, bad WS frame).
     Protocol(String),
+    /// Single login (`[gatehouse] singleLogin`): its uid was bound to a newer connection, here
+    /// or on another gate. Label "replaced".
+    Replaced,
 }
 
 impl CloseReason {
@@ -200,6 +203,7 @@ impl CloseReason {
             CloseReason::Forced => conn.forced_label(),
             CloseReason::Graceful => L::Graceful,
             CloseReason::Protocol(_) => L::Protocol,
+            CloseReason::Replaced => L::Replaced,
         }
     }
 }

@@ -53,6 +53,8 @@ pub trait Locator: Send {
     fn bind_gate(&mut self, uid: i64, gid: &str) -> Result<(), LocatorError>;
     /// Removes the record only if it still names `gid` (and tells the cluster if it did).
     fn unbind_gate(&mut self, uid: i64, gid: &str) -> Result<(), LocatorError>;
+    /// The gate `uid` is bound to, if any (single login checks an event against it).
+    fn locate_gate(&mut self, uid: i64) -> Result<Option<String>, LocatorError>;
     /// The node of name `name` bound to `uid`, if any (stateful routes).
     fn locate_node(&mut self, uid: i64, name: &str) -> Result<Option<String>, LocatorError>;
 }
@@ -79,6 +81,10 @@ impl Locator for MemoryLocator {
             self.users.remove(&uid);
         }
         Ok(())
+    }
+
+    fn locate_gate(&mut self, uid: i64) -> Result<Option<String>, LocatorError> {
+        Ok(self.users.get(&uid).cloned())
     }
 
     fn locate_node(&mut self, _uid: i64, _name: &str) -> Result<Option<String>, LocatorError> {

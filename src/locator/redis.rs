@@ -5,7 +5,8 @@
 //! connection is retried on a fresh one as go-redis does (`[locate.redis] maxRetries`, within
 //! the timeout), and a call that still fails is the caller's to log; the next call reconnects.
 //! The watcher runs on its own thread with its own connection and re-subscribes after a
-//! reconnect; events missed meanwhile are lost, as in due.
+//! reconnect; events missed meanwhile are lost, as in due. With single login across gates it
+//! also follows the gate channel and hands each BindGate event to a [`GateBindSink`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -99,6 +100,10 @@ pub struct LocationEvent {
     pub ins_name: String,
 }
 
+/// Called by the watcher thread with `(uid, gid)` of each BindGate event on the gate channel
+/// (this gate's own included). Must not block: the watcher reads the node channel too.
+pub type GateBindSink = Box<dyn Fn(i64, &str) + Send>;
+
 /// uid → node name → node id, filled by lookups and the node-channel watcher.
 type NodeCache = Arc<Mutex<HashMap<i64, HashMap<String, String>>>>;
 
@@ -126,6 +131,16 @@ impl RedisLocator {
     /// (`[cluster.gate] timeout`). Several addresses (due: a cluster client) or TLS files are
     /// not supported: only the first address is used, in plain text, with a warning.
     pub fn start(config: &RedisConfig, timeout: Duration) -> Result<RedisLocator, LocatorError> {
+        Self::start_with(config, timeout, None)
+    }
+
+    /// Like [`RedisLocator::start`]; with `gate_binds`, the watcher also subscribes to the gate
+    /// channel and calls it with every BindGate event (single login across gates).
+    pub fn start_with(
+        config: &RedisConfig,
+        timeout: Duration,
+        gate_binds: Option<GateBindSink>,
+    ) -> Result<RedisLocator, LocatorError> {
         if config.addrs.len() > 1 || config.tls() {
             tracing::warn!("locate.redis: only the first address is used, without TLS");
         }
@@ -144,17 +159,18 @@ impl RedisLocator {
             retries: retries_of(config.max_retries),
         };
         me.conn = Some(me.connect().map_err(|e| me.connect_error(&e))?);
-        let (client, channel, cache, stop, timeout) = (
-            me.client.clone(),
-            me.keys.node_channel(),
-            me.cache.clone(),
-            me.stop.clone(),
-            me.timeout,
-        );
+        let watcher = Watcher {
+            client: me.client.clone(),
+            node_channel: me.keys.node_channel(),
+            gate: gate_binds.map(|sink| (me.keys.gate_channel(), sink)),
+            cache: me.cache.clone(),
+            stop: me.stop.clone(),
+            timeout: me.timeout,
+        };
         me.watcher = Some(
             std::thread::Builder::new()
                 .name("gatehouse-locator-watch".into())
-                .spawn(move || watch(client, channel, cache, stop, timeout))
+                .spawn(move || watcher.run())
                 .map_err(|e| LocatorError::Thread(e.to_string()))?,
         );
         Ok(me)
@@ -393,6 +409,14 @@ impl Locator for RedisLocator {
         Ok(())
     }
 
+    fn locate_gate(&mut self, uid: i64) -> Result<Option<String>, LocatorError> {
+        let key = self.keys.gate_key(uid);
+        let gid: Option<String> = self.with_conn(Call::Command("GET", &key), |c, _| {
+            redis::cmd("GET").arg(&key).query(c)
+        })?;
+        Ok(gid.filter(|g| !g.is_empty()))
+    }
+
     fn locate_node(&mut self, uid: i64, name: &str) -> Result<Option<String>, LocatorError> {
         if let Some(nid) = self
             .cache
@@ -420,71 +444,96 @@ impl Locator for RedisLocator {
     }
 }
 
-/// Follows the node channel: BindNode fills the cache, UnbindNode removes the entry if it still
-/// names that node. Reconnects (every second) until `stop`.
-fn watch(
+/// The watcher thread's state: what it subscribes to and where events go.
+struct Watcher {
     client: redis::Client,
-    channel: String,
+    node_channel: String,
+    /// The gate channel and where its BindGate events go (single login across gates).
+    gate: Option<(String, GateBindSink)>,
     cache: NodeCache,
     stop: Arc<AtomicBool>,
     timeout: Duration,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let mut conn = match client.get_connection_with_timeout(timeout) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "locator watcher: redis unavailable, retrying");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut pubsub = conn.as_pubsub();
-        if let Err(e) = pubsub.subscribe(&channel) {
-            tracing::warn!(error = %e, "locator watcher: subscribe failed");
-            std::thread::sleep(Duration::from_secs(1));
-            continue;
-        }
-        while !stop.load(Ordering::Relaxed) {
-            let msg = match pubsub.get_message() {
-                Ok(m) => m,
-                Err(e) if e.is_timeout() => continue,
+}
+
+impl Watcher {
+    /// Follows the node channel (BindNode fills the cache, UnbindNode removes the entry if it
+    /// still names that node) and, when asked, the gate channel (BindGate goes to the sink).
+    /// Reconnects and re-subscribes both (every second) until `stop`.
+    fn run(self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut conn = match self.client.get_connection_with_timeout(self.timeout) {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "locator watcher: connection lost, re-subscribing");
-                    break;
-                }
-            };
-            let payload: String = match msg.get_payload() {
-                Ok(p) => p,
-                Err(_) => continue,
-            };
-            let ev: LocationEvent = match serde_json::from_str(&payload) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::warn!(error = %e, payload, "locator watcher: bad event skipped");
+                    tracing::warn!(error = %e, "locator watcher: redis unavailable, retrying");
+                    std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
             };
-            let mut cache = cache.lock().expect("cache lock");
-            match ev.kind {
-                BIND_NODE => {
-                    cache
-                        .entry(ev.uid)
-                        .or_default()
-                        .insert(ev.ins_name, ev.ins_id);
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut pubsub = conn.as_pubsub();
+            let gate = self.gate.as_ref().map(|(c, _)| c.as_str());
+            // One channel per SUBSCRIBE: each call waits for its own confirmation.
+            let subscribed = std::iter::once(self.node_channel.as_str())
+                .chain(gate)
+                .try_for_each(|channel| pubsub.subscribe(channel));
+            if let Err(e) = subscribed {
+                tracing::warn!(error = %e, "locator watcher: subscribe failed");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            while !self.stop.load(Ordering::Relaxed) {
+                let msg = match pubsub.get_message() {
+                    Ok(m) => m,
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "locator watcher: connection lost, re-subscribing");
+                        break;
+                    }
+                };
+                let payload: String = match msg.get_payload() {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                };
+                let ev: LocationEvent = match serde_json::from_str(&payload) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::warn!(error = %e, payload, "locator watcher: bad event skipped");
+                        continue;
+                    }
+                };
+                self.apply(msg.get_channel_name(), ev);
+            }
+        }
+    }
+
+    fn apply(&self, channel: &str, ev: LocationEvent) {
+        if let Some((gate, sink)) = &self.gate {
+            if channel == gate {
+                if ev.kind == BIND_GATE {
+                    sink(ev.uid, &ev.ins_id);
                 }
-                UNBIND_NODE => {
-                    if let Some(m) = cache.get_mut(&ev.uid) {
-                        if m.get(&ev.ins_name) == Some(&ev.ins_id) {
-                            m.remove(&ev.ins_name);
-                        }
-                        if m.is_empty() {
-                            cache.remove(&ev.uid);
-                        }
+                return;
+            }
+        }
+        let mut cache = self.cache.lock().expect("cache lock");
+        match ev.kind {
+            BIND_NODE => {
+                cache
+                    .entry(ev.uid)
+                    .or_default()
+                    .insert(ev.ins_name, ev.ins_id);
+            }
+            UNBIND_NODE => {
+                if let Some(m) = cache.get_mut(&ev.uid) {
+                    if m.get(&ev.ins_name) == Some(&ev.ins_id) {
+                        m.remove(&ev.ins_name);
+                    }
+                    if m.is_empty() {
+                        cache.remove(&ev.uid);
                     }
                 }
-                _ => {}
             }
+            _ => {}
         }
     }
 }

@@ -37,6 +37,8 @@ pub enum Transport {
 pub(crate) struct Orders {
     /// Close without flushing.
     pub forced_close: bool,
+    /// The forced close is single login's: the uid went to a newer connection.
+    pub replaced: bool,
     /// The authorization deadline must be re-evaluated (uid bound or cleared).
     pub auth_changed: bool,
     /// Waiters of a graceful close, answered once the socket is closed.
@@ -72,6 +74,9 @@ pub struct Conn {
     pub transport: Transport,
     state: Cell<ConnState>,
     uid: Cell<i64>,
+    /// The locator names this gate for `uid`: its bind completed (Reconnect was emitted). Until
+    /// then another gate's bind event is older than ours and must not close it.
+    located: Cell<bool>,
     outbox: RefCell<VecDeque<Bytes>>,
     /// Heartbeat replies owed to the client. A count, not queue entries: an idle connection's
     /// only traffic is heartbeats, and queueing them would keep a queue allocation alive on
@@ -91,6 +96,7 @@ impl Conn {
             transport,
             state: Cell::new(ConnState::Opened),
             uid: Cell::new(0),
+            located: Cell::new(false),
             outbox: RefCell::new(VecDeque::new()),
             heartbeats_owed: Cell::new(0),
             queue_limit: queue_limit.max(1),
@@ -127,6 +133,8 @@ impl Conn {
         let conn = Conn::new(record.cid, record.ip, record.transport, queue_limit);
         conn.state.set(record.state);
         conn.uid.set(record.uid);
+        // A bound connection handed over was bound in the previous process.
+        conn.located.set(record.uid != 0);
         *conn.outbox.borrow_mut() = record.outbox.into_iter().map(Bytes::from).collect();
         conn.heartbeats_owed.set(record.heartbeats_owed);
         *conn.channels.borrow_mut() = record.channels.into_iter().map(Into::into).collect();
@@ -152,9 +160,22 @@ impl Conn {
     /// Sets the uid and tells the driver to re-evaluate the authorization deadline.
     pub(crate) fn set_uid(&self, uid: i64) {
         let was = self.uid.replace(uid);
+        self.located.set(false);
         if (was == 0) != (uid == 0) {
             self.orders.borrow_mut().auth_changed = true;
             self.wake();
+        }
+    }
+
+    /// Whether the locator names this gate for the connection's uid (its bind completed).
+    pub(crate) fn located(&self) -> bool {
+        self.located.get() && self.uid.get() != 0
+    }
+
+    /// Records that the bind of `uid` completed (the locator was written).
+    pub(crate) fn set_located(&self, uid: i64) {
+        if uid != 0 && self.uid.get() == uid {
+            self.located.set(true);
         }
     }
 
@@ -259,6 +280,19 @@ impl Conn {
     /// The counted reason of a forced close (`Forced` unless another was given).
     pub fn forced_label(&self) -> CloseLabel {
         self.orders.borrow().forced_as.unwrap_or(CloseLabel::Forced)
+    }
+
+    /// Closes now because the uid went to a newer connection (single login); queued packets are
+    /// dropped, as in any forced close.
+    pub(crate) fn close_replaced(&self) {
+        if self.state.get() == ConnState::Closed {
+            return;
+        }
+        let mut orders = self.orders.borrow_mut();
+        orders.forced_close = true;
+        orders.replaced = true;
+        drop(orders);
+        self.wake();
     }
 
     pub(crate) fn register_waker(&self, w: &Waker) {

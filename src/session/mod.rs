@@ -15,6 +15,7 @@ pub use table::{Command, Table};
 use bytes::Bytes;
 use std::net::IpAddr;
 
+use crate::config::SingleLogin;
 use crate::control::{Control, ControlError};
 use crate::dispatch::{EventKind, GateEvent};
 
@@ -116,6 +117,7 @@ fn reply<T>() -> (Reply<T>, flume::Receiver<T>) {
 pub struct Sessions {
     shards: std::sync::Arc<[Box<dyn Mailbox>]>,
     control: Control,
+    single_login: SingleLogin,
 }
 
 impl Sessions {
@@ -123,7 +125,14 @@ impl Sessions {
         Sessions {
             shards: shards.into(),
             control,
+            single_login: SingleLogin::Off,
         }
+    }
+
+    /// The same sessions with `[gatehouse] singleLogin` = `mode` (default off: due's bind).
+    pub fn with_single_login(mut self, mode: SingleLogin) -> Self {
+        self.single_login = mode;
+        self
     }
 
     fn send(&self, shard: usize, cmd: Command) -> Result<(), SessionError> {
@@ -170,6 +179,11 @@ impl Sessions {
 
     /// Binds `uid` to connection `cid` (due's bind, spec §4.3): a uid bound elsewhere is
     /// silently taken from its old connection; every success fires Reconnect(cid, uid).
+    ///
+    /// With single login (`gate` or `cluster`) the old connection is then closed (forced,
+    /// reason `Replaced`); it was unbound first, as in due, so its Disconnect carries uid 0 and
+    /// its release leaves the locator (which names this gate for the new one) alone. A bind the
+    /// locator refused closes nothing.
     pub async fn bind(&self, cid: i64, uid: i64) -> Result<(), SessionError> {
         if cid <= 0 || uid <= 0 {
             return Err(SessionError::InvalidArgument);
@@ -188,7 +202,8 @@ impl Sessions {
                 reply: r,
             })
             .await?;
-        if let Some(prev) = prev.filter(|p| *p != cid) {
+        let prev = prev.filter(|p| *p != cid);
+        if let Some(prev) = prev {
             // Awaited: once bind returns, no packet read from the old connection carries `uid`.
             self.ask(self.cid_shard(prev), |r| Command::ClearUidIf {
                 cid: prev,
@@ -216,6 +231,14 @@ impl Sessions {
             .await?;
         if !still {
             self.send(self.uid_home(uid), Command::DirRemoveIf { uid, cid })?;
+        }
+        // The new connection holds the uid now (unless it closed meanwhile): close the old one.
+        if let Some(prev) = prev.filter(|_| still && self.single_login != SingleLogin::Off) {
+            // The bind stands whatever happens to this post (a stopping shard closes it anyway).
+            self.post(
+                self.cid_shard(prev),
+                Command::CloseReplaced { cid: prev, uid },
+            );
         }
         Ok(())
     }
@@ -484,6 +507,26 @@ impl Sessions {
 
     pub(crate) fn control(&self) -> &Control {
         &self.control
+    }
+}
+
+/// Single login across gates: the function the locator's watcher calls with each BindGate
+/// event `(uid, gid)`. An event of another gate goes to the uid's home shard here
+/// (`Command::BoundElsewhere`), which closes the connection bound here, if any; this gate's own
+/// events (`own_gid`) are ignored. Never blocks.
+pub fn bound_elsewhere(
+    shards: Vec<Box<dyn Mailbox>>,
+    own_gid: String,
+) -> impl Fn(i64, &str) + Send + 'static {
+    move |uid, gid| {
+        if uid <= 0 || gid == own_gid || shards.is_empty() {
+            return;
+        }
+        let home = home_of_uid(uid, shards.len());
+        let _ = shards[home].post(Command::BoundElsewhere {
+            uid,
+            gid: gid.into(),
+        });
     }
 }
 

@@ -106,6 +106,26 @@ pub enum Command {
         force: bool,
         reply: Reply<Result<(), SessionError>>,
     },
+    /// Single login on this gate: closes local connection `cid`, whose `uid` a newer
+    /// connection's bind just took, if it is still unbound.
+    CloseReplaced {
+        cid: i64,
+        uid: i64,
+    },
+    /// Single login across gates, at the uid's home: gate `gid` bound `uid` (the locator's
+    /// BindGate event). The connection bound here, if any, is asked to close.
+    BoundElsewhere {
+        uid: i64,
+        gid: Arc<str>,
+    },
+    /// Closes local connection `cid` if it still carries `uid` with its bind completed, once
+    /// the locator confirmed (`confirmed`) that it no longer names this gate.
+    ReplaceMoved {
+        cid: i64,
+        uid: i64,
+        gid: Arc<str>,
+        confirmed: bool,
+    },
 }
 
 /// The session data one shard owns.
@@ -324,11 +344,14 @@ impl Table {
                 kind,
                 reply,
             } => {
-                let exists = self.conns.contains_key(&cid);
-                if exists {
+                let conn = self.conns.get(&cid);
+                if let Some(c) = conn {
+                    if kind == EventKind::Reconnect {
+                        c.set_located(uid);
+                    }
                     upstream.event(event(kind, cid, uid));
                 }
-                let _ = reply.send(exists);
+                let _ = reply.send(conn.is_some());
             }
             Command::Membership {
                 cids,
@@ -401,6 +424,75 @@ impl Table {
                 }
                 Some(c) => c.close_graceful(Some(reply)),
             },
+            Command::CloseReplaced { cid, uid } => {
+                if let Some(c) = self.conns.get(&cid).filter(|c| c.uid() == 0) {
+                    tracing::info!(cid, uid, "single login: uid bound to a newer connection");
+                    c.close_replaced();
+                }
+            }
+            Command::BoundElsewhere { uid, gid } => {
+                if let Some(&cid) = self.users.get(&uid) {
+                    let cmd = Command::ReplaceMoved {
+                        cid,
+                        uid,
+                        gid,
+                        confirmed: false,
+                    };
+                    sessions.post(shard_of_cid(cid, self.shards), cmd);
+                }
+            }
+            Command::ReplaceMoved {
+                cid,
+                uid,
+                gid,
+                confirmed,
+            } => self.replace_moved(cid, uid, gid, confirmed, sessions),
         }
+    }
+
+    /// Another gate bound `uid`, bound here to `cid`. A bind still in progress here is newer
+    /// than that event (its SET comes later and wins), so only a completed one is considered;
+    /// the locator then confirms that it names another gate, so an event that arrives after our
+    /// own later bind does not close the connection that now holds the uid.
+    fn replace_moved(
+        &self,
+        cid: i64,
+        uid: i64,
+        gid: Arc<str>,
+        confirmed: bool,
+        sessions: &Sessions,
+    ) {
+        let Some(c) = self
+            .conns
+            .get(&cid)
+            .filter(|c| c.uid() == uid && c.located())
+        else {
+            return;
+        };
+        if !confirmed {
+            let (again, shard) = (sessions.clone(), self.shard);
+            sessions.control().if_moved(
+                uid,
+                Box::new(move || {
+                    let cmd = Command::ReplaceMoved {
+                        cid,
+                        uid,
+                        gid,
+                        confirmed: true,
+                    };
+                    again.post(shard, cmd);
+                }),
+            );
+            return;
+        }
+        tracing::info!(cid, uid, gate = %gid, "single login: uid bound on another gate");
+        // The uid is the other gate's now: this connection's Disconnect carries uid 0 and its
+        // release leaves the locator alone, as for a uid taken on this gate.
+        c.set_uid(0);
+        sessions.post(
+            home_of_uid(uid, self.shards),
+            Command::DirRemoveIf { uid, cid },
+        );
+        c.close_replaced();
     }
 }
