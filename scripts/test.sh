@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests and integration tests over real sockets,
-# including the interop suite (real Redis, Consul and due Go peers) when those are installed
-# (.ci/run installs them: scripts/install-redis.sh, scripts/install-consul.sh,
-# scripts/build-interop.sh). Usage: scripts/test.sh   (from anywhere; needs cargo)
+# including the cluster suites (real Redis, Consul, Prometheus and due Go peers). It installs
+# those first (scripts/install-deps.sh, idempotent; GATEHOUSE_NO_INSTALL=1 skips that step).
+# Usage: scripts/test.sh   (from anywhere; needs cargo, and Go for the due peers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${GATEHOUSE_NO_INSTALL:-}" ]; then
+    scripts/install-deps.sh
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
