@@ -26,6 +26,7 @@ import random
 import re
 import shlex
 import signal
+import threading
 import socket
 import subprocess
 import sys
@@ -54,7 +55,7 @@ GATE_NAMES = {"gatehouse": "gatehouse", "due": "due v2.4.1 gate"}
 NODE_KINDS = ("rust", "go")
 NODE_NAMES = {"rust": "Rust echo node", "go": "due Go bench node"}
 
-FIGURES = ("flood", "closed", "idle", "fanout", "shards", "benchclient")
+FIGURES = ("flood", "closed", "idle", "fanout", "shards", "benchclient", "metrics")
 ALIASES = {"cpu": "flood", "tps": "flood", "rss": "idle", "broadcast": "fanout", "client": "benchclient"}
 TITLES = {
     "flood": "Flood TPS and gate CPU (figures 1 and 2)",
@@ -63,11 +64,12 @@ TITLES = {
     "fanout": "Broadcast of 64 B (figure 5)",
     "shards": "gatehouse shards 1 vs 2 (figure 6)",
     "benchclient": "due's Go cluster client over WebSocket (figure 7)",
+    "metrics": "gatehouse with /metrics served vs off (figure 8)",
 }
 # Node blocks in run order: one node process per block, the figures that use it in order.
 # closed needs the flood peaks of the rust block, so flood comes first.
 BLOCKS = (
-    ("rust", ("flood", "closed", "shards", "idle")),
+    ("rust", ("flood", "closed", "shards", "metrics", "idle")),
     ("go", ("flood", "fanout", "benchclient")),
 )
 BROADCAST_ROUTE = 20
@@ -475,7 +477,8 @@ def write_etc(directory: Path, text: str) -> Path:
     return directory
 
 
-def gate_etc(env: Env, directory: Path, gid: str, tcp: int, ws: int, link: int, shards: int) -> Path:
+def gate_etc(env: Env, directory: Path, gid: str, tcp: int, ws: int, link: int, shards: int,
+             metrics: int | None = None) -> Path:  # fmt: skip
     """One due gate etc.toml read by both gates (the Go gate ignores [gatehouse])."""
     source = SAMPLE_ETC / "gate/etc.toml"
     text = substitute(
@@ -492,7 +495,8 @@ def gate_etc(env: Env, directory: Path, gid: str, tcp: int, ws: int, link: int, 
         },
         source,
     )
-    return write_etc(directory, text + f"\n[gatehouse]\nshards = {shards}\n")
+    extra = f'metricsAddr = "127.0.0.1:{metrics}"\n' if metrics else ""
+    return write_etc(directory, text + f"\n[gatehouse]\nshards = {shards}\n{extra}")
 
 
 def node_etc(env: Env, directory: Path) -> Path:
@@ -534,6 +538,8 @@ class Gate:
     ws: int
     proc: Proc
     spawned: float
+    # gatehouse's /metrics port when it serves one.
+    metrics_port: int | None = None
 
     @property
     def pid(self) -> int:
@@ -553,6 +559,8 @@ class Variant:
 
     kind: str
     shards: int = 2
+    # gatehouse only: serve /metrics (`[gatehouse] metricsAddr`) and scrape it during the run.
+    metrics: bool = False
 
 
 GATE_VARIANTS = (Variant("gatehouse"), Variant("due"))
@@ -662,11 +670,12 @@ def stop_node(b: Bench, node: Node, registered_before: set[str]) -> None:
     say(f"{NODE_NAMES[node.kind]} stopped")
 
 
-def start_gate(b: Bench, kind: str, proto: str, shards: int, label: str) -> Gate:
+def start_gate(b: Bench, kind: str, proto: str, shards: int, label: str, metrics: bool = False) -> Gate:
     """A fresh gate process, returned once it is in Consul and a routing probe got a reply."""
     gid = b.next_gid(kind)
     tcp, ws = free_port(), free_port()
-    directory = gate_etc(b.env, b.run_dir / "etc" / f"gate-{gid}", gid, tcp, ws, b.link, shards)
+    mport = free_port() if metrics else None
+    directory = gate_etc(b.env, b.run_dir / "etc" / f"gate-{gid}", gid, tcp, ws, b.link, shards, mport)
     if kind == "gatehouse":
         argv = [BIN["gatehouse"], "--etc", directory]
     else:
@@ -674,6 +683,7 @@ def start_gate(b: Bench, kind: str, proto: str, shards: int, label: str) -> Gate
     spawned = time.monotonic()
     proc = Proc(b.stem(f"gate-{gid}-{label}"), argv, b.logs, cwd=b.run_dir)
     gate = Gate(kind, gid, proto, tcp, ws, proc, spawned)
+    gate.metrics_port = mport
     try:
         wait_registered(b, gate)
         wait_routing(b, gate)
@@ -945,13 +955,13 @@ def measure(b: Bench, figure: str, point: dict, variant: Variant, rep: int, prot
             body: Callable[[Gate], dict]) -> dict:  # fmt: skip
     """One run: fresh gate, the figure's body, gate stopped; recorded whatever happened."""
     rec = {"figure": figure, **point, "gate": variant.kind, "shards": variant.shards, "proto": proto,
-           "node": b.node.kind, "rep": rep, "started": now_iso()}  # fmt: skip
+           "node": b.node.kind, "rep": rep, "started": now_iso(), "metrics": variant.metrics}  # fmt: skip
     label = "-".join(f"{k}{v}" for k, v in point.items() if k != "node")
     if not b.node.proc.alive():
         raise BlockAborted(f"{NODE_NAMES[b.node.kind]} exited ({b.node.proc.p.poll()})\n{b.node.proc.tail()}")
     gate = None
     try:
-        gate = start_gate(b, variant.kind, proto, variant.shards, f"{figure}-{label}")
+        gate = start_gate(b, variant.kind, proto, variant.shards, f"{figure}-{label}", variant.metrics)
         rec.update(gid=gate.gid, ready_s=round(time.monotonic() - gate.spawned, 2), gate_log=str(gate.proc.err))
         rec.update(body(gate))
     except BenchError as e:
@@ -962,7 +972,8 @@ def measure(b: Bench, figure: str, point: dict, variant: Variant, rep: int, prot
     rec["ok"] = "error" not in rec and not rec.get("failures")
     shown = " ".join(f"{k}={v}" for k, v in point.items())
     say(f"{figure} {shown} rep {rep + 1}/{b.plan.repeats} {variant.kind}"
-        f"{'' if variant.shards == 2 else f' shards={variant.shards}'}: {describe(rec)}")  # fmt: skip
+        f"{'' if variant.shards == 2 else f' shards={variant.shards}'}"
+        f"{' metrics on' if variant.metrics else ''}: {describe(rec)}")  # fmt: skip
     b.add_run(figure, rec)
     return rec
 
@@ -1034,6 +1045,45 @@ def fig_shards(b: Bench) -> None:
     alternate(b, "shards", [point], lambda pt, g: flood_body(b, g, pt["conns"], pt["requests"]), variants=variants)
 
 
+def metrics_flood_body(b: Bench, g: Gate, conns: int, requests: int) -> dict:
+    """A flood, with /metrics scraped every second meanwhile when the gate serves it (what a
+    Prometheus server would do; the scrape's own cost lands on the gate's control side)."""
+    stop = threading.Event()
+    scrapes: list[int] = []
+
+    def scrape() -> None:
+        url = f"http://127.0.0.1:{g.metrics_port}/metrics"
+        while True:
+            status, body = http("GET", url)
+            scrapes.append(len(body) if status == 200 else -1)
+            if stop.wait(1.0):
+                return
+
+    t = threading.Thread(target=scrape, daemon=True) if g.metrics_port else None
+    if t:
+        t.start()
+    try:
+        rec = flood_body(b, g, conns, requests)
+    finally:
+        stop.set()
+        if t:
+            t.join(5)
+    if g.metrics_port:
+        rec["scrapes"] = len(scrapes)
+        if not scrapes or min(scrapes) < 0:
+            rec["error"] = f"/metrics scrapes failed: {scrapes}"
+    return rec
+
+
+def fig_metrics(b: Bench) -> None:
+    p = b.plan
+    points = [{"role": "metrics", "node": b.node.kind, "conns": c, "requests": p.requests_for(c)}
+              for c in sorted({p.peak_conns, p.flood_conns[-1]})]  # fmt: skip
+    variants = (Variant("gatehouse"), Variant("gatehouse", metrics=True))
+    alternate(b, "metrics", points, lambda pt, g: metrics_flood_body(b, g, pt["conns"], pt["requests"]),
+              variants=variants)  # fmt: skip
+
+
 def fig_benchclient(b: Bench) -> None:
     point = {"role": "benchclient", "node": b.node.kind, "conns": b.plan.client_conns,
              "requests": b.plan.client_requests}  # fmt: skip
@@ -1046,6 +1096,7 @@ FIGURE_FUNCS = {
     "idle": fig_idle,
     "fanout": fig_fanout,
     "shards": fig_shards,
+    "metrics": fig_metrics,
     "benchclient": fig_benchclient,
 }
 
@@ -1244,6 +1295,25 @@ def section_shards(res: dict) -> str:
     )
 
 
+def section_metrics(res: dict) -> str:
+    runs = res["runs"]
+    rows = []
+    for c in sorted({r["conns"] for r in runs}):
+        vals = {}
+        for on in (False, True):
+            sub = where(runs, conns=c, metrics=on)
+            vals[on] = (cell(sub, "tps", True, ",.0f"), cell(sub, "cpu_s_per_1m", False, ".2f"))
+        rows.append([f"c={c}", vals[False][0][1], vals[True][0][1],
+                     fmt_ratio(ratio(vals[True][0][0], vals[False][0][0])),
+                     vals[False][1][1], vals[True][1][1],
+                     fmt_ratio(ratio(vals[True][1][0], vals[False][1][0]))])  # fmt: skip
+    return (
+        "gatehouse only, flood behind the Rust echo node, `metricsAddr` off vs on (on: `/metrics` "
+        "scraped every second during the run); better of the runs per setting.\n\n"
+        + table(["", "req/s off", "req/s on", "on/off", "CPU s/1M off", "CPU s/1M on", "on/off"], rows)
+    )
+
+
 def section_benchclient(res: dict) -> str:
     runs = res["runs"]
     groups = [([], {})]
@@ -1265,6 +1335,7 @@ SECTIONS = {
     "fanout": section_fanout,
     "shards": section_shards,
     "benchclient": section_benchclient,
+    "metrics": section_metrics,
 }
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark entry point: builds gatehouse, loadgen, echo-node and the Go peers, keeps bench/.venv
 # (matplotlib for the chart), then runs bench/run.py with the same arguments.
-# Usage: bench/run.sh [--quick] [--only flood,closed,idle,fanout,shards,benchclient] [--repeats N]
+# Usage: bench/run.sh [--quick] [--only flood,closed,idle,fanout,shards,benchclient,metrics] [--repeats N]
 #                     [--out DIR] [--report-only] [--no-build]      (details: bench/run.sh --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
