@@ -401,6 +401,14 @@ impl Health {
         self.hanging.store(hanging, Ordering::Release)
     }
 
+    /// Whether the gate is registered; `None` when no registry is configured.
+    pub fn registered(&self) -> Option<bool> {
+        match self.registry.load(Ordering::Acquire) {
+            0 => None,
+            s => Some(s == 2),
+        }
+    }
+
     /// `Ok` when ready for new players, else the reasons it is not.
     pub fn ready(&self) -> Result<(), Vec<&'static str>> {
         let mut why = Vec::new();

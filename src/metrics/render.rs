@@ -224,6 +224,14 @@ pub fn render(m: &GateMetrics) -> String {
         MetricType::COUNTER,
         vec![(vec![], m.control.registry_errors.get() as f64)],
     ));
+    if let Some(registered) = m.health.registered() {
+        out.push(family(
+            "gatehouse_registry_registered",
+            "1 once the gate's record is registered (absent without a registry).",
+            MetricType::GAUGE,
+            vec![(vec![], registered as u8 as f64)],
+        ));
+    }
     out.push(family(
         "gatehouse_ready",
         "1 when /readyz answers 200 (listening, registered, not shutting down).",
