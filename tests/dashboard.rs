@@ -304,9 +304,9 @@ fn dashboard_exprs(dashboard: &serde_json::Value) -> (Vec<(String, String)>, Vec
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"]
                 .as_str()
-                .unwrap_or_else(|| panic!("panel {:?}: a target without expr: {t}", p["title"]));
+                .unwrap_or_else(|| panic!("panel {}: a target without expr: {t}", p["title"]));
             exprs.push((
-                format!("panel {} {:?} target {}", p["id"], p["title"], t["refId"]),
+                format!("panel {} {} target {}", p["id"], p["title"], t["refId"]),
                 expr.to_string(),
             ));
         }
