@@ -270,7 +270,15 @@ impl Gate {
                         .iter()
                         .map(|w| (addr_key(Some(Transport::Ws)), w.server.addr.as_str())),
                 )
-                .chain([(addr_key(None), link_cfg)]);
+                .chain([(addr_key(None), link_cfg)])
+                // The metrics port too: two gates answering one scrape address in turns would
+                // each report half the truth.
+                .chain(
+                    cfg.gatehouse
+                        .metrics_addr
+                        .iter()
+                        .map(|a| ("etc.gatehouse.metricsAddr", a.as_str())),
+                );
             for (key, addr) in configured {
                 // An address that does not parse is reported by the bind below, with its key.
                 let port = net::HostPort::parse(addr).map_or(0, |a| a.port);

@@ -391,6 +391,34 @@ fn banner_keys_and_pid_file() {
     assert_eq!(pid, p.child.id().to_string());
 }
 
+/// `metricsAddr` is claimed like the client ports: a second gate with other client ports but
+/// the same metrics address refuses to start (two gates answering one scrape address in turns
+/// would each report half the truth), naming the key and the running gate.
+#[test]
+fn a_second_gatehouse_on_the_same_metrics_address_refuses_to_start() {
+    let dir = TempDir::new("second-metrics");
+    let metrics = free_port();
+    let cfg = etc_toml("first", &format!("metricsAddr = \"127.0.0.1:{metrics}\"\n"));
+    let f = dir.0.join("etc.toml");
+    std::fs::write(&f, &cfg).unwrap();
+    let mut first = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+    first.port();
+    let mut second = Proc::spawn(&dir.0, &["--etc", f.to_str().unwrap()], &[]);
+    let line = second.line("etc.gatehouse.metricsAddr");
+    assert!(
+        line.contains(&format!(
+            "already served by gatehouse pid {}",
+            first.child.id()
+        )),
+        "{line}"
+    );
+    assert_eq!(second.wait_exit(Duration::from_secs(5)).0, Some(1));
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "first still running"
+    );
+}
+
 /// Item 55: after SIGTERM connected clients keep being served; the process exits once they left.
 #[test]
 fn sigterm_waits_for_clients_to_leave() {

@@ -326,7 +326,7 @@ impl Default for ShardMetrics {
     }
 }
 
-/// The link to one node, as counted (`node` label: the node's instance id).
+/// The link to one node, as counted (`node` label: the node's link address, `host:port`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinkCount {
     /// Link connections up now.

@@ -220,7 +220,7 @@ pub fn render(m: &GateMetrics) -> String {
     ));
     out.push(family(
         "gatehouse_registry_errors_total",
-        "Failed registry (Consul) calls: registration, health updates, node watch.",
+        "Failed registry (Consul) calls after start-up: TTL check updates and node watch queries.",
         MetricType::COUNTER,
         vec![(vec![], m.control.registry_errors.get() as f64)],
     ));
