@@ -71,6 +71,8 @@ fn rules(interval: Duration, tick: bool, authorize: Duration) -> MachineRules {
             authorize,
         },
         reply_heartbeats: !tick,
+        packet_rate: None,
+        rate_action: Default::default(),
     }
 }
 
