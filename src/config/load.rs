@@ -2241,6 +2241,62 @@ log:
         }
     }
 
+    #[test]
+    fn limits_keys() {
+        let off = from_toml("").unwrap().gatehouse.limits;
+        assert_eq!(off, LimitsConfig::default());
+        assert_eq!(off.packet_action, RateAction::Drop);
+        let c = from_toml(
+            r#"
+            [gatehouse]
+            packetRate = 50
+            packetRateAction = "close"
+            ipAcceptRate = 5
+            ipAcceptBurst = 20
+            ipMaxConns = 3
+            "#,
+        )
+        .unwrap()
+        .gatehouse
+        .limits;
+        assert_eq!(
+            c,
+            LimitsConfig {
+                packet_rate: 50,
+                packet_burst: 50,
+                packet_action: RateAction::Close,
+                ip_accept_rate: 5,
+                ip_accept_burst: 20,
+                ip_max_conns: 3,
+            }
+        );
+        let json = r#"{"gatehouse": {"packetRate": 10, "packetBurst": 1, "packetRateAction": "drop"}}"#;
+        let j = load_one("etc.json", json).unwrap().gatehouse.limits;
+        assert_eq!((j.packet_rate, j.packet_burst), (10, 1));
+        for (toml, key) in [
+            ("packetRate = -1", "packetRate"),
+            ("packetRate = 1000001", "packetRate"),
+            ("packetRate = \"fast\"", "packetRate"),
+            ("packetRate = 10\npacketBurst = 0", "packetBurst"),
+            ("packetRate = 10\npacketBurst = -5", "packetBurst"),
+            ("packetBurst = 10", "packetBurst"),
+            ("packetRateAction = \"kick\"", "packetRateAction"),
+            ("packetRateAction = 1", "packetRateAction"),
+            ("ipAcceptRate = -3", "ipAcceptRate"),
+            ("ipAcceptBurst = 4", "ipAcceptBurst"),
+            ("ipAcceptRate = 1\nipAcceptBurst = 0", "ipAcceptBurst"),
+            ("ipMaxConns = -1", "ipMaxConns"),
+            ("ipMaxConns = 4294967296", "ipMaxConns"),
+        ] {
+            let toml = format!("[gatehouse]\n{toml}");
+            assert_eq!(
+                err_key(from_toml(&toml)),
+                format!("etc.gatehouse.{key}"),
+                "{toml}"
+            );
+        }
+    }
+
     fn c_default_single_login() -> SingleLogin {
         from_toml("").unwrap().gatehouse.single_login
     }
