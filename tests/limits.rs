@@ -236,18 +236,15 @@ fn admitted(g: &TestGate, source: [u8; 4]) -> (TcpStream, i64) {
     (s, cid)
 }
 
-/// A WS client from `source` through the upgrade.
-fn ws_from(
-    g: &TestGate,
-    source: [u8; 4],
-) -> Result<
-    tungstenite::WebSocket<TcpStream>,
-    tungstenite::HandshakeError<tungstenite::ClientHandshake<TcpStream>>,
-> {
+/// A WS client from `source` through the upgrade (panics if it fails).
+fn ws_from(g: &TestGate, source: [u8; 4]) -> tungstenite::WebSocket<TcpStream> {
     let s = raw_from(source, g.addr(Transport::Ws));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let url = format!("ws://{}/", g.addr(Transport::Ws));
-    tungstenite::client::client(url, s).map(|(ws, _)| ws)
+    match tungstenite::client::client(url, s) {
+        Ok((ws, _)) => ws,
+        Err(e) => panic!("websocket upgrade: {e}"),
+    }
 }
 
 /// `ipMaxConns = 3`, counted over both servers: the fourth connection from one IP is closed
@@ -259,7 +256,7 @@ fn open_connections_per_ip_are_capped() {
     let a = [127, 0, 0, 2];
     let (first, first_cid) = admitted(&g, a);
     let (_second, _) = admitted(&g, a);
-    let _third = ws_from(&g, a).expect("the third, over WS");
+    let _third = ws_from(&g, a);
     g.event(EventKind::Connect);
 
     let mut fourth = raw_from(a, g.addr(Transport::Tcp));
