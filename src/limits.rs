@@ -92,16 +92,6 @@ impl PacketBucket {
     }
 }
 
-/// What happens to a packet over a connection's rate (`packetRateAction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RateAction {
-    /// Not delivered; the connection stays.
-    #[default]
-    Drop,
-    /// The connection is closed (`CloseReason::RateLimited`).
-    Close,
-}
-
 /// Why a new connection from a source IP was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpRefusal {

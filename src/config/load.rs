@@ -12,11 +12,10 @@ use super::convert::{
 };
 use super::{
     Config, ConsulConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, LimitsConfig,
-    LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, RedisConfig, RegistryConfig, Rotate,
-    ServerConfig, SingleLogin, StaticNode, WsConfig,
+    LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, RateAction, RedisConfig, RegistryConfig,
+    Rotate, ServerConfig, SingleLogin, StaticNode, WsConfig,
 };
 use crate::instance::{InstanceState, RouteInfo};
-use crate::limits::RateAction;
 use crate::net::HostPort;
 use crate::packet::{ByteOrder, PacketConfig};
 use crate::proxy_header::{ProxyMode, ProxyPolicy};
@@ -2270,7 +2269,8 @@ log:
                 ip_max_conns: 3,
             }
         );
-        let json = r#"{"gatehouse": {"packetRate": 10, "packetBurst": 1, "packetRateAction": "drop"}}"#;
+        let json =
+            r#"{"gatehouse": {"packetRate": 10, "packetBurst": 1, "packetRateAction": "drop"}}"#;
         let j = load_one("etc.json", json).unwrap().gatehouse.limits;
         assert_eq!((j.packet_rate, j.packet_burst), (10, 1));
         for (toml, key) in [

@@ -336,6 +336,16 @@ pub struct GatehouseConfig {
     pub limits: LimitsConfig,
 }
 
+/// What happens to a data packet over a connection's rate (`packetRateAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateAction {
+    /// Not delivered; the connection stays.
+    #[default]
+    Drop,
+    /// The connection is closed (`CloseReason::RateLimited`).
+    Close,
+}
+
 /// `[gatehouse]` limits on what one client may take (docs/ops/limits.md). 0 = off throughout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LimitsConfig {
@@ -344,7 +354,7 @@ pub struct LimitsConfig {
     /// `packetBurst`: packets a connection may send at once (default `packetRate`).
     pub packet_burst: u32,
     /// `packetRateAction`: `drop` (default) or `close`.
-    pub packet_action: crate::limits::RateAction,
+    pub packet_action: RateAction,
     /// `ipAcceptRate`: new connections per second per source IP.
     pub ip_accept_rate: u32,
     /// `ipAcceptBurst`: new connections at once per source IP (default `ipAcceptRate`).

@@ -658,7 +658,7 @@ fn a_record_of_another_version_or_transport_is_refused() {
     );
 }
 
-fn rate_rules(rate: u32, burst: u32, action: crate::limits::RateAction) -> MachineRules {
+fn rate_rules(rate: u32, burst: u32, action: crate::config::RateAction) -> MachineRules {
     MachineRules {
         packet_rate: crate::limits::Rate::new(rate, burst),
         rate_action: action,
@@ -668,7 +668,7 @@ fn rate_rules(rate: u32, burst: u32, action: crate::limits::RateAction) -> Machi
 
 #[test]
 fn packets_over_the_rate_are_dropped_and_heartbeats_still_answered() {
-    use crate::limits::RateAction;
+    use crate::config::RateAction;
     let (mut p, t0) = tcp_pipe(rate_rules(10, 3, RateAction::Drop));
     // Five data packets and a heartbeat in one read: the burst (3) is delivered, in order.
     let mut input: Vec<u8> = (1..=5).flat_map(|i| data(1, i, b"x").to_vec()).collect();
@@ -688,7 +688,7 @@ fn packets_over_the_rate_are_dropped_and_heartbeats_still_answered() {
 
 #[test]
 fn packets_over_the_rate_close_in_close_mode() {
-    use crate::limits::RateAction;
+    use crate::config::RateAction;
     let (mut p, _) = ws_pipe(rate_rules(10, 2, RateAction::Close));
     let input: Vec<u8> = (1..=4)
         .flat_map(|i| ws_client(0x82, &data(1, i, b"x")))
@@ -712,7 +712,7 @@ fn without_a_rate_nothing_is_limited() {
 
 #[test]
 fn an_imported_connection_starts_with_a_full_bucket() {
-    use crate::limits::RateAction;
+    use crate::config::RateAction;
     let r = rate_rules(1, 2, RateAction::Drop);
     let (mut p, t0) = tcp_pipe(r);
     p.input(&[data(1, 1, b"x"), data(1, 2, b"x")].concat())
