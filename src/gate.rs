@@ -317,6 +317,13 @@ impl Gate {
         let mut unbound = Vec::new();
         let mut pending = Vec::new();
         let mut cert_stores = Vec::new();
+        // One table of source IPs for every client server (docs/ops/limits.md).
+        let limits = &cfg.gatehouse.limits;
+        let ip_limits = crate::limits::IpLimits::new(
+            limits.ip_max_conns,
+            crate::limits::Rate::new(limits.ip_accept_rate, limits.ip_accept_burst),
+        )
+        .map(Arc::new);
         for (transport, sc, ws_rules) in tcp.into_iter().chain(ws) {
             let tls = if sc.tls() {
                 let (acceptor, store) =
@@ -327,7 +334,9 @@ impl Gate {
                 None
             };
             let server = Arc::new(
-                ServerCtx::new(transport, sc, cap, tls).with_proxy(cfg.gatehouse.proxy.clone()),
+                ServerCtx::new(transport, sc, cap, tls)
+                    .with_proxy(cfg.gatehouse.proxy.clone())
+                    .with_limits(&cfg.gatehouse.limits, ip_limits.clone()),
             );
             unbound.push((server, ws_rules));
         }

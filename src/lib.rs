@@ -43,6 +43,8 @@
 //!   claims on configured ports that refuse a second gatehouse on them.
 //! - [`proxy_header`]: the PROXY protocol (v1/v2) header before a client's first byte: trusted
 //!   peers and a sans-IO decision over the bytes read so far.
+//! - [`limits`]: the packet-rate bucket of a connection and the shared per-source-IP table
+//!   (accept rate, open connections), sans-IO.
 //! - [`packet`]: the client packet codec, sans-IO. [`liveness`]: heartbeat and authorize rules,
 //!   clock-free. [`instance`]: instance states and route flags.
 //! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor (its certificate reloaded on
@@ -61,6 +63,7 @@ pub mod drpc;
 pub mod gate;
 pub mod handoff;
 pub mod instance;
+pub mod limits;
 pub mod listener;
 pub mod liveness;
 pub mod locator;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::connection::framing::TcpFraming;
 use crate::connection::machine::Connection;
 use crate::connection::ws::WsRules;
-use crate::connection::{client_ip, driver, ws, Host, ServerCtx};
+use crate::connection::{client_ip, driver, ws, Host, IpPass, ServerCtx};
 use crate::net::accept_each;
 use crate::proxy_header::{self, Decision, ProxyMode, ProxyRefusal};
 
@@ -55,24 +55,36 @@ pub async fn accept_loop<H: Host + 'static>(
             host.spawn(serve_proxied(host.clone(), server, rules, ip, stream));
             return;
         }
+        // Per-IP limits before any handshake work: a refused socket closes without a byte.
+        let Some(pass) = server.ip_enter(ip) else {
+            return;
+        };
         // One spawn per path, so each task's future is only as large as its own path needs: a
         // plain TCP connection must not pay for TLS or WebSocket handshake state.
         match (ws_rules.clone(), server.tls.is_some()) {
             (None, false) => {
                 // Admitted before the spawn, so the task's future holds the driver only.
-                if let Some(conn) = admit(&*host, &server, ip) {
+                if let Some(conn) = admit(&*host, &server, ip, pass) {
                     let machine = tcp_machine(&*host, &server, conn);
                     host.spawn(driver::serve(host.clone(), server, machine, stream));
                 }
             }
             (None, true) => {
-                host.spawn(Box::pin(serve_tls(host.clone(), server, ip, stream)));
+                host.spawn(Box::pin(serve_tls(host.clone(), server, ip, pass, stream)));
             }
             (Some(rules), false) => {
-                host.spawn(serve_ws_plain(host.clone(), server, rules, ip, stream));
+                host.spawn(serve_ws_plain(
+                    host.clone(),
+                    server,
+                    rules,
+                    ip,
+                    pass,
+                    stream,
+                ));
             }
             (Some(rules), true) => {
-                host.spawn(Box::pin(serve_wss(host.clone(), server, rules, ip, stream)));
+                let task = serve_wss(host.clone(), server, rules, ip, pass, stream);
+                host.spawn(Box::pin(task));
             }
         }
     })
@@ -98,16 +110,22 @@ async fn serve_proxied<H: Host + 'static>(
         Ok(None) => peer,
         Err((reason, detail)) => return refused(peer, reason, &detail),
     };
+    // The per-IP limits apply to the client the header names.
+    let Some(pass) = server.ip_enter(ip) else {
+        return;
+    };
     match (ws_rules, server.tls.is_some()) {
         (None, false) => {
-            if let Some(conn) = admit(&*host, &server, ip) {
+            if let Some(conn) = admit(&*host, &server, ip, pass) {
                 let machine = tcp_machine(&*host, &server, conn);
                 driver::serve(host, server, machine, stream).await
             }
         }
-        (None, true) => Box::pin(serve_tls(host, server, ip, stream)).await,
-        (Some(rules), false) => Box::pin(serve_ws_plain(host, server, rules, ip, stream)).await,
-        (Some(rules), true) => Box::pin(serve_wss(host, server, rules, ip, stream)).await,
+        (None, true) => Box::pin(serve_tls(host, server, ip, pass, stream)).await,
+        (Some(rules), false) => {
+            Box::pin(serve_ws_plain(host, server, rules, ip, pass, stream)).await
+        }
+        (Some(rules), true) => Box::pin(serve_wss(host, server, rules, ip, pass, stream)).await,
     }
 }
 
@@ -183,22 +201,31 @@ fn tcp_machine<H: Host + ?Sized>(
     Connection::new(conn, framing, server.rules, Instant::now())
 }
 
-/// A session slot for a new connection from `ip`, or `None` (logged as due logs it) when the
-/// server is full; the caller then drops the stream, which closes it.
+/// A session slot for a new connection from `ip` (its per-IP place `pass` then belongs to the
+/// connection), or `None` (logged as due logs it) when the server is full; the caller then
+/// drops the stream, which closes it.
 fn admit<H: Host + ?Sized>(
     host: &H,
     server: &ServerCtx,
     ip: IpAddr,
+    pass: IpPass,
 ) -> Option<Rc<crate::session::Conn>> {
     let conn = host.admit(server, ip);
-    if conn.is_none() {
-        tracing::warn!(%ip, "connection allocate error: too many connection");
+    match conn {
+        Some(_) => pass.admitted(),
+        None => tracing::warn!(%ip, "connection allocate error: too many connection"),
     }
     conn
 }
 
-async fn serve_tls<H: Host>(host: Rc<H>, server: Arc<ServerCtx>, ip: IpAddr, stream: TcpStream) {
-    let Some(conn) = admit(&*host, &server, ip) else {
+async fn serve_tls<H: Host>(
+    host: Rc<H>,
+    server: Arc<ServerCtx>,
+    ip: IpAddr,
+    pass: IpPass,
+    stream: TcpStream,
+) {
+    let Some(conn) = admit(&*host, &server, ip, pass) else {
         return;
     };
     let tls = server.tls.as_ref().expect("TLS server");
@@ -216,9 +243,10 @@ async fn serve_ws_plain<H: Host>(
     server: Arc<ServerCtx>,
     rules: Arc<WsRules>,
     ip: IpAddr,
+    pass: IpPass,
     stream: TcpStream,
 ) {
-    ws::accept(host, server, &rules, ip, stream).await
+    ws::accept(host, server, &rules, ip, pass, stream).await
 }
 
 async fn serve_wss<H: Host>(
@@ -226,13 +254,14 @@ async fn serve_wss<H: Host>(
     server: Arc<ServerCtx>,
     rules: Arc<WsRules>,
     ip: IpAddr,
+    pass: IpPass,
     stream: TcpStream,
 ) {
     let tls = server.tls.as_ref().expect("TLS server");
     let Some(s) = tls_handshake(tls, stream, ip).await else {
         return;
     };
-    ws::accept(host, server, &rules, ip, s).await
+    ws::accept(host, server, &rules, ip, pass, s).await
 }
 
 async fn tls_handshake(

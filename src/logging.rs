@@ -95,6 +95,42 @@ pub fn init_for_tests() {
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
+/// At most one line per `period` for one kind of event on one thread (a shard): what a
+/// client can trigger at will (refusals, drops) must not flood the log. The caller asks
+/// [`Throttle::allow`] before logging and puts the count of suppressed lines in the line it
+/// logs. Single-threaded (`Cell`s), clock passed in.
+#[derive(Debug)]
+pub struct Throttle {
+    period: Duration,
+    last: std::cell::Cell<Option<Instant>>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl Throttle {
+    pub const fn new(period: Duration) -> Self {
+        Throttle {
+            period,
+            last: std::cell::Cell::new(None),
+            suppressed: std::cell::Cell::new(0),
+        }
+    }
+
+    /// `Some(n)`: log now, `n` lines were suppressed since the last one. `None`: suppressed
+    /// (counted for the next line).
+    pub fn allow(&self, now: Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(last) if now.saturating_duration_since(last) < self.period => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
+}
+
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync + 'static>;
 
 /// Builds the subscriber without installing it, so tests can scope it with `with_default`.
@@ -586,6 +622,22 @@ impl<'a> MakeWriter<'a> for FileSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_lets_one_line_a_period_through_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(t.allow(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(t.allow(t0 + Duration::from_millis(100 * i)), None);
+        }
+        assert_eq!(t.allow(t0 + Duration::from_millis(999)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(1)), Some(6));
+        assert_eq!(t.allow(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(60)), Some(1));
+        // An earlier instant (another thread's clock reading) is suppressed, never a panic.
+        assert_eq!(t.allow(t0), None);
+    }
     use std::sync::atomic::AtomicUsize;
 
     /// A fresh directory under the system temp dir, removed on drop.

@@ -613,10 +613,11 @@ impl Shard {
         }
     }
 
-    /// Registers an adopted connection: table, channels, server slot (no Connect: the nodes
-    /// know it already).
+    /// Registers an adopted connection: table, channels, server slot, its source IP's count
+    /// (no Connect: the nodes know it already).
     fn insert_adopted(&self, server: &ServerCtx, conn: &Rc<Conn>) {
         crate::metrics::shard().open[server.transport as usize].inc();
+        server.ip_adopt(conn.ip);
         server.slot().fetch_add(1, Ordering::AcqRel);
         self.table.borrow_mut().insert_imported(conn.clone());
     }
@@ -700,6 +701,7 @@ impl Host for Shard {
 
     fn forget(&self, server: &ServerCtx, conn: &Conn) {
         crate::metrics::shard().open[server.transport as usize].dec();
+        server.ip_leave(conn.ip);
         conn.set_state(ConnState::Closed);
         self.table.borrow_mut().remove(conn);
         server.slot().fetch_sub(1, Ordering::AcqRel);
@@ -741,6 +743,8 @@ impl Host for Shard {
     /// user, emits Disconnect with the uid bound at this moment and frees its server slot.
     fn release(&self, server: &ServerCtx, conn: &Conn) {
         crate::metrics::shard().open[server.transport as usize].dec();
+        // Its source IP's place (per-IP limits) is free at once; the server slot may wait.
+        server.ip_leave(conn.ip);
         conn.set_state(ConnState::Closed);
         let uid = self.table.borrow_mut().remove(conn);
         let slot = server.slot();

@@ -50,6 +50,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "handoff",
             "proxy_header",
             "metrics",
+            "limits",
         ],
     ),
 ];

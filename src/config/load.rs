@@ -11,9 +11,9 @@ use super::convert::{
     value_to_string, value_to_string_list,
 };
 use super::{
-    Config, ConsulConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, LocatorConfig,
-    LogConfig, LogFormat, LogLevel, Mode, RedisConfig, RegistryConfig, Rotate, ServerConfig,
-    SingleLogin, StaticNode, WsConfig,
+    Config, ConsulConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, LimitsConfig,
+    LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, RateAction, RedisConfig, RegistryConfig,
+    Rotate, ServerConfig, SingleLogin, StaticNode, WsConfig,
 };
 use crate::instance::{InstanceState, RouteInfo};
 use crate::net::HostPort;
@@ -798,6 +798,12 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "upgradeSocket",
     "metricsAddr",
     "singleLogin",
+    "packetRate",
+    "packetBurst",
+    "packetRateAction",
+    "ipAcceptRate",
+    "ipAcceptBurst",
+    "ipMaxConns",
 ];
 
 /// `[[gatehouse.nodes]]` keys.
@@ -1381,6 +1387,58 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
                 ))
             }
         },
+        limits: limits(g)?,
+    })
+}
+
+/// The largest rate `packetRate` and `ipAcceptRate` take (per second), and the largest burst.
+const MAX_RATE: i64 = 1_000_000;
+const MAX_BURST: i64 = 1_000_000_000;
+
+/// `packetRate`/`packetBurst`/`packetRateAction`, `ipAcceptRate`/`ipAcceptBurst`, `ipMaxConns`.
+fn limits(g: &Section) -> Result<LimitsConfig> {
+    // A rate and its burst: the burst defaults to the rate, must be at least 1 when the rate
+    // is on, and means nothing without it.
+    let rate_burst = |rate_key: &str, burst_key: &str| -> Result<(u32, u32)> {
+        let rate = g.bounded_int(rate_key, 0, MAX_RATE)? as u32;
+        let burst = g.get(burst_key, value_to_int)?;
+        let burst = match burst {
+            None => rate,
+            Some(_) if rate == 0 => {
+                return Err(ConfigError::invalid(
+                    g.key(burst_key),
+                    format!("has no effect without {rate_key} (0 or absent: off)"),
+                ))
+            }
+            Some(b) if !(1..=MAX_BURST).contains(&b) => {
+                return Err(ConfigError::invalid(
+                    g.key(burst_key),
+                    format!("{b} is out of range (1 to {MAX_BURST})"),
+                ))
+            }
+            Some(b) => b as u32,
+        };
+        Ok((rate, burst))
+    };
+    let (packet_rate, packet_burst) = rate_burst("packetRate", "packetBurst")?;
+    let (ip_accept_rate, ip_accept_burst) = rate_burst("ipAcceptRate", "ipAcceptBurst")?;
+    let packet_action = match g.string("packetRateAction", "drop")?.as_str() {
+        "drop" | "" => RateAction::Drop,
+        "close" => RateAction::Close,
+        other => {
+            return Err(ConfigError::invalid(
+                g.key("packetRateAction"),
+                format!("{other:?} is not an action (use drop or close)"),
+            ))
+        }
+    };
+    Ok(LimitsConfig {
+        packet_rate,
+        packet_burst,
+        packet_action,
+        ip_accept_rate,
+        ip_accept_burst,
+        ip_max_conns: g.bounded_int("ipMaxConns", 0, u32::MAX.into())? as u32,
     })
 }
 
@@ -2179,6 +2237,63 @@ log:
             ),
         ] {
             assert_eq!(err_key(from_toml(toml)), key, "{toml}");
+        }
+    }
+
+    #[test]
+    fn limits_keys() {
+        let off = from_toml("").unwrap().gatehouse.limits;
+        assert_eq!(off, LimitsConfig::default());
+        assert_eq!(off.packet_action, RateAction::Drop);
+        let c = from_toml(
+            r#"
+            [gatehouse]
+            packetRate = 50
+            packetRateAction = "close"
+            ipAcceptRate = 5
+            ipAcceptBurst = 20
+            ipMaxConns = 3
+            "#,
+        )
+        .unwrap()
+        .gatehouse
+        .limits;
+        assert_eq!(
+            c,
+            LimitsConfig {
+                packet_rate: 50,
+                packet_burst: 50,
+                packet_action: RateAction::Close,
+                ip_accept_rate: 5,
+                ip_accept_burst: 20,
+                ip_max_conns: 3,
+            }
+        );
+        let json =
+            r#"{"gatehouse": {"packetRate": 10, "packetBurst": 1, "packetRateAction": "drop"}}"#;
+        let j = load_one("etc.json", json).unwrap().gatehouse.limits;
+        assert_eq!((j.packet_rate, j.packet_burst), (10, 1));
+        for (toml, key) in [
+            ("packetRate = -1", "packetRate"),
+            ("packetRate = 1000001", "packetRate"),
+            ("packetRate = \"fast\"", "packetRate"),
+            ("packetRate = 10\npacketBurst = 0", "packetBurst"),
+            ("packetRate = 10\npacketBurst = -5", "packetBurst"),
+            ("packetBurst = 10", "packetBurst"),
+            ("packetRateAction = \"kick\"", "packetRateAction"),
+            ("packetRateAction = 1", "packetRateAction"),
+            ("ipAcceptRate = -3", "ipAcceptRate"),
+            ("ipAcceptBurst = 4", "ipAcceptBurst"),
+            ("ipAcceptRate = 1\nipAcceptBurst = 0", "ipAcceptBurst"),
+            ("ipMaxConns = -1", "ipMaxConns"),
+            ("ipMaxConns = 4294967296", "ipMaxConns"),
+        ] {
+            let toml = format!("[gatehouse]\n{toml}");
+            assert_eq!(
+                err_key(from_toml(&toml)),
+                format!("etc.gatehouse.{key}"),
+                "{toml}"
+            );
         }
     }
 

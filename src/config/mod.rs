@@ -331,6 +331,36 @@ pub struct GatehouseConfig {
     pub metrics_addr: Option<String>,
     /// `singleLogin`: what binding a uid that is bound to another connection does to that one.
     pub single_login: SingleLogin,
+    /// `packetRate`, `packetBurst`, `packetRateAction`, `ipAcceptRate`, `ipAcceptBurst`,
+    /// `ipMaxConns` (docs/ops/limits.md).
+    pub limits: LimitsConfig,
+}
+
+/// What happens to a data packet over a connection's rate (`packetRateAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateAction {
+    /// Not delivered; the connection stays.
+    #[default]
+    Drop,
+    /// The connection is closed (`CloseReason::RateLimited`).
+    Close,
+}
+
+/// `[gatehouse]` limits on what one client may take (docs/ops/limits.md). 0 = off throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitsConfig {
+    /// `packetRate`: data packets per second per connection.
+    pub packet_rate: u32,
+    /// `packetBurst`: packets a connection may send at once (default `packetRate`).
+    pub packet_burst: u32,
+    /// `packetRateAction`: `drop` (default) or `close`.
+    pub packet_action: RateAction,
+    /// `ipAcceptRate`: new connections per second per source IP.
+    pub ip_accept_rate: u32,
+    /// `ipAcceptBurst`: new connections at once per source IP (default `ipAcceptRate`).
+    pub ip_accept_burst: u32,
+    /// `ipMaxConns`: open connections per source IP.
+    pub ip_max_conns: u32,
 }
 
 /// `[gatehouse] singleLogin`: whether a uid may stay on an older connection once it is bound to

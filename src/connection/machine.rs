@@ -15,7 +15,9 @@ use std::time::Instant;
 use super::framing::{Framing, FramingRecord};
 use super::record::{ConnRecord, RecordError, RECORD_VERSION};
 use super::{CloseReason, Host, InputTail, WRITE_BATCH};
+use crate::config::RateAction;
 use crate::dispatch::Delivery;
+use crate::limits::{PacketBucket, Rate};
 use crate::liveness::{Liveness, LivenessRules, Verdict};
 use crate::packet::FrameKind;
 use crate::session::{Conn, ConnState};
@@ -46,6 +48,10 @@ pub struct MachineRules {
     pub liveness: LivenessRules,
     /// `heartbeatMechanism = "resp"`: answer each client heartbeat.
     pub reply_heartbeats: bool,
+    /// `packetRate`/`packetBurst`: the bucket each connection starts with; `None` = no limit.
+    pub packet_rate: Option<Rate>,
+    /// `packetRateAction`: what a data packet over the rate does.
+    pub rate_action: RateAction,
 }
 
 /// The state of one client connection.
@@ -57,7 +63,11 @@ pub struct Connection<F> {
     live: Liveness,
     /// The batch being written and how much of it is done.
     transmit: Option<(Bytes, usize)>,
+    /// Inbound data packets over `packetRate` are dropped or close the connection
+    /// (`rate_close`); `None` (the default) costs one branch per packet.
+    bucket: Option<PacketBucket>,
     reply_heartbeats: bool,
+    rate_close: bool,
 }
 
 impl<F: Framing> Connection<F> {
@@ -69,7 +79,9 @@ impl<F: Framing> Connection<F> {
             tail: InputTail::default(),
             live: Liveness::new(rules.liveness, now),
             transmit: None,
+            bucket: rules.packet_rate.map(|r| PacketBucket::new(r, now)),
             reply_heartbeats: rules.reply_heartbeats,
+            rate_close: rules.rate_action == RateAction::Close,
         }
     }
 
@@ -138,6 +150,8 @@ impl<F: Framing> Connection<F> {
     ) -> Result<(), CloseReason> {
         let (framing, live, conn) = (&mut self.framing, &mut self.live, &*self.conn);
         let reply_heartbeats = self.reply_heartbeats;
+        let (bucket, rate_close) = (&mut self.bucket, self.rate_close);
+        let mut over = false;
         let mut packets = 0;
         let r = self.tail.feed(fresh, |data| {
             framing.decode(data, &mut |msg, bytes| {
@@ -145,6 +159,10 @@ impl<F: Framing> Connection<F> {
                 live.on_frame(now);
                 packets += 1;
                 match msg {
+                    Ok(FrameKind::Data) if over => {}
+                    Ok(FrameKind::Data) if !within_rate(bucket, now) => {
+                        over = over_rate(conn, rate_close, now);
+                    }
                     Ok(kind) => on_packet(conn, kind, bytes, reply_heartbeats, host),
                     Err(e) => tracing::debug!(
                         cid = conn.cid,
@@ -161,6 +179,9 @@ impl<F: Framing> Connection<F> {
         if self.framing.closing().is_some() {
             // Whatever follows a Close (ours or the client's) is never read.
             self.tail.clear();
+        }
+        if over && r.is_ok() {
+            return Err(CloseReason::RateLimited);
         }
         r
     }
@@ -310,9 +331,52 @@ impl<F: Framing> Connection<F> {
             tail: InputTail::from_bytes(&record.input_tail),
             live: Liveness::import(rules.liveness, &record.liveness, now),
             transmit: (!record.transmit.is_empty()).then(|| (Bytes::from(record.transmit), 0)),
+            // Not in the record: the bucket starts full in the new process.
+            bucket: rules.packet_rate.map(|r| PacketBucket::new(r, now)),
             reply_heartbeats: rules.reply_heartbeats,
+            rate_close: rules.rate_action == RateAction::Close,
         })
     }
+}
+
+/// Whether a data packet at `now` is within the connection's `packetRate` (always, without one).
+#[inline]
+fn within_rate(bucket: &mut Option<PacketBucket>, now: Instant) -> bool {
+    match bucket {
+        None => true,
+        Some(b) => b.take(now),
+    }
+}
+
+/// A data packet over the connection's rate: dropped (counted, logged at most once a second
+/// per shard), or the connection must close (`true`: drop the rest of this read too).
+#[cold]
+fn over_rate(conn: &Conn, close: bool, now: Instant) -> bool {
+    use crate::limits::{may_log, LimitLog};
+    if conn.state() != ConnState::Opened {
+        return false;
+    }
+    if close {
+        if let Some(suppressed) = may_log(LimitLog::PacketClosed, now) {
+            tracing::warn!(
+                cid = conn.cid,
+                ip = %conn.ip,
+                suppressed,
+                "client over packetRate, closing connection"
+            );
+        }
+        return true;
+    }
+    crate::metrics::shard().dropped_rate_limited.inc();
+    if let Some(suppressed) = may_log(LimitLog::PacketDropped, now) {
+        tracing::warn!(
+            cid = conn.cid,
+            ip = %conn.ip,
+            suppressed,
+            "client over packetRate, packet dropped"
+        );
+    }
+    false
 }
 
 /// Handles one complete client packet: heartbeats are answered (in `resp` mode), data packets

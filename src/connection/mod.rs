@@ -25,9 +25,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{HeartbeatMechanism, ServerConfig};
+use crate::config::{HeartbeatMechanism, LimitsConfig, ServerConfig};
 use crate::dispatch::Delivery;
 use crate::handoff::Stage;
+use crate::limits::{IpLimits, Rate};
 use crate::liveness::LivenessRules;
 use crate::packet::PacketConfig;
 use crate::session::{Conn, Transport};
@@ -102,6 +103,9 @@ pub struct ServerCtx {
     pub tls: Option<futures_rustls::TlsAcceptor>,
     /// PROXY protocol headers expected first on each socket, and from whom (`[gatehouse]`).
     pub proxy: crate::proxy_header::ProxyPolicy,
+    /// Open connections and accept rate per source IP, shared by every server of the gate;
+    /// `None` when `ipMaxConns` and `ipAcceptRate` are off.
+    pub ip_limits: Option<Arc<IpLimits>>,
     /// Admitted and not yet released connections, across shards (maxConnNum).
     live: Arc<AtomicUsize>,
 }
@@ -123,12 +127,66 @@ impl ServerCtx {
             rules: machine::MachineRules {
                 liveness,
                 reply_heartbeats: config.heartbeat_mechanism == HeartbeatMechanism::Resp,
+                packet_rate: None,
+                rate_action: Default::default(),
             },
             inbound_cap,
             tls,
             config,
             proxy: Default::default(),
+            ip_limits: None,
             live: Arc::default(),
+        }
+    }
+
+    /// The same server with `[gatehouse]`'s limits: the packet rate of its connections, and
+    /// the gate's table of source IPs (one for all servers; `None` when its limits are off).
+    pub fn with_limits(mut self, limits: &LimitsConfig, ips: Option<Arc<IpLimits>>) -> Self {
+        self.rules.packet_rate = Rate::new(limits.packet_rate, limits.packet_burst);
+        self.rules.rate_action = limits.packet_action;
+        self.ip_limits = ips;
+        self
+    }
+
+    /// A place for a new connection from `ip` under the per-IP limits (always, when they are
+    /// off), held by the returned pass until the connection is admitted
+    /// ([`IpPass::admitted`]) or dropped. A refusal is counted and logged (at most once a
+    /// second per shard and reason); the caller closes the socket without a byte.
+    pub fn ip_enter(&self, ip: IpAddr) -> Option<IpPass> {
+        let Some(table) = &self.ip_limits else {
+            return Some(IpPass(None));
+        };
+        let now = Instant::now();
+        match table.open(ip, now) {
+            Ok(()) => Some(IpPass(Some((table.clone(), ip)))),
+            Err(why) => {
+                use crate::limits::{may_log, IpRefusal, LimitLog};
+                use crate::metrics::RefuseLabel;
+                let (label, log, key) = match why {
+                    IpRefusal::Rate => (RefuseLabel::IpRate, LimitLog::IpRate, "ipAcceptRate"),
+                    IpRefusal::Conns => (RefuseLabel::IpConns, LimitLog::IpConns, "ipMaxConns"),
+                };
+                crate::metrics::shard().refuse(label);
+                if let Some(suppressed) = may_log(log, now) {
+                    tracing::warn!(%ip, limit = key, suppressed, "connection refused: over {key}");
+                }
+                None
+            }
+        }
+    }
+
+    /// A connection admitted under an [`IpPass`] was released (or handed to the next process).
+    pub fn ip_leave(&self, ip: IpAddr) {
+        if let Some(table) = &self.ip_limits {
+            table.close(ip, Instant::now());
+        }
+    }
+
+    /// A connection taken over from the previous process (`--upgrade`): counted in its IP's
+    /// open connections whatever the limits, as the previous process admitted it.
+    pub fn ip_adopt(&self, ip: IpAddr) {
+        if let Some(table) = &self.ip_limits {
+            table.adopt(ip, Instant::now());
         }
     }
 
@@ -156,6 +214,27 @@ impl ServerCtx {
     /// The counter to decrement when a released connection's last work is done.
     pub fn slot(&self) -> Arc<AtomicUsize> {
         self.live.clone()
+    }
+}
+
+/// A new connection's place in the per-IP table, before it is admitted: dropping it (a failed
+/// handshake, a full server) gives the place back; [`IpPass::admitted`] hands it to the
+/// connection, which gives it back at release (`ServerCtx::ip_leave`).
+#[must_use = "dropping the pass gives the place back"]
+pub struct IpPass(Option<(Arc<IpLimits>, IpAddr)>);
+
+impl IpPass {
+    /// The connection is admitted: its release gives the place back from now on.
+    pub fn admitted(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for IpPass {
+    fn drop(&mut self) {
+        if let Some((table, ip)) = self.0.take() {
+            table.close(ip, Instant::now());
+        }
     }
 }
 
@@ -189,6 +268,9 @@ pub enum CloseReason {
     /// Single login (`[gatehouse] singleLogin`): its uid was bound to a newer connection, here
     /// or on another gate. Label "replaced".
     Replaced,
+    /// The client sent data packets over `packetRate` with `packetRateAction = "close"`.
+    /// Label "rate_limited".
+    RateLimited,
 }
 
 impl CloseReason {
@@ -204,6 +286,7 @@ impl CloseReason {
             CloseReason::Graceful => L::Graceful,
             CloseReason::Protocol(_) => L::Protocol,
             CloseReason::Replaced => L::Replaced,
+            CloseReason::RateLimited => L::RateLimited,
         }
     }
 }

@@ -71,6 +71,8 @@ fn rules(interval: Duration, tick: bool, authorize: Duration) -> MachineRules {
             authorize,
         },
         reply_heartbeats: !tick,
+        packet_rate: None,
+        rate_action: Default::default(),
     }
 }
 
@@ -654,4 +656,74 @@ fn a_record_of_another_version_or_transport_is_refused() {
         Connection::import(record, r, QUEUE, t0, tcp).err(),
         Some(RecordError::Version(super::record::RECORD_VERSION + 1))
     );
+}
+
+fn rate_rules(rate: u32, burst: u32, action: crate::config::RateAction) -> MachineRules {
+    MachineRules {
+        packet_rate: crate::limits::Rate::new(rate, burst),
+        rate_action: action,
+        ..rules(NO_TIMERS, false, NO_TIMERS)
+    }
+}
+
+#[test]
+fn packets_over_the_rate_are_dropped_and_heartbeats_still_answered() {
+    use crate::config::RateAction;
+    let (mut p, t0) = tcp_pipe(rate_rules(10, 3, RateAction::Drop));
+    // Five data packets and a heartbeat in one read: the burst (3) is delivered, in order.
+    let mut input: Vec<u8> = (1..=5).flat_map(|i| data(1, i, b"x").to_vec()).collect();
+    input.extend_from_slice(&PacketConfig::default().heartbeat(0));
+    p.input(&input).unwrap();
+    let seqs: Vec<i32> = p.host.delivered.borrow().iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(p.take_wire(), PacketConfig::default().heartbeat(0).to_vec());
+    // 100 ms later one more token; then the stream goes on.
+    p.now = t0 + Duration::from_millis(100);
+    p.input(&[data(1, 6, b"x"), data(1, 7, b"x")].concat())
+        .unwrap();
+    let seqs: Vec<i32> = p.host.delivered.borrow().iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 6]);
+    assert!(p.ended.is_none(), "drop mode keeps the connection");
+}
+
+#[test]
+fn packets_over_the_rate_close_in_close_mode() {
+    use crate::config::RateAction;
+    let (mut p, _) = ws_pipe(rate_rules(10, 2, RateAction::Close));
+    let input: Vec<u8> = (1..=4)
+        .flat_map(|i| ws_client(0x82, &data(1, i, b"x")))
+        .collect();
+    assert_eq!(p.input(&input), Err(CloseReason::RateLimited));
+    let seqs: Vec<i32> = p.host.delivered.borrow().iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, [1, 2], "nothing after the packet over the rate");
+    assert_eq!(
+        CloseReason::RateLimited.label(p.m.conn()),
+        crate::metrics::CloseLabel::RateLimited
+    );
+}
+
+#[test]
+fn without_a_rate_nothing_is_limited() {
+    let (mut p, _) = tcp_pipe(rules(NO_TIMERS, false, NO_TIMERS));
+    let input: Vec<u8> = (1..=1000).flat_map(|i| data(1, i, b"x").to_vec()).collect();
+    p.input(&input).unwrap();
+    assert_eq!(p.host.delivered.borrow().len(), 1000);
+}
+
+#[test]
+fn an_imported_connection_starts_with_a_full_bucket() {
+    use crate::config::RateAction;
+    let r = rate_rules(1, 2, RateAction::Drop);
+    let (mut p, t0) = tcp_pipe(r);
+    p.input(&[data(1, 1, b"x"), data(1, 2, b"x")].concat())
+        .unwrap();
+    let record = p.m.export(t0);
+    let mut m = Connection::import(record, r, QUEUE, t0, |_| {
+        Ok(TcpFraming::new(PacketConfig::default(), CAP))
+    })
+    .unwrap();
+    let host = TestHost::new();
+    let mut input = [data(1, 3, b"x"), data(1, 4, b"x"), data(1, 5, b"x")].concat();
+    m.handle_input(&mut input, t0, &host).unwrap();
+    assert_eq!(host.delivered.borrow().len(), 2, "full again: the burst");
 }

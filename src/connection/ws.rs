@@ -38,12 +38,14 @@ impl WsRules {
     }
 }
 
-/// Runs the upgrade handshake on a fresh connection, then admits and serves it.
+/// Runs the upgrade handshake on a fresh connection, then admits and serves it. `pass` is its
+/// place under the per-IP limits, given back if it is not admitted.
 pub async fn accept<H, S>(
     host: Rc<H>,
     server: Arc<ServerCtx>,
     rules: &WsRules,
     peer_ip: std::net::IpAddr,
+    pass: super::IpPass,
     stream: S,
 ) where
     H: Host + ?Sized,
@@ -61,6 +63,7 @@ pub async fn accept<H, S>(
         tracing::warn!(ip = %peer_ip, "connection allocate error: too many connection");
         return;
     };
+    pass.admitted();
     let framing = WsFraming::new(*host.packet(), server.inbound_cap, rules.options);
     let machine = Connection::new(conn, framing, server.rules, Instant::now());
     driver::serve(host, server, machine, stream).await;

@@ -189,8 +189,10 @@ impl CloseLabel {
 pub enum RefuseLabel {
     /// The server holds `maxConnNum` connections.
     MaxConn,
-    /// Too many connections or accepts from one source address.
-    IpLimit,
+    /// `ipAcceptRate`: the source IP connected too often.
+    IpRate,
+    /// `ipMaxConns`: the source IP has as many connections open as it may.
+    IpConns,
     /// A PROXY protocol header was missing, malformed or from an untrusted peer.
     Proxy,
     /// The WS upgrade or TLS handshake failed or timed out.
@@ -198,9 +200,10 @@ pub enum RefuseLabel {
 }
 
 impl RefuseLabel {
-    pub const ALL: [RefuseLabel; 4] = [
+    pub const ALL: [RefuseLabel; 5] = [
         RefuseLabel::MaxConn,
-        RefuseLabel::IpLimit,
+        RefuseLabel::IpRate,
+        RefuseLabel::IpConns,
         RefuseLabel::Proxy,
         RefuseLabel::Handshake,
     ];
@@ -208,7 +211,8 @@ impl RefuseLabel {
     pub fn as_str(self) -> &'static str {
         match self {
             RefuseLabel::MaxConn => "max_conn",
-            RefuseLabel::IpLimit => "ip_limit",
+            RefuseLabel::IpRate => "ip_rate",
+            RefuseLabel::IpConns => "ip_conns",
             RefuseLabel::Proxy => "proxy_protocol",
             RefuseLabel::Handshake => "handshake",
         }
@@ -256,7 +260,7 @@ pub struct ShardMetrics {
     /// Closes by [`CloseLabel`] (index = position in `CloseLabel::ALL`).
     pub closed: [Counter; 10],
     /// Refusals by [`RefuseLabel`].
-    pub refused: [Counter; 4],
+    pub refused: [Counter; 5],
     /// PROXY protocol refusals by [`PROXY_REFUSALS`] index.
     pub proxy_refused: [Counter; 5],
     pub packets_in: Counter,
@@ -273,6 +277,8 @@ pub struct ShardMetrics {
     pub dropped_no_route: Counter,
     /// Client packets dropped: a route but no endpoint (node, location or link).
     pub dropped_no_endpoint: Counter,
+    /// Client packets dropped: over the connection's `packetRate`.
+    pub dropped_rate_limited: Counter,
     /// Bytes per client write.
     pub write_batch: Histogram,
     /// One broadcast's fan-out on this shard, in ns.
@@ -287,7 +293,7 @@ impl ShardMetrics {
             accepted: [const { Counter::new() }; 2],
             open: [const { Gauge::new() }; 2],
             closed: [const { Counter::new() }; 10],
-            refused: [const { Counter::new() }; 4],
+            refused: [const { Counter::new() }; 5],
             proxy_refused: [const { Counter::new() }; 5],
             packets_in: Counter::new(),
             bytes_in: Counter::new(),
@@ -298,6 +304,7 @@ impl ShardMetrics {
             delivered: Counter::new(),
             dropped_no_route: Counter::new(),
             dropped_no_endpoint: Counter::new(),
+            dropped_rate_limited: Counter::new(),
             write_batch: Histogram::new(&BATCH_BOUNDS),
             broadcast: Histogram::new(&DURATION_BOUNDS),
             lookup: Histogram::new(&DURATION_BOUNDS),

@@ -157,6 +157,10 @@ pub fn render(m: &GateMetrics) -> String {
                 vec![("reason", "no_endpoint".into())],
                 sum(&|s| s.dropped_no_endpoint.get()),
             ),
+            (
+                vec![("reason", "rate_limited".into())],
+                sum(&|s| s.dropped_rate_limited.get()),
+            ),
         ],
     ));
     out.push(family(
