@@ -80,7 +80,9 @@ impl<F: Framing> Connection<F> {
             tail: InputTail::default(),
             live: Liveness::new(rules.liveness, now),
             transmit: None,
-            bucket: rules.packet_rate.map(|r| Box::new(PacketBucket::new(r, now))),
+            bucket: rules
+                .packet_rate
+                .map(|r| Box::new(PacketBucket::new(r, now))),
             reply_heartbeats: rules.reply_heartbeats,
             rate_close: rules.rate_action == RateAction::Close,
         }
@@ -333,7 +335,9 @@ impl<F: Framing> Connection<F> {
             live: Liveness::import(rules.liveness, &record.liveness, now),
             transmit: (!record.transmit.is_empty()).then(|| (Bytes::from(record.transmit), 0)),
             // Not in the record: the bucket starts full in the new process.
-            bucket: rules.packet_rate.map(|r| Box::new(PacketBucket::new(r, now))),
+            bucket: rules
+                .packet_rate
+                .map(|r| Box::new(PacketBucket::new(r, now))),
             reply_heartbeats: rules.reply_heartbeats,
             rate_close: rules.rate_action == RateAction::Close,
         })
