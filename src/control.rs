@@ -114,17 +114,21 @@ impl Control {
                             count(r.is_ok());
                             let _ = reply.send(r);
                         }
-                        ControlRequest::IfMoved { uid, then } => match locator.locate_gate(uid) {
-                            Ok(Some(g)) if g == gid => {
-                                tracing::debug!(uid, "locator: stale bind event, uid is here");
+                        ControlRequest::IfMoved { uid, then } => {
+                            let r = locator.locate_gate(uid);
+                            count(r.is_ok());
+                            match r {
+                                Ok(Some(g)) if g == gid => {
+                                    tracing::debug!(uid, "locator: stale bind event, uid is here");
+                                }
+                                Ok(_) => then(),
+                                Err(e) => {
+                                    // The event itself says another gate bound the uid: trust it.
+                                    tracing::warn!(uid, error = %e, "locator: cannot confirm a bind elsewhere");
+                                    then();
+                                }
                             }
-                            Ok(_) => then(),
-                            Err(e) => {
-                                // The event itself says another gate bound the uid: trust it.
-                                tracing::warn!(uid, error = %e, "locator: cannot confirm a bind elsewhere");
-                                then();
-                            }
-                        },
+                        }
                         ControlRequest::Stop => break,
                     }
                 }

@@ -114,18 +114,21 @@ async fn serve_proxied<H: Host + 'static>(
     let Some(pass) = server.ip_enter(ip) else {
         return;
     };
+    // The connection goes on in a task of its own and this one ends: an async fn keeps its
+    // moved-from arguments (the stream) in its state for as long as it runs.
+    let h = host.clone();
     match (ws_rules, server.tls.is_some()) {
         (None, false) => {
             if let Some(conn) = admit(&*host, &server, ip, pass) {
                 let machine = tcp_machine(&*host, &server, conn);
-                driver::serve(host, server, machine, stream).await
+                h.spawn(driver::serve(host, server, machine, stream));
             }
         }
-        (None, true) => Box::pin(serve_tls(host, server, ip, pass, stream)).await,
-        (Some(rules), false) => {
-            Box::pin(serve_ws_plain(host, server, rules, ip, pass, stream)).await
-        }
-        (Some(rules), true) => Box::pin(serve_wss(host, server, rules, ip, pass, stream)).await,
+        (None, true) => h.spawn(Box::pin(serve_tls(host, server, ip, pass, stream))),
+        (Some(rules), false) => h.spawn(Box::pin(serve_ws_plain(
+            host, server, rules, ip, pass, stream,
+        ))),
+        (Some(rules), true) => h.spawn(Box::pin(serve_wss(host, server, rules, ip, pass, stream))),
     }
 }
 
@@ -234,7 +237,12 @@ async fn serve_tls<H: Host>(
             let machine = tcp_machine(&*host, &server, conn);
             driver::serve(host, server, machine, s).await
         }
-        None => host.release(&server, &conn),
+        // Admitted before the handshake (as due's TCP server calls its connect handler on
+        // accept): a close, counted under its own reason.
+        None => {
+            crate::metrics::shard().close(crate::metrics::CloseLabel::Handshake);
+            host.release(&server, &conn)
+        }
     }
 }
 
@@ -259,6 +267,8 @@ async fn serve_wss<H: Host>(
 ) {
     let tls = server.tls.as_ref().expect("TLS server");
     let Some(s) = tls_handshake(tls, stream, ip).await else {
+        // Nothing was admitted yet: a refusal.
+        crate::metrics::shard().refuse(crate::metrics::RefuseLabel::Handshake);
         return;
     };
     ws::accept(host, server, &rules, ip, pass, s).await
@@ -277,12 +287,10 @@ async fn tls_handshake(
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::debug!(%ip, error = %e, "tls handshake failed");
-            crate::metrics::shard().refuse(crate::metrics::RefuseLabel::Handshake);
             None
         }
         Err(_) => {
             tracing::debug!(%ip, "tls handshake timed out");
-            crate::metrics::shard().refuse(crate::metrics::RefuseLabel::Handshake);
             None
         }
     }

@@ -77,6 +77,19 @@ impl CertStore {
     pub fn reload(&self) -> Result<CertSummary, String> {
         let pair = load_pair(&self.cert_file, &self.key_file, &self.provider)?;
         let summary = summarize(&pair.cert[0]);
+        // An expired certificate would fail every new handshake: keep the current one.
+        if let Ok((_, c)) = x509_parser::parse_x509_certificate(pair.cert[0].as_ref()) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            if c.validity().not_after.timestamp() < now {
+                return Err(format!(
+                    "{}: the certificate expired ({})",
+                    self.cert_file,
+                    summary.not_after.as_deref().unwrap_or("?")
+                ));
+            }
+        }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pair);
         Ok(summary)
     }
@@ -228,6 +241,17 @@ mod tests {
         std::fs::remove_file(f.path("cert.pem")).unwrap();
         assert!(store.reload().unwrap_err().contains("cert.pem"));
         assert_eq!(store.summary().sha256, sha(&second));
+        // An expired certificate (with its own, matching key).
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let old = params.self_signed(&key).unwrap();
+        std::fs::write(f.path("cert.pem"), old.pem()).unwrap();
+        std::fs::write(f.path("key.pem"), key.serialize_pem()).unwrap();
+        let e = store.reload().unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        assert_eq!(store.summary().sha256, sha(&second), "the old pair stays");
         let reloader = Reloader::new(vec![store]);
         assert_eq!(reloader.reload_all(), 1);
     }

@@ -1376,7 +1376,12 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         metrics_addr: metrics_addr(g)?,
-        single_login: match g.string("singleLogin", "off")?.as_str() {
+        // Case-insensitive, as proxyProtocol.
+        single_login: match g
+            .string("singleLogin", "off")?
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "off" | "" => SingleLogin::Off,
             "gate" => SingleLogin::Gate,
             "cluster" => SingleLogin::Cluster,
@@ -1422,7 +1427,11 @@ fn limits(g: &Section) -> Result<LimitsConfig> {
     };
     let (packet_rate, packet_burst) = rate_burst("packetRate", "packetBurst")?;
     let (ip_accept_rate, ip_accept_burst) = rate_burst("ipAcceptRate", "ipAcceptBurst")?;
-    let packet_action = match g.string("packetRateAction", "drop")?.as_str() {
+    let packet_action = match g
+        .string("packetRateAction", "drop")?
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "drop" | "" => RateAction::Drop,
         "close" => RateAction::Close,
         other => {

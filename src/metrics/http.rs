@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::GateMetrics;
 
-/// How long one request may take to arrive or be written (a stalled peer delays the next
-/// request by at most this).
+/// How long one request may take to arrive, whole, and its answer to be written: a slow or
+/// stalled peer delays the next request (a readiness probe) by at most about twice this.
 const IO_LIMIT: Duration = Duration::from_secs(1);
 /// Largest request head read.
 const MAX_REQUEST: usize = 8 << 10;
@@ -20,6 +20,8 @@ const MAX_REQUEST: usize = 8 << 10;
 pub struct MetricsServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// The listening socket, shared with the thread: shut down to wake its blocking accept.
+    wake: TcpListener,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -32,6 +34,7 @@ impl MetricsServer {
         // A blocking accept: the fd may come from a non-blocking socket helper.
         listener.set_nonblocking(false)?;
         let addr = listener.local_addr()?;
+        let wake = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -42,6 +45,8 @@ impl MetricsServer {
                         return;
                     }
                     match conn {
+                        // The listener was shut down.
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return,
                         Ok(s) => {
                             if let Err(e) = answer(s, &metrics) {
                                 tracing::debug!(error = %e, "metrics: request failed");
@@ -55,6 +60,7 @@ impl MetricsServer {
         Ok(MetricsServer {
             addr,
             stop,
+            wake,
             thread: Some(thread),
         })
     }
@@ -68,8 +74,12 @@ impl MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the blocking accept; the thread sees the flag and ends.
-        let _ = TcpStream::connect_timeout(&self.addr, IO_LIMIT);
+        // Shutting the listening socket down wakes the blocking accept (Linux: EINVAL) and takes
+        // the socket out of its SO_REUSEPORT group. Not a connect to our own address: while an
+        // upgrade's next process listens on the same port, the kernel may hand that connect to
+        // it, and this thread would wait in accept for ever.
+        use std::os::fd::AsRawFd;
+        let _ = nix::sys::socket::shutdown(self.wake.as_raw_fd(), nix::sys::socket::Shutdown::Read);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -98,11 +108,18 @@ pub fn respond(method: &str, path: &str, m: &GateMetrics) -> (u16, &'static str,
 }
 
 fn answer(mut s: TcpStream, m: &GateMetrics) -> std::io::Result<()> {
-    s.set_read_timeout(Some(IO_LIMIT))?;
     s.set_write_timeout(Some(IO_LIMIT))?;
+    let deadline = std::time::Instant::now() + IO_LIMIT;
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     let (method, path) = loop {
+        // One limit for the whole request, not per read: a peer trickling a byte at a time
+        // cannot hold the thread.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -195,5 +212,60 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
         drop(server);
         assert!(TcpStream::connect(a).is_err(), "the listener is closed");
+    }
+
+    /// A socket bound to `addr` with SO_REUSEPORT (as gatehouse binds metricsAddr).
+    fn reuseport(addr: SocketAddr) -> TcpListener {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.listen(16).unwrap();
+        s.into()
+    }
+
+    /// During an upgrade the next process listens on the same port: stopping must not depend
+    /// on reaching our own socket (a connect could land on theirs), nor wait for a scrape.
+    #[test]
+    fn stops_while_another_process_shares_the_port() {
+        let first = reuseport("127.0.0.1:0".parse().unwrap());
+        let addr = first.local_addr().unwrap();
+        let _next = reuseport(addr);
+        let server = MetricsServer::serve(first, GateMetrics::new(1)).unwrap();
+        let t = std::time::Instant::now();
+        drop(server);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+
+    /// A peer trickling its request byte by byte holds the thread at most IO_LIMIT: a probe
+    /// sent meanwhile is answered soon after, not when the trickle ends.
+    #[test]
+    fn a_trickling_request_is_cut_off() {
+        let m = GateMetrics::new(1);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = MetricsServer::serve(l, m).unwrap();
+        let addr = server.addr();
+        let trickle = std::thread::spawn(move || {
+            let mut slow = TcpStream::connect(addr).unwrap();
+            for _ in 0..50 {
+                if slow.write_all(b"G").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let t = std::time::Instant::now();
+        let r = get(addr, "GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "the probe waited {:?} behind a 5 s trickle",
+            t.elapsed()
+        );
+        trickle.join().unwrap();
     }
 }

@@ -152,10 +152,13 @@ pub enum CloseLabel {
     QueueFull,
     RateLimited,
     Replaced,
+    /// A TLS handshake failed after the connection was admitted (plain TLS servers admit on
+    /// accept, as due does; WSS refuses before admitting instead).
+    Handshake,
 }
 
 impl CloseLabel {
-    pub const ALL: [CloseLabel; 10] = [
+    pub const ALL: [CloseLabel; 11] = [
         CloseLabel::Peer,
         CloseLabel::Io,
         CloseLabel::HeartbeatTimeout,
@@ -166,6 +169,7 @@ impl CloseLabel {
         CloseLabel::QueueFull,
         CloseLabel::RateLimited,
         CloseLabel::Replaced,
+        CloseLabel::Handshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -180,6 +184,7 @@ impl CloseLabel {
             CloseLabel::QueueFull => "queue_full",
             CloseLabel::RateLimited => "rate_limited",
             CloseLabel::Replaced => "replaced",
+            CloseLabel::Handshake => "handshake",
         }
     }
 }
@@ -258,7 +263,7 @@ pub struct ShardMetrics {
     /// Connections open now, by transport (admitted or adopted, not yet released).
     pub open: [Gauge; 2],
     /// Closes by [`CloseLabel`] (index = position in `CloseLabel::ALL`).
-    pub closed: [Counter; 10],
+    pub closed: [Counter; CloseLabel::ALL.len()],
     /// Refusals by [`RefuseLabel`].
     pub refused: [Counter; 5],
     /// PROXY protocol refusals by [`PROXY_REFUSALS`] index.
@@ -292,7 +297,7 @@ impl ShardMetrics {
         ShardMetrics {
             accepted: [const { Counter::new() }; 2],
             open: [const { Gauge::new() }; 2],
-            closed: [const { Counter::new() }; 10],
+            closed: [const { Counter::new() }; CloseLabel::ALL.len()],
             refused: [const { Counter::new() }; 5],
             proxy_refused: [const { Counter::new() }; 5],
             packets_in: Counter::new(),
