@@ -3,19 +3,38 @@
 //
 // Why it exists: due's module github.com/dobyte/due/network/tcp/v2 is not served by the Go
 // module proxy this project can reach, so the reference gate cannot import it. This is a small
-// server of ours with the behaviour the gate relies on and the same etc keys
-// (etc.network.tcp.server.addr, maxConnNum, heartbeatInterval, heartbeatMechanism): packets are
-// framed and recognised by due's own packet package; every packet refreshes the liveness clock;
-// a connection silent for 2 × heartbeatInterval is closed; with mechanism "resp" each client
-// heartbeat is answered, with "tick" the server sends one every interval; Close(false) flushes
-// queued packets first. It is NOT due's code: TCP-level details (write batching, TLS, authorize
-// timeout, exact timing) may differ from due's server. The WebSocket gate uses due's own server.
+// server of ours, written from shared/spec/client-protocol.md §2 (not from due's source), with
+// the same etc keys (etc.network.tcp.server.addr, maxConnNum, heartbeatInterval,
+// heartbeatMechanism, authorizeTimeout) and due v2.4.1's observable behaviour:
+//
+//   - packets are framed and recognised with due's own packet settings; every complete frame
+//     refreshes the liveness clock; the writer's ticker (first tick one interval after accept)
+//     closes a connection silent for more than 2 × heartbeatInterval; with mechanism "resp" each
+//     client heartbeat is answered, with "tick" the server sends one every interval;
+//   - on admission the reader and writer start, the authorize timer is armed, and only then
+//     does the connect handler run (§2.2): a first packet can race ahead of the gate's Connect,
+//     and a connection that closes in that window runs the disconnect handler first;
+//   - authorizeTimeout > 0 (§2.6): an unbound connection is closed that long after admission or
+//     after its last unbind; a bind cancels the timer;
+//   - a size field the reader cannot honour — 0, or FFFFFFFC..FFFFFFFF, whose 4 + size wraps
+//     around 32 bits — kills only that connection's reader (§1.8, §2.3): the socket stays open
+//     and keeps its slot, pushes and tick heartbeats still go out, nothing more is read, and the
+//     heartbeat timeout closes it later (never, with heartbeatInterval 0); no process crash;
+//   - a large but representable size is waited for (the body is buffered as it arrives, never
+//     allocated up front); Close(false) flushes queued packets first.
+//
+// TCP-level details (write batching, TLS, exact timing) may still differ from due's server. The
+// WebSocket gate uses due's own server.
 package tcpnet
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
+	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +44,7 @@ import (
 	"github.com/dobyte/due/v2/log"
 	"github.com/dobyte/due/v2/network"
 	"github.com/dobyte/due/v2/packet"
+	"github.com/dobyte/due/v2/utils/xcall"
 )
 
 // Options mirror due's etc.network.tcp.server.* keys that this server honours.
@@ -33,6 +53,8 @@ type Options struct {
 	MaxConnNum         int
 	HeartbeatInterval  time.Duration
 	HeartbeatMechanism string // "resp" or "tick"
+	AuthorizeTimeout   time.Duration
+	ByteOrder          binary.ByteOrder // of the size field: etc.packet.byteOrder
 }
 
 // OptionsFromEtc reads the options from the loaded due configuration (due's defaults).
@@ -42,7 +64,18 @@ func OptionsFromEtc() Options {
 		MaxConnNum:         etc.Get("etc.network.tcp.server.maxConnNum", 5000).Int(),
 		HeartbeatInterval:  etc.Get("etc.network.tcp.server.heartbeatInterval", "10s").Duration(),
 		HeartbeatMechanism: etc.Get("etc.network.tcp.server.heartbeatMechanism", "resp").String(),
+		AuthorizeTimeout:   etc.Get("etc.network.tcp.server.authorizeTimeout", "0s").Duration(),
+		ByteOrder:          byteOrderFromEtc(),
 	}
+}
+
+// byteOrderFromEtc is due's rule (spec §1.5): "little" (any case) is little endian, anything
+// else big endian.
+func byteOrderFromEtc() binary.ByteOrder {
+	if strings.EqualFold(etc.Get("etc.packet.byteOrder", "big").String(), "little") {
+		return binary.LittleEndian
+	}
+	return binary.BigEndian
 }
 
 type Server struct {
@@ -61,7 +94,12 @@ type Server struct {
 
 var _ network.Server = (*Server)(nil)
 
-func NewServer(opts Options) *Server { return &Server{opts: opts} }
+func NewServer(opts Options) *Server {
+	if opts.ByteOrder == nil {
+		opts.ByteOrder = binary.BigEndian
+	}
+	return &Server{opts: opts}
+}
 
 func (s *Server) Addr() string     { return s.opts.Addr }
 func (s *Server) Protocol() string { return "tcp" }
@@ -113,11 +151,17 @@ func (s *Server) accept() {
 		conn.state.Store(int32(network.ConnOpened))
 		conn.lastSeen.Store(time.Now().UnixNano())
 		s.conns.Store(conn.id, conn)
+		// due's order (spec §2.2): reader and writer first, then the authorize timer, then the
+		// connect handler. So a fast first packet can reach the gate before its Connect (and
+		// before the cid is in its session table), and an immediate close can run the gate's
+		// disconnect handling before its connect handling. The goroutines recover panics (as
+		// due's do), so a handler that panics in that window is logged, not fatal.
+		xcall.Go(conn.read)
+		xcall.Go(conn.write)
+		conn.armAuthorize()
 		if s.onConnect != nil {
-			s.onConnect(conn)
+			xcall.Call(func() { s.onConnect(conn) })
 		}
-		go conn.read()
-		go conn.write()
 	}
 }
 
@@ -149,6 +193,9 @@ type Conn struct {
 	queue    chan []byte // packets to write; nil entry = graceful close marker
 	closed   chan struct{}
 	once     sync.Once
+
+	authMu    sync.Mutex
+	authTimer *time.Timer // authorizeTimeout timer while armed
 }
 
 var _ network.Conn = (*Conn)(nil)
@@ -156,9 +203,50 @@ var _ network.Conn = (*Conn)(nil)
 func (c *Conn) ID() int64             { return c.id }
 func (c *Conn) UID() int64            { return c.uid.Load() }
 func (c *Conn) Attr() network.Attr    { return &c.attr }
-func (c *Conn) Bind(uid int64)        { c.uid.Store(uid) }
-func (c *Conn) Unbind()               { c.uid.Store(0) }
 func (c *Conn) Send(msg []byte) error { return c.Push(msg) }
+
+// Bind sets the uid and cancels the authorize timer (spec §2.6).
+func (c *Conn) Bind(uid int64) {
+	c.uid.Store(uid)
+	c.disarmAuthorize()
+}
+
+// Unbind clears the uid and re-arms the authorize timer with the full timeout (spec §2.6): the
+// gate calls it for an explicit unbind and when the uid is bound to another connection.
+func (c *Conn) Unbind() {
+	c.uid.Store(0)
+	c.armAuthorize()
+}
+
+// armAuthorize (re)starts the authorize timer when authorizeTimeout > 0: when it fires and the
+// connection is still unbound, the connection is force-closed.
+func (c *Conn) armAuthorize() {
+	d := c.srv.opts.AuthorizeTimeout
+	if d <= 0 {
+		return
+	}
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	if c.authTimer != nil {
+		c.authTimer.Stop()
+	}
+	c.authTimer = time.AfterFunc(d, func() {
+		if c.UID() != 0 {
+			return
+		}
+		log.Debugf("tcp conn %d: authorize timeout", c.id)
+		xcall.Call(c.shutdown)
+	})
+}
+
+func (c *Conn) disarmAuthorize() {
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	if c.authTimer != nil {
+		c.authTimer.Stop()
+		c.authTimer = nil
+	}
+}
 
 func (c *Conn) State() network.ConnState { return network.ConnState(c.state.Load()) }
 
@@ -184,6 +272,7 @@ func (c *Conn) Close(force ...bool) error {
 	if !c.state.CompareAndSwap(int32(network.ConnOpened), int32(network.ConnHanged)) {
 		return nil
 	}
+	c.disarmAuthorize()
 	select {
 	case c.queue <- nil:
 	case <-c.closed:
@@ -194,13 +283,17 @@ func (c *Conn) Close(force ...bool) error {
 func (c *Conn) shutdown() {
 	c.once.Do(func() {
 		c.state.Store(int32(network.ConnClosed))
+		c.disarmAuthorize()
 		close(c.closed)
 		_ = c.c.Close()
 		c.srv.conns.Delete(c.id)
-		c.srv.count.Add(-1)
+		// As in due, the slot is released only after the disconnect handling returned: a
+		// handler that panics (the gate's, when it runs before the connect handling — spec
+		// §2.2) leaks the slot.
 		if c.srv.onDisconnect != nil {
 			c.srv.onDisconnect(c)
 		}
+		c.srv.count.Add(-1)
 	})
 }
 
@@ -215,17 +308,41 @@ func hostOf(a net.Addr) (string, error) {
 	return host, err
 }
 
+// read processes frames strictly in order (spec §2.3). EOF or a read error closes the
+// connection; a size field it cannot honour ends only this reader (the zombie of §1.8).
 func (c *Conn) read() {
 	r := bufio.NewReader(c.c)
 	for {
-		data, err := packet.ReadMessage(r)
+		var head [4]byte
+		if _, err := io.ReadFull(r, head[:]); err != nil {
+			c.shutdown()
+			return
+		}
+		size := c.srv.opts.ByteOrder.Uint32(head[:])
+		if size+4 < 4 {
+			// FFFFFFFC..FFFFFFFF: 4 + size wraps around 32 bits. due v2.4.1's reader dies here
+			// (a recovered panic) before this frame counts as liveness; the connection stays
+			// open, unread, until the heartbeat timeout (spec §1.8).
+			log.Warnf("tcp conn %d: size %#x cannot be read, reader stopped", c.id, size)
+			return
+		}
+		data, err := readBody(r, head, size)
 		if err != nil {
 			c.shutdown()
 			return
 		}
 		c.lastSeen.Store(time.Now().UnixNano())
-		if data == nil || c.State() != network.ConnOpened {
-			continue // empty frame, or closing: ignore input
+		switch c.State() {
+		case network.ConnHanged:
+			continue // graceful close in progress: read but ignored
+		case network.ConnClosed:
+			return
+		}
+		if size == 0 {
+			// due v2.4.1: an empty frame kills the reader after it counted as liveness
+			// (spec §1.8, §2.3 step 5; v2.5.8 ignores it instead).
+			log.Warnf("tcp conn %d: empty frame, reader stopped", c.id)
+			return
 		}
 		isHeartbeat, err := packet.CheckHeartbeat(data)
 		if err != nil {
@@ -233,7 +350,7 @@ func (c *Conn) read() {
 			continue
 		}
 		if isHeartbeat {
-			if c.srv.opts.HeartbeatMechanism != "tick" {
+			if c.srv.opts.HeartbeatMechanism == "resp" {
 				if hb, err := packet.PackHeartbeat(); err == nil {
 					_ = c.Push(hb)
 				}
@@ -244,6 +361,24 @@ func (c *Conn) read() {
 			c.srv.onReceive(c, buffer.NewBytes(data))
 		}
 	}
+}
+
+// readBody reads the `size` bytes after the size field and returns the whole frame. The buffer
+// grows with what arrives (64 KiB at a time): a peer claiming gigabytes and sending nothing costs
+// nothing, while the wait for the body is unbounded as in due.
+func readBody(r io.Reader, head [4]byte, size uint32) ([]byte, error) {
+	const step = 64 << 10
+	data := make([]byte, 4, 4+min(int(size), step))
+	copy(data, head[:])
+	for rem := int(size); rem > 0; {
+		n := min(rem, step)
+		data = slices.Grow(data, n)[:len(data)+n]
+		if _, err := io.ReadFull(r, data[len(data)-n:]); err != nil {
+			return nil, err
+		}
+		rem -= n
+	}
+	return data, nil
 }
 
 func (c *Conn) write() {
