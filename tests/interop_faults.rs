@@ -62,18 +62,17 @@ fn echo_within(c: &Cluster, cl: &mut Client, within: Duration) -> Duration {
     panic!("no echo within {within:?}");
 }
 
-fn is_heartbeat(v: &Value) -> bool {
-    v["event"] == "heartbeat"
-}
-
-/// Sends a heartbeat and waits for the gate's answer: the connection is open and served.
-fn heartbeat_answered(cl: &mut Client, within: Duration, what: &str) {
-    let before = cl.proc.count_events(is_heartbeat);
-    cl.proc.write_line("heartbeat");
-    wait_until(what, within, || {
+/// The client stays connected for `window` (the gate neither closes it nor dies meanwhile).
+/// Used where no node can answer; whether the client is still *served* is then proven by a
+/// later [`echo_within`] on the same client. (Not a heartbeat: due's own TCP client hides the
+/// heartbeats it receives, so liveness is always checked with a request/reply.)
+fn stays_connected(c: &mut Cluster, cl: &Client, window: Duration, what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < window {
         assert!(!cl.disconnected(), "{what}: the gate closed the client");
-        cl.proc.count_events(is_heartbeat) > before
-    });
+        assert!(gate_alive(c), "{what}: the gate exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Route 5 makes the node call `ctx.BindGate(uid)` (through the gate's bind command); returns
@@ -116,10 +115,13 @@ fn node_kill_and_restart(kind: GateKind, tag: &str) {
     std::thread::sleep(Duration::from_millis(300));
     let lost = c.unique("lost");
     cl.send(1, 999, &lost);
-    heartbeat_answered(
-        &mut cl,
+    // No node can answer now: the client must stay connected; that it is still served is
+    // proven by the echo through the new node below (same client).
+    stays_connected(
+        &mut c,
+        &cl,
         Duration::from_secs(2),
-        "client served after the node died",
+        "client kept after the node died",
     );
     assert!(gate_alive(&mut c), "the gate survived the node's death");
 
@@ -168,11 +170,8 @@ fn redis_outage(kind: GateKind, tag: &str) {
     // The node's own Redis calls fail too; what matters: the gate neither hangs nor crashes.
     cl2.send(5, 51, "43");
     std::thread::sleep(Duration::from_secs(1));
-    heartbeat_answered(
-        &mut cl2,
-        Duration::from_secs(5),
-        "gate serving while Redis is down",
-    );
+    // A stateless route needs no locator: the gate still routes it and the echo comes back.
+    echo_within(&c, &mut cl2, Duration::from_secs(5));
     assert!(gate_alive(&mut c), "the gate survives a lost Redis");
 
     c.env.redis.restart();
@@ -218,9 +217,12 @@ fn redis_outage(kind: GateKind, tag: &str) {
 // `xcall.Backoff`, which v2.4.1 lacks.) This is a deliberate gatehouse deviation (README).
 
 fn consul_outage(kind: GateKind, tag: &str) {
+    // One node from the start (its registration is lost with the agent and, being due v2.4.1's
+    // registrar, never comes back; the gate may keep or drop it) and a second one started after
+    // the agent is back: the client's echo proves the gate still routes through the cluster.
     let spec = Spec {
         gates: vec![(kind, Proto::Tcp)],
-        nodes: vec![],
+        nodes: vec![1],
         dispatch: "rr",
     };
     let mut c = Cluster::start(tag, spec);
@@ -264,9 +266,12 @@ fn consul_outage(kind: GateKind, tag: &str) {
                 .wait_line("does not have associated TTL", WAIT);
         }
     }
-    // The gate still serves clients.
+    // The gate still serves clients: a request/reply through a node (the first node if the
+    // gate kept it, else the new one, registered in the restarted agent).
+    c.nodes.push(Node::start(&c.env, 1, 1));
     let mut cl = c.spawn_client(0, Proto::Tcp);
-    heartbeat_answered(&mut cl, WAIT, "client served after the agent restart");
+    let took = echo_within(&c, &mut cl, Duration::from_secs(40));
+    eprintln!("[{tag}] a client is served {took:?} after the second node was ready");
     assert!(gate_alive(&mut c));
 }
 
