@@ -2,15 +2,15 @@
 # Runs every cargo-fuzz target (fuzz/fuzz_targets/) for a share of a total time budget.
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default 120 s in total, every target)
 #
-# Installs cargo-fuzz if missing, builds all targets once (nightly, release with debug
+# Installs cargo-fuzz if missing (into .tools/), builds all targets once (nightly, release with debug
 # assertions, AddressSanitizer), then runs each for SECONDS / number-of-targets. New inputs go to
 # a scratch corpus (FUZZ_WORK, default a temp dir), never into the committed seeds
 # (fuzz/corpus/<target>/). Prints executions, exec/s and corpus size per target; exits non-zero
 # at the end if any target crashed, naming the artifact (see docs/fuzzing.md to reproduce it).
 #
 # Environment: CARGO_TARGET_DIR (honoured), FUZZ_WORK (scratch dir, kept if set),
-# FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT (seconds per input, default 10),
-# FUZZ_JOBS is not used: one process per target, one after the other (2-core machines).
+# FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT (seconds per input, default 10). One process per
+# target, one after the other (2-CPU machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-120}
@@ -22,9 +22,12 @@ fi
 rss=${FUZZ_RSS_MB:-2048}
 per_input=${FUZZ_TIMEOUT:-10}
 
+# A cargo-fuzz on PATH is used; otherwise one is installed under .tools/ (ignored by git, kept
+# between runs like the other installed tools).
+export PATH="$PWD/.tools/cargo-fuzz/bin:$PATH"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "== installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    echo "== installing cargo-fuzz into .tools/cargo-fuzz"
+    cargo install cargo-fuzz --locked --root .tools/cargo-fuzz
 fi
 
 echo "== building ${#targets[@]} fuzz targets"
