@@ -236,15 +236,35 @@ impl Format {
     }
 }
 
+/// Builds the [`Config`] from the contents of one file named `path` (its extension picks the
+/// format, its stem must be `etc` for any key to apply), without touching the filesystem:
+/// exactly what [`load`] makes of that file. `path` only names the file in errors. For fuzzing
+/// and tests; the gate itself calls [`load`].
+pub fn load_bytes(path: &Path, bytes: &[u8], mode_override: Option<&str>) -> Result<Config> {
+    let Some(format) = Format::of(path) else {
+        return Err(ConfigError::UnsupportedFile {
+            path: path.to_path_buf(),
+        });
+    };
+    let etc =
+        parse_bytes(path, format, bytes)?.filter(|_| path.file_stem().is_some_and(|s| s == "etc"));
+    build(etc.as_ref(), format == Format::Xml, mode_override)
+}
+
 /// Reads and parses one file; `None` for an empty file.
 fn parse_file(path: &Path, format: Format) -> Result<Option<Value>> {
     let bytes = std::fs::read(path).map_err(|e| read_error(path, e))?;
+    parse_bytes(path, format, &bytes)
+}
+
+/// Parses the contents of the file `path` in `format`; `None` for an empty file.
+fn parse_bytes(path: &Path, format: Format, bytes: &[u8]) -> Result<Option<Value>> {
     let parse_error = |reason: String| ConfigError::Parse {
         path: path.to_path_buf(),
         format: format.name(),
         reason,
     };
-    let text = String::from_utf8(bytes).map_err(|_| parse_error("not valid UTF-8".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| parse_error("not valid UTF-8".into()))?;
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -253,11 +273,11 @@ fn parse_file(path: &Path, format: Format) -> Result<Option<Value>> {
             .parse::<toml::Table>()
             .map(|t| toml_to_json(toml::Value::Table(t)))
             .map_err(|e| e.to_string()),
-        Format::Yaml => serde_yaml::from_str::<serde_yaml::Value>(&text)
+        Format::Yaml => serde_yaml::from_str::<serde_yaml::Value>(text)
             .map_err(|e| e.to_string())
             .and_then(yaml_to_json),
-        Format::Json => serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()),
-        Format::Xml => xml_to_json(&text),
+        Format::Json => serde_json::from_str::<Value>(text).map_err(|e| e.to_string()),
+        Format::Xml => xml_to_json(text),
     }
     .map_err(parse_error)?;
     Ok(Some(value))
@@ -1782,6 +1802,36 @@ log:
         ] {
             let other = normalized(load_one(name, text).unwrap_or_else(|e| panic!("{name}: {e}")));
             assert_eq!(other, toml, "{name}");
+        }
+    }
+
+    #[test]
+    fn load_bytes_matches_load_of_the_same_file() {
+        for (name, text) in [
+            ("etc.toml", EXAMPLE_TOML),
+            ("etc.yaml", EXAMPLE_YAML),
+            ("etc.json", EXAMPLE_JSON),
+            ("etc.xml", EXAMPLE_XML),
+            ("other.toml", EXAMPLE_TOML),
+            ("etc.toml", "pid = 1 = 2"),
+            ("etc.json", "{\"packet\": {\"routeBytes\": 3}}"),
+            ("etc.txt", "x"),
+        ] {
+            let from_file = load_one(name, text).map(normalized);
+            let from_bytes = load_bytes(Path::new(name), text.as_bytes(), None).map(normalized);
+            match (from_file, from_bytes) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}"),
+                // The file's error names its temp path; the variant and key must agree.
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.key(), b.key(), "{name}");
+                    assert_eq!(
+                        std::mem::discriminant(&a),
+                        std::mem::discriminant(&b),
+                        "{name}"
+                    );
+                }
+                (a, b) => panic!("{name}: load {a:?}, load_bytes {b:?}"),
+            }
         }
     }
 

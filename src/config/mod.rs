@@ -5,7 +5,7 @@ mod convert;
 mod load;
 
 pub use convert::{parse_bool, parse_duration, parse_size};
-pub use load::{load, resolve_etc_path, ConfigError};
+pub use load::{load, load_bytes, resolve_etc_path, ConfigError};
 
 use crate::instance::{InstanceState, RouteInfo};
 use crate::packet::PacketConfig;
