@@ -13,6 +13,10 @@
 //! - `steady`: N connections send heartbeats; K of them also send a numbered request every
 //!   interval and check the echoes (missing, duplicated, reordered), the longest gap between
 //!   two replies and the round trips — what a client sees while the gate is upgraded.
+//! - `soak`: N connections held for `--duration` with churn (`--churn` % reconnect per second),
+//!   heartbeats, echoes, binds and unbinds through the node (routes 21/22) and broadcasts
+//!   (route 20) that every connection counts; reports unexpected closes and anything missing
+//!   (see `soak.rs`).
 //!
 //! In flood and closed mode each connection's socket is duplicated so one task writes while
 //! another reads: requests and replies flow independently, as with due's own clients. Idle,
@@ -34,6 +38,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use gatehouse::packet::{FrameDecoder, PacketConfig};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+
+mod soak;
 
 struct Args {
     mode: String,
@@ -60,13 +66,19 @@ struct Args {
     /// steady: connections that send requests, and the period of each one's requests.
     active: usize,
     interval: Duration,
+    /// soak: share of the connections that close and reopen per second (%), and the periods of
+    /// each connection's echoes, binds/unbinds, and of the broadcasts.
+    churn: f64,
+    echo_every: Duration,
+    bind_every: Duration,
+    broadcast_every: Duration,
     json: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen MODE [flags]\n\
-         MODE: idle | flood | closed | fanout | steady\n\
+         MODE: idle | flood | closed | fanout | steady | soak\n\
          --addr HOST:PORT   gate address (127.0.0.1:3553)\n\
          --conns N          connections (1000)\n\
          --rate N           connects per second (5000)\n\
@@ -80,6 +92,10 @@ fn usage() -> ! {
          --pause SECS       fanout: pause between rounds (0.5)\n\
          --active K         steady: connections that send numbered requests (100)\n\
          --interval SECS    steady: period of each active connection's requests (0.02)\n\
+         --churn PCT        soak: % of the connections that close and reopen per second (1)\n\
+         --echo-every SECS  soak: period of each connection's echo request (10)\n\
+         --bind-every SECS  soak: period of each connection's bind or unbind (30)\n\
+         --broadcast-every SECS  soak: period of the broadcasts (5)\n\
          --size BYTES       payload size (1024)\n\
          --route R          route of the requests (1; fanout: the broadcast route, 20)\n\
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
@@ -115,6 +131,10 @@ fn parse_args() -> Args {
         pause: Duration::from_millis(500),
         active: 100,
         interval: Duration::from_millis(20),
+        churn: 1.0,
+        echo_every: Duration::from_secs(10),
+        bind_every: Duration::from_secs(30),
+        broadcast_every: Duration::from_secs(5),
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -144,12 +164,16 @@ fn parse_args() -> Args {
             "--pause" => a.pause = Duration::from_secs_f64(num::<f64>(&v)),
             "--active" => a.active = num(&v),
             "--interval" => a.interval = Duration::from_secs_f64(num::<f64>(&v)),
+            "--churn" => a.churn = num::<f64>(&v).clamp(0.0, 100.0),
+            "--echo-every" => a.echo_every = Duration::from_secs_f64(num::<f64>(&v)),
+            "--bind-every" => a.bind_every = Duration::from_secs_f64(num::<f64>(&v)),
+            "--broadcast-every" => a.broadcast_every = Duration::from_secs_f64(num::<f64>(&v)),
             _ => usage(),
         }
     }
     if !matches!(
         a.mode.as_str(),
-        "idle" | "flood" | "closed" | "fanout" | "steady"
+        "idle" | "flood" | "closed" | "fanout" | "steady" | "soak"
     ) {
         usage();
     }
@@ -159,6 +183,14 @@ fn parse_args() -> Args {
              and --interval above 0",
             COUNTER_AT + COUNTER_DIGITS + 2
         );
+        std::process::exit(2);
+    }
+    if a.mode == "soak"
+        && [a.heartbeat, a.echo_every, a.bind_every, a.broadcast_every]
+            .iter()
+            .any(|d| d.is_zero())
+    {
+        eprintln!("soak: every period (--heartbeat, --echo-every, --bind-every, --broadcast-every) must be above 0");
         std::process::exit(2);
     }
     if a.mode == "fanout" && !route_given(&std::env::args().collect::<Vec<_>>()) {
@@ -238,6 +270,8 @@ struct Run {
     fanout: Fanout,
     /// steady: reply gaps.
     gaps: Gaps,
+    /// soak: its figures.
+    soak: soak::Soak,
     /// The main task, waiting for replies (flood: all of them; fanout: a round's).
     waiter: RefCell<Option<std::task::Waker>>,
     start: Cell<Instant>,
@@ -446,7 +480,7 @@ impl FrameReader {
     fn new(run: &Run) -> Self {
         // Idle connections read heartbeats and small broadcasts only (steady: small echoes too):
         // small buffers keep 19,000 of them cheap.
-        let size = if matches!(run.a.mode.as_str(), "idle" | "fanout" | "steady") {
+        let size = if matches!(run.a.mode.as_str(), "idle" | "fanout" | "steady" | "soak") {
             256
         } else {
             64 * 1024
@@ -1017,6 +1051,7 @@ fn main() {
                 budget: Cell::new(a.requests),
                 fanout: Fanout::default(),
                 gaps: Gaps::default(),
+                soak: soak::Soak::default(),
                 waiter: RefCell::default(),
                 payload: json_payload(a.size),
                 packet: PacketConfig {
@@ -1045,6 +1080,9 @@ fn main() {
 /// progress line per second and the summary; returns the number of failures.
 async fn report_and_run(run: Rc<Run>) -> usize {
     let a = &run.a;
+    if a.mode == "soak" {
+        return soak::run(run).await;
+    }
     let ramp_start = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
     let mut streams = Vec::with_capacity(a.conns);

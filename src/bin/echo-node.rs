@@ -3,7 +3,10 @@
 //!
 //! One route is special: a packet on route 20 (`BROADCAST_ROUTE`) makes the node broadcast a
 //! 64-byte packet on route 20 to every connection of the gate, its first 8 bytes the node's wall
-//! clock (Unix nanoseconds, big-endian) — how the benchmark times a fan-out. With `--consul` the
+//! clock (Unix nanoseconds, big-endian) — how the benchmark times a fan-out. Routes 21 and 22
+//! (`BIND_ROUTE`, `UNBIND_ROUTE`) carry a user ID as decimal digits: the node sends the link's
+//! `bind` (that connection, that uid) or `unbind` (that uid) command, then echoes the packet as the
+//! acknowledgement — how the soak binds and unbinds users through a node. With `--consul` the
 //! node registers itself there as a due node (routes 1 and 20), so gates that discover nodes
 //! through Consul (gatehouse with `[registry.consul]`, due's Go gate) find it.
 //!
@@ -26,6 +29,12 @@ use std::time::Duration;
 const BROADCAST_ROUTE: i32 = 20;
 /// Size of the broadcast payload.
 const BROADCAST_BYTES: usize = 64;
+/// A packet on this route makes the node bind the user ID in its payload (decimal ASCII) to the
+/// connection it came from, then push the packet back to that connection (the acknowledgement).
+const BIND_ROUTE: i32 = 21;
+/// A packet on this route makes the node unbind the user ID in its payload, then push the packet
+/// back to the connection it came from.
+const UNBIND_ROUTE: i32 = 22;
 
 struct Args {
     listen: String,
@@ -116,6 +125,12 @@ impl Node {
     /// The route of a delivered client packet.
     fn route(&self, packet: &[u8]) -> Option<i32> {
         self.packet.unpack(packet).ok().map(|m| m.route)
+    }
+
+    /// The user ID a bind or unbind packet carries (its payload, decimal digits).
+    fn uid_of(&self, packet: &[u8]) -> Option<i64> {
+        let m = self.packet.unpack(packet).ok()?;
+        std::str::from_utf8(m.payload).ok()?.trim().parse().ok()
     }
 
     /// A broadcast request (kind 1: every connection) of the timestamped 64-byte packet.
@@ -256,10 +271,21 @@ fn serve_gate(mut s: TcpStream, node: &Node) {
                         }
                     }
                     Request::Deliver { cid, message, .. } => {
-                        if node.route(&message) == Some(BROADCAST_ROUTE) {
+                        let route = node.route(&message);
+                        if route == Some(BROADCAST_ROUTE) {
                             let _ = node.pushes.send(node.broadcast());
                         } else {
-                            let mut push = BytesMut::with_capacity(23 + message.len());
+                            let mut push = BytesMut::with_capacity(53 + message.len());
+                            // Bind or unbind first: the acknowledgement follows it on the link.
+                            match (route, node.uid_of(&message)) {
+                                (Some(BIND_ROUTE), Some(uid)) => {
+                                    drpc::put_bind(&mut push, 0, cid, uid)
+                                }
+                                (Some(UNBIND_ROUTE), Some(uid)) => {
+                                    drpc::put_unbind(&mut push, 0, uid)
+                                }
+                                _ => {}
+                            }
                             drpc::put_push(&mut push, 0, 0, 1, cid, &message);
                             let _ = node.pushes.send(push.freeze());
                         }

@@ -259,7 +259,7 @@ impl<F: Framing> Connection<F> {
             count += 1;
         }
         batch.reserve(total - batch.len());
-        for p in q.drain(..count) {
+        for p in q.drain_front(count) {
             self.framing.encode(&p, &mut batch);
         }
         (!batch.is_empty()).then(|| batch.freeze())

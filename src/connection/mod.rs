@@ -361,7 +361,21 @@ pub(crate) struct DeadlineTimer {
     armed_for: Option<Instant>,
 }
 
+impl Drop for DeadlineTimer {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
 impl DeadlineTimer {
+    /// Drops the timer, if any; the shard's `deadline_timers` gauge follows (one relaxed load
+    /// and store per arm or disarm, not per poll).
+    fn disarm(&mut self) {
+        if self.timer.take().is_some() {
+            crate::metrics::shard().deadline_timers.dec();
+        }
+    }
+
     pub fn new() -> Self {
         DeadlineTimer {
             timer: None,
@@ -380,12 +394,15 @@ impl DeadlineTimer {
         if deadline != self.armed_for {
             self.armed_for = deadline;
             match deadline {
-                None => self.timer = None,
+                None => self.disarm(),
                 Some(d) => {
                     let dur = d.saturating_duration_since(now);
                     match &mut self.timer {
                         Some(t) => t.reset(dur),
-                        None => self.timer = Some(glommio::timer::Timer::new(dur)),
+                        None => {
+                            self.timer = Some(glommio::timer::Timer::new(dur));
+                            crate::metrics::shard().deadline_timers.inc();
+                        }
                     }
                 }
             }
@@ -393,7 +410,7 @@ impl DeadlineTimer {
         match &mut self.timer {
             Some(t) => match std::pin::Pin::new(t).poll(cx) {
                 std::task::Poll::Ready(_) => {
-                    self.timer = None;
+                    self.disarm();
                     self.armed_for = None;
                     std::task::Poll::Ready(())
                 }

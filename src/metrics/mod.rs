@@ -276,6 +276,13 @@ pub struct ShardMetrics {
     pub queue_full: Counter,
     /// Users bound on this shard's home index.
     pub users_bound: Gauge,
+    /// Packets queued to this shard's clients and not yet taken for writing (the sum of their
+    /// write queues; heartbeats owed are not queue entries and not counted).
+    pub queued_packets: Gauge,
+    /// Connections of this shard with an armed deadline timer (heartbeat or authorization):
+    /// glommio does not expose its timer count, and these are the timers that grow with the
+    /// number of clients.
+    pub deadline_timers: Gauge,
     /// Client packets handed to a node link.
     pub delivered: Counter,
     /// Client packets dropped: no route for them.
@@ -306,6 +313,8 @@ impl ShardMetrics {
             bytes_out: Counter::new(),
             queue_full: Counter::new(),
             users_bound: Gauge::new(),
+            queued_packets: Gauge::new(),
+            deadline_timers: Gauge::new(),
             delivered: Counter::new(),
             dropped_no_route: Counter::new(),
             dropped_no_endpoint: Counter::new(),

@@ -170,6 +170,31 @@ pub fn render(m: &GateMetrics) -> String {
         vec![(vec![], gsum(&|s| s.users_bound.get()))],
     ));
 
+    // Per-shard queues and timers (what a soak watches for leaks).
+    for (name, help, f) in [
+        (
+            "gatehouse_shard_queued_packets",
+            "Packets queued to clients and not yet taken for writing, by shard.",
+            (|s: &ShardMetrics| s.queued_packets.get()) as fn(&ShardMetrics) -> i64,
+        ),
+        (
+            "gatehouse_shard_deadline_timers",
+            "Client connections with an armed deadline (heartbeat or authorization) timer, by shard.",
+            |s| s.deadline_timers.get(),
+        ),
+    ] {
+        out.push(family(
+            name,
+            help,
+            MetricType::GAUGE,
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (vec![("shard", i.to_string())], f(s) as f64))
+                .collect(),
+        ));
+    }
+
     // Distributions.
     out.push(histogram(
         "gatehouse_write_batch_bytes",
@@ -378,6 +403,8 @@ mod tests {
         m.shards()[1].open[1].add(1);
         m.shards()[0].close(CloseLabel::HeartbeatTimeout);
         m.shards()[1].close(CloseLabel::HeartbeatTimeout);
+        m.shards()[1].queued_packets.add(5);
+        m.shards()[0].deadline_timers.add(3);
         m.shards()[0].write_batch.observe(100);
         m.shards()[1].write_batch.observe(60);
         m.shards()[1].write_batch.observe(1 << 20);
@@ -387,6 +414,9 @@ mod tests {
             "gatehouse_connections_open{transport=\"ws\"} 1",
             "gatehouse_shard_connections{shard=\"0\"} 3",
             "gatehouse_shard_connections{shard=\"1\"} 5",
+            "gatehouse_shard_queued_packets{shard=\"0\"} 0",
+            "gatehouse_shard_queued_packets{shard=\"1\"} 5",
+            "gatehouse_shard_deadline_timers{shard=\"0\"} 3",
             "gatehouse_connections_closed_total{reason=\"heartbeat_timeout\"} 2",
             "gatehouse_write_batch_bytes_bucket{le=\"64\"} 1",
             "gatehouse_write_batch_bytes_bucket{le=\"256\"} 2",

@@ -67,6 +67,64 @@ pub struct SessionRecord {
     pub auth_changed: bool,
 }
 
+/// The packets queued for one client, oldest first.
+///
+/// Every packet in or out moves this shard's `queued_packets` gauge (a relaxed load and store of
+/// a shard-local cell, see `metrics::Gauge`), and what is still queued when the connection is
+/// dropped is taken off then: the gauge is the sum of the shard's queues, read by `/metrics`
+/// without visiting a connection. Reads go through `Deref`; changes only through the methods.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox(VecDeque<Bytes>);
+
+impl Outbox {
+    fn from_packets(packets: impl Iterator<Item = Bytes>) -> Self {
+        let q: VecDeque<Bytes> = packets.collect();
+        crate::metrics::shard().queued_packets.add(q.len() as i64);
+        Outbox(q)
+    }
+
+    fn push_back(&mut self, p: Bytes) {
+        self.0.push_back(p);
+        crate::metrics::shard().queued_packets.inc();
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Bytes> {
+        let p = self.0.pop_front();
+        if p.is_some() {
+            crate::metrics::shard().queued_packets.dec();
+        }
+        p
+    }
+
+    /// Takes the `n` oldest packets out (`n` at most the length).
+    pub(crate) fn drain_front(
+        &mut self,
+        n: usize,
+    ) -> std::collections::vec_deque::Drain<'_, Bytes> {
+        let n = n.min(self.0.len());
+        crate::metrics::shard().queued_packets.add(-(n as i64));
+        self.0.drain(..n)
+    }
+}
+
+impl std::ops::Deref for Outbox {
+    type Target = VecDeque<Bytes>;
+
+    fn deref(&self) -> &VecDeque<Bytes> {
+        &self.0
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            crate::metrics::shard()
+                .queued_packets
+                .add(-(self.0.len() as i64));
+        }
+    }
+}
+
 /// One admitted client connection as the session table sees it.
 pub struct Conn {
     pub cid: i64,
@@ -77,7 +135,7 @@ pub struct Conn {
     /// The locator names this gate for `uid`: its bind completed (Reconnect was emitted). Until
     /// then another gate's bind event is older than ours and must not close it.
     located: Cell<bool>,
-    outbox: RefCell<VecDeque<Bytes>>,
+    outbox: RefCell<Outbox>,
     /// Heartbeat replies owed to the client. A count, not queue entries: an idle connection's
     /// only traffic is heartbeats, and queueing them would keep a queue allocation alive on
     /// every idle connection (the write path builds the bytes when it writes them).
@@ -97,7 +155,7 @@ impl Conn {
             state: Cell::new(ConnState::Opened),
             uid: Cell::new(0),
             located: Cell::new(false),
-            outbox: RefCell::new(VecDeque::new()),
+            outbox: RefCell::new(Outbox::default()),
             heartbeats_owed: Cell::new(0),
             queue_limit: queue_limit.max(1),
             waker: RefCell::new(None),
@@ -135,7 +193,8 @@ impl Conn {
         conn.uid.set(record.uid);
         // A bound connection handed over was bound in the previous process.
         conn.located.set(record.uid != 0);
-        *conn.outbox.borrow_mut() = record.outbox.into_iter().map(Bytes::from).collect();
+        *conn.outbox.borrow_mut() =
+            Outbox::from_packets(record.outbox.into_iter().map(Bytes::from));
         conn.heartbeats_owed.set(record.heartbeats_owed);
         *conn.channels.borrow_mut() = record.channels.into_iter().map(Into::into).collect();
         let mut orders = conn.orders.borrow_mut();
@@ -235,7 +294,7 @@ impl Conn {
         self.heartbeats_owed.get() == 0 && self.outbox.borrow().is_empty()
     }
 
-    pub(crate) fn outbox(&self) -> std::cell::RefMut<'_, VecDeque<Bytes>> {
+    pub(crate) fn outbox(&self) -> std::cell::RefMut<'_, Outbox> {
         self.outbox.borrow_mut()
     }
 
