@@ -55,6 +55,24 @@ fn await_sample(addr: SocketAddr, series: &str, want: f64) -> String {
     }
 }
 
+/// Polls `/metrics` until `series` reads at least `min` (bounded); returns the last exposition.
+/// For counts that follow an event the client saw: the gate counts a write right after the
+/// system call, so a client may read the bytes a moment before they are counted.
+fn await_at_least(addr: SocketAddr, series: &str, min: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = get(addr, "/metrics");
+        if sample(&text, series).is_some_and(|v| v >= min) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {min}; last exposition:\n{text}"
+        );
+        std::thread::sleep(ms(20));
+    }
+}
+
 /// Whether a tool this test needs is installed; without it the test is skipped, unless
 /// `GATEHOUSE_REQUIRE_SERVICES` says every service must be there (CI).
 fn have(tool: &str) -> bool {
@@ -118,8 +136,8 @@ fn connection_numbers_follow_clients() {
         sample(&text, "gatehouse_client_received_bytes_total"),
         Some(500.0)
     );
-    assert!(sample(&text, "gatehouse_client_sent_bytes_total").unwrap() >= 500.0);
-    assert!(sample(&text, "gatehouse_write_batch_bytes_count").unwrap() >= 100.0);
+    await_at_least(addr, "gatehouse_client_sent_bytes_total", 500.0);
+    await_at_least(addr, "gatehouse_write_batch_bytes_count", 100.0);
 
     drop(clients);
     await_sample(
