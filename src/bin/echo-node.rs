@@ -3,7 +3,9 @@
 //!
 //! One route is special: a packet on route 20 (`BROADCAST_ROUTE`) makes the node broadcast a
 //! 64-byte packet on route 20 to every connection of the gate, its first 8 bytes the node's wall
-//! clock (Unix nanoseconds, big-endian) — how the benchmark times a fan-out. With `--consul` the
+//! clock (Unix nanoseconds, big-endian) — how the benchmark times a fan-out — and the next 8 the
+//! broadcast's number (1, 2, … in the order the node sends them, big-endian) — how a client
+//! checks it got every broadcast, in order. With `--consul` the
 //! node registers itself there as a due node (routes 1 and 20), so gates that discover nodes
 //! through Consul (gatehouse with `[registry.consul]`, due's Go gate) find it.
 //!
@@ -98,6 +100,7 @@ fn main() {
             route_bytes: a.route_bytes,
             ..PacketConfig::default()
         },
+        broadcasts: std::sync::Mutex::new(0),
     });
     for stream in listener.incoming().flatten() {
         let node = node.clone();
@@ -110,6 +113,9 @@ struct Node {
     pushes: crossbeam_channel::Sender<Bytes>,
     quiet: bool,
     packet: PacketConfig,
+    /// The number of the last broadcast sent; held while a broadcast is numbered and queued, so
+    /// numbers reach the gate in order whichever gate connection triggered them.
+    broadcasts: std::sync::Mutex<u64>,
 }
 
 impl Node {
@@ -118,13 +124,22 @@ impl Node {
         self.packet.unpack(packet).ok().map(|m| m.route)
     }
 
-    /// A broadcast request (kind 1: every connection) of the timestamped 64-byte packet.
-    fn broadcast(&self) -> Bytes {
+    /// Numbers the next broadcast and queues it for the gate.
+    fn send_broadcast(&self) {
+        let mut n = self.broadcasts.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        let _ = self.pushes.send(self.broadcast(*n));
+    }
+
+    /// A broadcast request (kind 1: every connection) of the timestamped, numbered 64-byte
+    /// packet.
+    fn broadcast(&self, number: u64) -> Bytes {
         let mut payload = [0u8; BROADCAST_BYTES];
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         payload[..8].copy_from_slice(&now.to_be_bytes());
+        payload[8..16].copy_from_slice(&number.to_be_bytes());
         let message = self
             .packet
             .encode(BROADCAST_ROUTE, 0, &payload)
@@ -257,7 +272,7 @@ fn serve_gate(mut s: TcpStream, node: &Node) {
                     }
                     Request::Deliver { cid, message, .. } => {
                         if node.route(&message) == Some(BROADCAST_ROUTE) {
-                            let _ = node.pushes.send(node.broadcast());
+                            node.send_broadcast();
                         } else {
                             let mut push = BytesMut::with_capacity(23 + message.len());
                             drpc::put_push(&mut push, 0, 0, 1, cid, &message);
