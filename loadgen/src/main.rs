@@ -70,6 +70,8 @@ struct Args {
     /// slow: connections that read and check every broadcast, and the non-readers' SO_RCVBUF.
     readers: usize,
     rcvbuf: usize,
+    /// slow: the MSS the non-readers advertise (0 = the kernel's).
+    mss: u32,
     json: bool,
 }
 
@@ -93,6 +95,8 @@ fn usage() -> ! {
          --interval SECS    steady: period of each active connection's requests (0.02)\n\
          --readers K        slow: connections that read and check every broadcast (10)\n\
          --rcvbuf BYTES     slow: SO_RCVBUF of the connections that never read (4096)\n\
+         --mss BYTES        slow: TCP_MAXSEG they advertise (0 = default; small = the gate's\n\
+                            kernel send buffer for them is small and their queue fills sooner)\n\
          --size BYTES       payload size (1024)\n\
          --route R          route of the requests (1; fanout: the broadcast route, 20)\n\
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
@@ -130,6 +134,7 @@ fn parse_args() -> Args {
         interval: Duration::from_millis(20),
         readers: 10,
         rcvbuf: 4096,
+        mss: 0,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -161,6 +166,7 @@ fn parse_args() -> Args {
             "--interval" => a.interval = Duration::from_secs_f64(num::<f64>(&v)),
             "--readers" => a.readers = num(&v),
             "--rcvbuf" => a.rcvbuf = num(&v),
+            "--mss" => a.mss = num(&v),
             _ => usage(),
         }
     }
@@ -228,17 +234,20 @@ fn connect(addr: SocketAddr, source: Ipv4Addr) -> std::io::Result<Stream> {
     connect_with(addr, source, None)
 }
 
-/// [`connect`], with the receive buffer set to `rcvbuf` bytes before connecting (the window
-/// the client advertises is sized from it).
+/// [`connect`], with the receive buffer and the MSS (0 = the kernel's) set before connecting:
+/// the client's window is sized from the first, the gate's send buffer for it from the second.
 fn connect_with(
     addr: SocketAddr,
     source: Ipv4Addr,
-    rcvbuf: Option<usize>,
+    rcvbuf: Option<(usize, u32)>,
 ) -> std::io::Result<Stream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    if let Some(n) = rcvbuf {
+    if let Some((n, mss)) = rcvbuf {
         s.set_recv_buffer_size(n)?;
+        if mss > 0 {
+            s.set_tcp_mss(mss)?;
+        }
     }
     if addr.ip().is_loopback() {
         s.bind(&SocketAddr::new(source.into(), 0).into())?;
@@ -1094,7 +1103,7 @@ async fn report_and_run(run: Rc<Run>) -> usize {
             glommio::timer::sleep(wait).await;
         }
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % a.sources.max(1) as usize) as u8);
-        let rcvbuf = (i >= readers && a.mode == "slow").then_some(a.rcvbuf);
+        let rcvbuf = (i >= readers && a.mode == "slow").then_some((a.rcvbuf, a.mss));
         match connect_with(a.addr, source, rcvbuf) {
             Ok(s) => {
                 run.stats.open.set(run.stats.open.get() + 1);
@@ -1121,7 +1130,9 @@ async fn report_and_run(run: Rc<Run>) -> usize {
     for (i, s) in streams.into_iter().enumerate() {
         let task = match a.mode.as_str() {
             "idle" | "fanout" => glommio::spawn_local(idle_conn(run.clone(), s)),
-            "slow" if i < readers => glommio::spawn_local(slow_reader(run.clone(), s, true)),
+            "slow" if i < readers => {
+                glommio::spawn_local(slow_reader(run.clone(), s, true, Rc::default()))
+            }
             "slow" => glommio::spawn_local(never_read(run.clone(), s)),
             "steady" => glommio::spawn_local(steady_conn(
                 run.clone(),
@@ -1380,8 +1391,7 @@ async fn never_read(run: Rc<Run>, mut s: Stream) {
 
 /// slow: a reading connection that checks every broadcast's number; heartbeats as in idle unless
 /// another task writes to the connection (`beats` false: writes of two tasks could interleave).
-async fn slow_reader(run: Rc<Run>, mut s: Stream, beats: bool) {
-    let seen = Rc::new(Numbered::default());
+async fn slow_reader(run: Rc<Run>, mut s: Stream, beats: bool, seen: Rc<Numbered>) {
     run.slow.borrow_mut().push(seen.clone());
     let mut hb = BytesMut::new();
     run.put_wire(&run.packet.heartbeat(0), &mut hb);
@@ -1417,6 +1427,15 @@ async fn slow_reader(run: Rc<Run>, mut s: Stream, beats: bool) {
                     }
                     true
                 });
+                // A steady stream of broadcasts keeps the read ready, so the tick may never win
+                // the race: heartbeats are due whatever woke us.
+                if beats && Instant::now() >= next_heartbeat {
+                    if s.write_all(&hb).await.is_err() {
+                        run.count_closed_by_gate();
+                        return;
+                    }
+                    next_heartbeat += run.a.heartbeat;
+                }
             }
             Event::Tick => {
                 if Instant::now() >= next_heartbeat && run.running() {
@@ -1430,6 +1449,9 @@ async fn slow_reader(run: Rc<Run>, mut s: Stream, beats: bool) {
         }
     }
 }
+
+/// slow: broadcasts triggered and not yet received by the trigger's own connection, at most.
+const SLOW_WINDOW: u64 = 512;
 
 /// slow: how long readers may take to get the last broadcasts once triggering stopped, beyond
 /// `--duration` (a gate broadcasting to 19,000 clients may lag the triggers).
@@ -1460,7 +1482,8 @@ async fn run_slow(run: &Rc<Run>) {
     let Some(r) = reader_of(run, &w) else {
         return;
     };
-    let reader = glommio::spawn_local(slow_reader(run.clone(), r, false));
+    let mine = Rc::new(Numbered::default());
+    let reader = glommio::spawn_local(slow_reader(run.clone(), r, false, mine.clone()));
     let gap = Duration::from_secs_f64(1.0 / a.target_rate as f64);
     let start = Instant::now();
     let mut out = BytesMut::new();
@@ -1485,6 +1508,14 @@ async fn run_slow(run: &Rc<Run>) {
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             glommio::timer::sleep(wait).await;
         }
+        // Never more than SLOW_WINDOW ahead of what this connection received: the rate is then
+        // what the gate delivers, and no backlog builds up in the node.
+        let _ = glommio::timer::timeout(until.saturating_duration_since(Instant::now()), async {
+            run.until(|| sent <= mine.received.get() + SLOW_WINDOW)
+                .await;
+            Ok(())
+        })
+        .await;
     }
     let all = || {
         let r = run.slow.borrow();
