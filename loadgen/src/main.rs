@@ -1484,6 +1484,9 @@ async fn run_slow(run: &Rc<Run>) {
     };
     let mine = Rc::new(Numbered::default());
     let reader = glommio::spawn_local(slow_reader(run.clone(), r, false, mine.clone()));
+    // This task alone writes to the trigger connection: its heartbeats while it waits.
+    let mut hb = BytesMut::new();
+    run.put_wire(&run.packet.heartbeat(0), &mut hb);
     let gap = Duration::from_secs_f64(1.0 / a.target_rate as f64);
     let start = Instant::now();
     let mut out = BytesMut::new();
@@ -1509,21 +1512,28 @@ async fn run_slow(run: &Rc<Run>) {
             glommio::timer::sleep(wait).await;
         }
         // Never more than SLOW_WINDOW ahead of what this connection received: the rate is then
-        // what the gate delivers, and no backlog builds up in the node.
-        let _ = glommio::timer::timeout(until.saturating_duration_since(Instant::now()), async {
-            run.until(|| sent <= mine.received.get() + SLOW_WINDOW)
-                .await;
-            Ok(())
-        })
-        .await;
+        // what the gate delivers, and no backlog builds up in the node. A heartbeat every
+        // `--heartbeat` meanwhile: the gate may take long to broadcast to every client.
+        while sent > mine.received.get() + SLOW_WINDOW && Instant::now() < until {
+            let beat = a
+                .heartbeat
+                .min(until.saturating_duration_since(Instant::now()));
+            let caught_up = glommio::timer::timeout(beat, async {
+                run.until(|| sent <= mine.received.get() + SLOW_WINDOW)
+                    .await;
+                Ok(())
+            })
+            .await
+            .is_ok();
+            if !caught_up && w.write_all(&hb).await.is_err() {
+                break;
+            }
+        }
     }
     let all = || {
         let r = run.slow.borrow();
         !r.is_empty() && r.iter().all(|n| n.received.get() >= sent)
     };
-    // This task alone writes to the trigger connection: its heartbeats while readers catch up.
-    let mut hb = BytesMut::new();
-    run.put_wire(&run.packet.heartbeat(0), &mut hb);
     let drain_end = Instant::now() + SLOW_DRAIN + a.duration;
     while !all() && Instant::now() < drain_end {
         let beat = a
