@@ -17,6 +17,13 @@
 //!   heartbeats, echoes, binds and unbinds through the node (routes 21/22) and broadcasts
 //!   (route 20) that every connection counts; reports unexpected closes and anything missing
 //!   (see `soak.rs`).
+//! - `slow`: slow consumers. N connections never read (a small receive buffer, `--rcvbuf`, set
+//!   before connecting) but write a heartbeat every `--heartbeat`, so the gate keeps them alive
+//!   until their write queue fills and it closes them (a heartbeat write failing tells us it
+//!   did). K more connections (`--readers`) read and check every broadcast's number (missing,
+//!   reordered). With `--target-rate R` one more reading connection triggers R broadcasts per
+//!   second on the broadcast route for `--duration`, then every reader must get all of them.
+//!   The node must number its broadcasts (echo-node: payload bytes 8..16).
 //!
 //! In flood and closed mode each connection's socket is duplicated so one task writes while
 //! another reads: requests and replies flow independently, as with due's own clients. Idle,
@@ -72,13 +79,18 @@ struct Args {
     echo_every: Duration,
     bind_every: Duration,
     broadcast_every: Duration,
+    /// slow: connections that read and check every broadcast, and the non-readers' SO_RCVBUF.
+    readers: usize,
+    rcvbuf: usize,
+    /// slow: the MSS the non-readers advertise (0 = the kernel's).
+    mss: u32,
     json: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen MODE [flags]\n\
-         MODE: idle | flood | closed | fanout | steady | soak\n\
+         MODE: idle | flood | closed | fanout | steady | soak | slow\n\
          --addr HOST:PORT   gate address (127.0.0.1:3553)\n\
          --conns N          connections (1000)\n\
          --rate N           connects per second (5000)\n\
@@ -87,7 +99,8 @@ fn usage() -> ! {
          --heartbeat SECS   idle/fanout/steady: heartbeat period per connection (10)\n\
          --requests N       flood: total requests shared by all connections (100000)\n\
          --inflight K       closed: requests in flight per connection (1)\n\
-         --target-rate R    closed: pace to R requests/s over all connections (0 = unpaced)\n\
+         --target-rate R    closed: pace to R requests/s over all connections (0 = unpaced);\n\
+                            slow: trigger R broadcasts/s for --duration (0 = trigger none)\n\
          --rounds N         fanout: broadcast rounds (10)\n\
          --pause SECS       fanout: pause between rounds (0.5)\n\
          --active K         steady: connections that send numbered requests (100)\n\
@@ -96,6 +109,10 @@ fn usage() -> ! {
          --echo-every SECS  soak: period of each connection's echo request (10)\n\
          --bind-every SECS  soak: period of each connection's bind or unbind (30)\n\
          --broadcast-every SECS  soak: period of the broadcasts (5)\n\
+         --readers K        slow: connections that read and check every broadcast (10)\n\
+         --rcvbuf BYTES     slow: SO_RCVBUF of the connections that never read (4096)\n\
+         --mss BYTES        slow: TCP_MAXSEG they advertise (0 = default; small = the gate's\n\
+                            kernel send buffer for them is small and their queue fills sooner)\n\
          --size BYTES       payload size (1024)\n\
          --route R          route of the requests (1; fanout: the broadcast route, 20)\n\
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
@@ -135,6 +152,9 @@ fn parse_args() -> Args {
         echo_every: Duration::from_secs(10),
         bind_every: Duration::from_secs(30),
         broadcast_every: Duration::from_secs(5),
+        readers: 10,
+        rcvbuf: 4096,
+        mss: 0,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -168,12 +188,15 @@ fn parse_args() -> Args {
             "--echo-every" => a.echo_every = Duration::from_secs_f64(num::<f64>(&v)),
             "--bind-every" => a.bind_every = Duration::from_secs_f64(num::<f64>(&v)),
             "--broadcast-every" => a.broadcast_every = Duration::from_secs_f64(num::<f64>(&v)),
+            "--readers" => a.readers = num(&v),
+            "--rcvbuf" => a.rcvbuf = num(&v),
+            "--mss" => a.mss = num(&v),
             _ => usage(),
         }
     }
     if !matches!(
         a.mode.as_str(),
-        "idle" | "flood" | "closed" | "fanout" | "steady" | "soak"
+        "idle" | "flood" | "closed" | "fanout" | "steady" | "soak" | "slow"
     ) {
         usage();
     }
@@ -193,7 +216,9 @@ fn parse_args() -> Args {
         eprintln!("soak: every period (--heartbeat, --echo-every, --bind-every, --broadcast-every) must be above 0");
         std::process::exit(2);
     }
-    if a.mode == "fanout" && !route_given(&std::env::args().collect::<Vec<_>>()) {
+    if matches!(a.mode.as_str(), "fanout" | "slow")
+        && !route_given(&std::env::args().collect::<Vec<_>>())
+    {
         a.route = 20;
     }
     a
@@ -219,6 +244,9 @@ struct Stats {
     missing: Cell<u64>,
     disordered: Cell<u64>,
     faulty: Cell<usize>,
+    /// slow: connections that never read, and those of them the gate closed.
+    slow_open: Cell<usize>,
+    slow_closed: Cell<usize>,
 }
 
 impl Stats {
@@ -235,8 +263,24 @@ type Stream = glommio::net::TcpStream;
 
 /// Connects from `source` (blocking, bounded by 5 s; the ramp paces connects anyway).
 fn connect(addr: SocketAddr, source: Ipv4Addr) -> std::io::Result<Stream> {
+    connect_with(addr, source, None)
+}
+
+/// [`connect`], with the receive buffer and the MSS (0 = the kernel's) set before connecting:
+/// the client's window is sized from the first, the gate's send buffer for it from the second.
+fn connect_with(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    rcvbuf: Option<(usize, u32)>,
+) -> std::io::Result<Stream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    if let Some((n, mss)) = rcvbuf {
+        s.set_recv_buffer_size(n)?;
+        if mss > 0 {
+            s.set_tcp_mss(mss)?;
+        }
+    }
     if addr.ip().is_loopback() {
         s.bind(&SocketAddr::new(source.into(), 0).into())?;
     }
@@ -272,6 +316,8 @@ struct Run {
     gaps: Gaps,
     /// soak: its figures.
     soak: soak::Soak,
+    /// slow: every reader's view of the broadcasts.
+    slow: RefCell<Vec<Rc<Numbered>>>,
     /// The main task, waiting for replies (flood: all of them; fanout: a round's).
     waiter: RefCell<Option<std::task::Waker>>,
     start: Cell<Instant>,
@@ -1052,6 +1098,7 @@ fn main() {
                 fanout: Fanout::default(),
                 gaps: Gaps::default(),
                 soak: soak::Soak::default(),
+                slow: RefCell::default(),
                 waiter: RefCell::default(),
                 payload: json_payload(a.size),
                 packet: PacketConfig {
@@ -1085,13 +1132,17 @@ async fn report_and_run(run: Rc<Run>) -> usize {
     }
     let ramp_start = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
-    let mut streams = Vec::with_capacity(a.conns);
-    for i in 0..a.conns {
+    // slow: the readers first, then the connections that never read.
+    let readers = if a.mode == "slow" { a.readers } else { 0 };
+    let total = a.conns + readers;
+    let mut streams = Vec::with_capacity(total);
+    for i in 0..total {
         if let Some(wait) = (ramp_start + gap * i as u32).checked_duration_since(Instant::now()) {
             glommio::timer::sleep(wait).await;
         }
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % a.sources.max(1) as usize) as u8);
-        match connect(a.addr, source) {
+        let rcvbuf = (i >= readers && a.mode == "slow").then_some((a.rcvbuf, a.mss));
+        match connect_with(a.addr, source, rcvbuf) {
             Ok(s) => {
                 run.stats.open.set(run.stats.open.get() + 1);
                 streams.push(s);
@@ -1117,6 +1168,10 @@ async fn report_and_run(run: Rc<Run>) -> usize {
     for (i, s) in streams.into_iter().enumerate() {
         let task = match a.mode.as_str() {
             "idle" | "fanout" => glommio::spawn_local(idle_conn(run.clone(), s)),
+            "slow" if i < readers => {
+                glommio::spawn_local(slow_reader(run.clone(), s, true, Rc::default()))
+            }
+            "slow" => glommio::spawn_local(never_read(run.clone(), s)),
             "steady" => glommio::spawn_local(steady_conn(
                 run.clone(),
                 s,
@@ -1172,6 +1227,10 @@ async fn report_and_run(run: Rc<Run>) -> usize {
         run_fanout(&run).await;
         run.end.set(Instant::now());
         drop(tasks);
+    } else if a.mode == "slow" {
+        run_slow(&run).await;
+        run.end.set(Instant::now());
+        drop(tasks);
     } else if a.mode == "steady" {
         // Each connection ends by itself, at most DRAIN after the end.
         for t in tasks {
@@ -1212,6 +1271,7 @@ fn summary(run: &Run) -> usize {
         + s.closed_by_gate.get()
         + s.incomplete_rounds.get()
         + s.faulty.get()
+        + slow_faults(run)
         + usize::from(a.mode == "flood" && s.received.get() < a.requests);
     let mut json = serde_json::json!({
         "mode": a.mode, "conns": a.conns, "size": a.size, "inflight": a.inflight,
@@ -1229,6 +1289,10 @@ fn summary(run: &Run) -> usize {
     let steady = (a.mode == "steady").then(|| steady_summary(run));
     if let Some(st) = &steady {
         json["steady"] = st.clone();
+    }
+    let slow = (a.mode == "slow").then(|| slow_summary(run));
+    if let Some(sl) = &slow {
+        json["slow"] = sl.clone();
     }
     if a.json {
         println!("{json}");
@@ -1253,6 +1317,9 @@ fn summary(run: &Run) -> usize {
         }
         if let Some(st) = steady {
             println!("steady {st}");
+        }
+        if let Some(sl) = slow {
+            println!("slow {sl}");
         }
     }
     failures
@@ -1302,4 +1369,252 @@ fn fanout_summary(run: &Run) -> Option<serde_json::Value> {
         "complete_us": {"p50": q(rounds, 0.5), "max": q(rounds, 1.0)},
         "arrival_us": {"p50": q(arrivals, 0.5), "p99": q(arrivals, 0.99), "max": q(arrivals, 1.0)},
     }))
+}
+
+/// slow: one reader's view of the numbered broadcasts (payload bytes 8..16, see echo-node).
+#[derive(Default)]
+struct Numbered {
+    received: Cell<u64>,
+    /// The last number seen (0 = none yet).
+    last: Cell<u64>,
+    /// Numbers skipped, and numbers not above the last one (duplicated or reordered).
+    missing: Cell<u64>,
+    disordered: Cell<u64>,
+}
+
+impl Numbered {
+    fn arrived(&self, n: u64) {
+        self.received.set(self.received.get() + 1);
+        let last = self.last.get();
+        if last != 0 && n <= last {
+            self.disordered.set(self.disordered.get() + 1);
+            return;
+        }
+        if last != 0 {
+            self.missing.set(self.missing.get() + (n - last - 1));
+        }
+        self.last.set(n);
+    }
+}
+
+/// slow: the number of a broadcast packet (None: not a numbered broadcast).
+fn broadcast_number(run: &Run, frame: &[u8]) -> Option<u64> {
+    let m = run.packet.unpack(frame).ok()?;
+    if m.route != run.a.route {
+        return None;
+    }
+    let n = m.payload.get(8..16)?;
+    Some(u64::from_be_bytes(n.try_into().ok()?))
+}
+
+/// slow: a connection that never reads. It writes a heartbeat every `--heartbeat` (the gate must
+/// not close it for silence); the gate closing it shows as a failed heartbeat write (its kernel
+/// answers the first write after the close with a reset).
+async fn never_read(run: Rc<Run>, mut s: Stream) {
+    let s_ = &run.stats;
+    s_.slow_open.set(s_.slow_open.get() + 1);
+    let mut hb = BytesMut::new();
+    run.put_wire(&run.packet.heartbeat(0), &mut hb);
+    while run.running() {
+        glommio::timer::sleep(run.a.heartbeat).await;
+        if !run.running() {
+            break;
+        }
+        if s.write_all(&hb).await.is_err() {
+            s_.slow_closed.set(s_.slow_closed.get() + 1);
+            return;
+        }
+    }
+}
+
+/// slow: a reading connection that checks every broadcast's number; heartbeats as in idle unless
+/// another task writes to the connection (`beats` false: writes of two tasks could interleave).
+async fn slow_reader(run: Rc<Run>, mut s: Stream, beats: bool, seen: Rc<Numbered>) {
+    run.slow.borrow_mut().push(seen.clone());
+    let mut hb = BytesMut::new();
+    run.put_wire(&run.packet.heartbeat(0), &mut hb);
+    let mut fr = FrameReader::new(&run);
+    // Broadcasts arrive in bursts here: a larger read buffer than idle's.
+    fr.chunk.resize(16 * 1024, 0);
+    let mut next_heartbeat = Instant::now() + run.a.heartbeat;
+    enum Event {
+        Read(std::io::Result<usize>),
+        Tick,
+    }
+    while run.running() {
+        let wake = next_heartbeat.min(run.end.get());
+        let read = async { Event::Read(s.read(&mut fr.chunk).await) };
+        let tick = async {
+            glommio::timer::sleep(wake.saturating_duration_since(Instant::now())).await;
+            Event::Tick
+        };
+        match futures_lite::future::or(read, tick).await {
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => {
+                run.count_closed_by_gate();
+                return;
+            }
+            Event::Tick if !beats => next_heartbeat += run.a.heartbeat,
+            Event::Read(Ok(n)) => {
+                fr.take(n, |frame| {
+                    if is_heartbeat(frame) {
+                        Stats::bump(&run.stats.heartbeats);
+                    } else if let Some(n) = broadcast_number(&run, frame) {
+                        seen.arrived(n);
+                        Stats::bump(&run.stats.received);
+                        run.wake_waiter();
+                    }
+                    true
+                });
+                // A steady stream of broadcasts keeps the read ready, so the tick may never win
+                // the race: heartbeats are due whatever woke us.
+                if beats && Instant::now() >= next_heartbeat {
+                    if s.write_all(&hb).await.is_err() {
+                        run.count_closed_by_gate();
+                        return;
+                    }
+                    next_heartbeat += run.a.heartbeat;
+                }
+            }
+            Event::Tick => {
+                if Instant::now() >= next_heartbeat && run.running() {
+                    if s.write_all(&hb).await.is_err() {
+                        run.count_closed_by_gate();
+                        return;
+                    }
+                    next_heartbeat += run.a.heartbeat;
+                }
+            }
+        }
+    }
+}
+
+/// slow: broadcasts triggered and not yet received by the trigger's own connection, at most.
+const SLOW_WINDOW: u64 = 512;
+
+/// slow: how long readers may take to get the last broadcasts once triggering stopped, beyond
+/// `--duration` (a gate broadcasting to 19,000 clients may lag the triggers).
+const SLOW_DRAIN: Duration = Duration::from_secs(15);
+
+/// slow: triggers `--target-rate` broadcasts per second for `--duration` over one more reading
+/// connection (behind schedule it sends the triggers due in one write), then waits until every
+/// reader got every broadcast (at most [`SLOW_DRAIN`] + `--duration`). Without a rate it just holds the
+/// connections for `--duration`.
+async fn run_slow(run: &Rc<Run>) {
+    let a = &run.a;
+    let until = Instant::now() + a.duration;
+    if a.target_rate == 0 {
+        glommio::timer::sleep(a.duration).await;
+        return;
+    }
+    let mut w = match connect(a.addr, Ipv4Addr::LOCALHOST) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("slow: trigger connection: {e}");
+            Stats::bump_usize(&run.stats.connect_errors);
+            return;
+        }
+    };
+    if !open_session(run, &mut w).await {
+        return;
+    }
+    let Some(r) = reader_of(run, &w) else {
+        return;
+    };
+    let mine = Rc::new(Numbered::default());
+    let reader = glommio::spawn_local(slow_reader(run.clone(), r, false, mine.clone()));
+    // This task alone writes to the trigger connection: its heartbeats while it waits.
+    let mut hb = BytesMut::new();
+    run.put_wire(&run.packet.heartbeat(0), &mut hb);
+    let gap = Duration::from_secs_f64(1.0 / a.target_rate as f64);
+    let start = Instant::now();
+    let mut out = BytesMut::new();
+    let mut sent = 0u64;
+    while Instant::now() < until {
+        let due = ((start.elapsed().as_secs_f64() / gap.as_secs_f64()) as u64 + 1).max(sent + 1);
+        out.clear();
+        while sent < due && out.len() < 64 * 1024 {
+            sent += 1;
+            let packet = run
+                .packet
+                .encode(a.route, run.seq_value(sent as u32), b"")
+                .expect("trigger fits");
+            run.put_wire(&packet, &mut out);
+        }
+        if w.write_all(&out).await.is_err() {
+            eprintln!("slow: the trigger connection was closed");
+            break;
+        }
+        run.stats.sent.set(sent);
+        let next = start + gap.mul_f64(sent as f64);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            glommio::timer::sleep(wait).await;
+        }
+        // Never more than SLOW_WINDOW ahead of what this connection received: the rate is then
+        // what the gate delivers, and no backlog builds up in the node. A heartbeat every
+        // `--heartbeat` meanwhile: the gate may take long to broadcast to every client.
+        while sent > mine.received.get() + SLOW_WINDOW && Instant::now() < until {
+            let beat = a
+                .heartbeat
+                .min(until.saturating_duration_since(Instant::now()));
+            let caught_up = glommio::timer::timeout(beat, async {
+                run.until(|| sent <= mine.received.get() + SLOW_WINDOW)
+                    .await;
+                Ok(())
+            })
+            .await
+            .is_ok();
+            if !caught_up && w.write_all(&hb).await.is_err() {
+                break;
+            }
+        }
+    }
+    let all = || {
+        let r = run.slow.borrow();
+        !r.is_empty() && r.iter().all(|n| n.received.get() >= sent)
+    };
+    let drain_end = Instant::now() + SLOW_DRAIN + a.duration;
+    while !all() && Instant::now() < drain_end {
+        let beat = a
+            .heartbeat
+            .min(drain_end.saturating_duration_since(Instant::now()));
+        let caught_up = glommio::timer::timeout(beat, async {
+            run.until(all).await;
+            Ok(())
+        })
+        .await
+        .is_ok();
+        if !caught_up && w.write_all(&hb).await.is_err() {
+            break;
+        }
+    }
+    drop(reader);
+}
+
+/// slow: readers that did not get every triggered broadcast once, in order.
+fn slow_faults(run: &Run) -> usize {
+    if run.a.mode != "slow" || run.a.target_rate == 0 {
+        return 0;
+    }
+    let sent = run.stats.sent.get();
+    run.slow
+        .borrow()
+        .iter()
+        .filter(|n| n.received.get() != sent || n.missing.get() + n.disordered.get() > 0)
+        .count()
+}
+
+/// slow figures: non-readers closed by the gate; readers' broadcasts.
+fn slow_summary(run: &Run) -> serde_json::Value {
+    let s = &run.stats;
+    let r = run.slow.borrow();
+    let got: Vec<u64> = r.iter().map(|n| n.received.get()).collect();
+    serde_json::json!({
+        "non_readers": s.slow_open.get(), "non_readers_closed": s.slow_closed.get(),
+        "readers": r.len(), "broadcasts": s.sent.get(),
+        "readers_received": {"min": got.iter().min().copied().unwrap_or(0),
+                             "max": got.iter().max().copied().unwrap_or(0)},
+        "missing": r.iter().map(|n| n.missing.get()).sum::<u64>(),
+        "disordered": r.iter().map(|n| n.disordered.get()).sum::<u64>(),
+        "faulty_readers": slow_faults(run),
+    })
 }

@@ -3,7 +3,9 @@
 //!
 //! One route is special: a packet on route 20 (`BROADCAST_ROUTE`) makes the node broadcast a
 //! 64-byte packet on route 20 to every connection of the gate, its first 8 bytes the node's wall
-//! clock (Unix nanoseconds, big-endian) — how the benchmark times a fan-out. Routes 21 and 22
+//! clock (Unix nanoseconds, big-endian) — how the benchmark times a fan-out — and the next 8 the
+//! broadcast's number (1, 2, … in the order the node sends them, big-endian) — how a client
+//! checks it got every broadcast, in order. Routes 21 and 22
 //! (`BIND_ROUTE`, `UNBIND_ROUTE`) carry a user ID as decimal digits: the node sends the link's
 //! `bind` (that connection, that uid) or `unbind` (that uid) command, then echoes the packet as the
 //! acknowledgement — how the soak binds and unbinds users through a node. With `--consul` the
@@ -107,6 +109,7 @@ fn main() {
             route_bytes: a.route_bytes,
             ..PacketConfig::default()
         },
+        broadcasts: std::sync::Mutex::new(0),
     });
     for stream in listener.incoming().flatten() {
         let node = node.clone();
@@ -119,6 +122,9 @@ struct Node {
     pushes: crossbeam_channel::Sender<Bytes>,
     quiet: bool,
     packet: PacketConfig,
+    /// The number of the last broadcast sent; held while a broadcast is numbered and queued, so
+    /// numbers reach the gate in order whichever gate connection triggered them.
+    broadcasts: std::sync::Mutex<u64>,
 }
 
 impl Node {
@@ -133,13 +139,22 @@ impl Node {
         std::str::from_utf8(m.payload).ok()?.trim().parse().ok()
     }
 
-    /// A broadcast request (kind 1: every connection) of the timestamped 64-byte packet.
-    fn broadcast(&self) -> Bytes {
+    /// Numbers the next broadcast and queues it for the gate.
+    fn send_broadcast(&self) {
+        let mut n = self.broadcasts.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        let _ = self.pushes.send(self.broadcast(*n));
+    }
+
+    /// A broadcast request (kind 1: every connection) of the timestamped, numbered 64-byte
+    /// packet.
+    fn broadcast(&self, number: u64) -> Bytes {
         let mut payload = [0u8; BROADCAST_BYTES];
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         payload[..8].copy_from_slice(&now.to_be_bytes());
+        payload[8..16].copy_from_slice(&number.to_be_bytes());
         let message = self
             .packet
             .encode(BROADCAST_ROUTE, 0, &payload)
@@ -273,7 +288,7 @@ fn serve_gate(mut s: TcpStream, node: &Node) {
                     Request::Deliver { cid, message, .. } => {
                         let route = node.route(&message);
                         if route == Some(BROADCAST_ROUTE) {
-                            let _ = node.pushes.send(node.broadcast());
+                            node.send_broadcast();
                         } else {
                             let mut push = BytesMut::with_capacity(53 + message.len());
                             // Bind or unbind first: the acknowledgement follows it on the link.
