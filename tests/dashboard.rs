@@ -14,8 +14,7 @@ use gatehouse::dispatch::routes::Strategy;
 use gatehouse::dispatch::UpstreamFactory;
 use gatehouse::registry::{endpoint_url, InstanceState, RouteInfo, ServiceInstance};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -372,19 +371,6 @@ impl Drop for EchoNode {
     }
 }
 
-/// `GET /metrics` on `addr`.
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: gate\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
-    out.split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string()
-}
-
 /// The exposition of a gate with a node link up (the per-node families exist only then), after
 /// one client packet went to the node and back.
 fn live_exposition() -> String {
@@ -588,25 +574,6 @@ fn the_checker_finds_renamed_metrics_labels_and_values() {
     );
 }
 
-/// Whether a tool is installed; without it the check is skipped, unless
-/// `GATEHOUSE_REQUIRE_SERVICES` says every service must be there (CI).
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("GATEHOUSE_REQUIRE_SERVICES").is_none(),
-            "{tool} is required"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    found
-}
-
 fn promtool_check_rules(file: &Path) {
     let out = Command::new("promtool")
         .args(["check", "rules"])
@@ -646,7 +613,7 @@ fn without_variables(expr: &str) -> String {
 /// file) and the alerting rules.
 #[test]
 fn promtool_parses_every_expression() {
-    if !have("promtool") {
+    if !have_tool("promtool", "scripts/install-prometheus.sh") {
         return;
     }
     let d: serde_json::Value = serde_json::from_str(&read(DASHBOARD)).expect("valid JSON");

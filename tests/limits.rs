@@ -13,39 +13,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// `GET /metrics` on `addr`.
-fn metrics(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: gate\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string()
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Polls `/metrics` until `series` reads `want` (bounded); returns the exposition.
-fn await_sample(addr: SocketAddr, series: &str, want: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics(addr);
-        if sample(&text, series) == Some(want) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never read {want}; last exposition:\n{text}"
-        );
-        std::thread::sleep(ms(20));
-    }
-}
-
 /// A gate with a TCP and a WS server, `/metrics`, and `keys` under `[gatehouse]`.
 fn gate(keys: &str) -> (TestGate, SocketAddr) {
     let g = TestGate::start(&format!(

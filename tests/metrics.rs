@@ -7,90 +7,12 @@ mod common;
 use common::*;
 use gatehouse::dispatch::EventKind;
 use gatehouse::session::{Kind, SessionError};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-
-/// `GET path` on `addr`: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: gate\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {out:?}"));
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-/// The value of the sample `series` (name with labels, as exposed) in `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Polls `/metrics` until `series` reads `want` (bounded); returns the last exposition.
-fn await_sample(addr: SocketAddr, series: &str, want: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, text) = get(addr, "/metrics");
-        if sample(&text, series) == Some(want) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never read {want}; last exposition:\n{text}"
-        );
-        std::thread::sleep(ms(20));
-    }
-}
-
-/// Polls `/metrics` until `series` reads at least `min` (bounded); returns the last exposition.
-/// For counts that follow an event the client saw: the gate counts a write right after the
-/// system call, so a client may read the bytes a moment before they are counted.
-fn await_at_least(addr: SocketAddr, series: &str, min: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, text) = get(addr, "/metrics");
-        if sample(&text, series).is_some_and(|v| v >= min) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never reached {min}; last exposition:\n{text}"
-        );
-        std::thread::sleep(ms(20));
-    }
-}
-
-/// Whether a tool this test needs is installed; without it the test is skipped, unless
-/// `GATEHOUSE_REQUIRE_SERVICES` says every service must be there (CI).
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("GATEHOUSE_REQUIRE_SERVICES").is_none(),
-            "{tool} is required (scripts/install-prometheus.sh)"
-        );
-        eprintln!("skipped: {tool} is not installed (scripts/install-prometheus.sh)");
-    }
-    found
-}
 
 fn metrics_gate(server: &str) -> (TestGate, SocketAddr) {
     let g = TestGate::start(&format!(
@@ -103,7 +25,7 @@ fn metrics_gate(server: &str) -> (TestGate, SocketAddr) {
 #[test]
 fn connection_numbers_follow_clients() {
     let (g, addr) = metrics_gate("heartbeatInterval = \"300ms\"");
-    let (status, _) = get(addr, "/readyz");
+    let (status, _) = http_get(addr, "/readyz");
     assert_eq!(status, 200, "a started gate without registry is ready");
 
     let mut clients: Vec<Client> = (0..100).map(|_| g.connect()).collect();
@@ -215,14 +137,14 @@ fn maxconnnum_refusals_are_counted() {
 
 #[test]
 fn exposition_passes_promtool() {
-    if !have("promtool") {
+    if !have_tool("promtool", "scripts/install-prometheus.sh") {
         return;
     }
     let (g, addr) = metrics_gate("");
     let mut c = g.connect();
     c.heartbeat();
     c.frame();
-    let (status, text) = get(addr, "/metrics");
+    let (status, text) = http_get(addr, "/metrics");
     assert_eq!(status, 200);
     let mut p = Command::new("promtool")
         .args(["check", "metrics"])
@@ -253,7 +175,7 @@ impl Drop for Kill {
 
 #[test]
 fn a_real_prometheus_scrapes_the_gate() {
-    if !have("prometheus") {
+    if !have_tool("prometheus", "scripts/install-prometheus.sh") {
         return;
     }
     let (g, addr) = metrics_gate("");
@@ -356,7 +278,7 @@ fn readyz_flips_when_shutdown_begins() {
     }
     let tcp_port = tcp_port.expect("banner names the TCP server");
     let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
-    assert_eq!(get(metrics, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(http_get(metrics, "/readyz"), (200, "ready\n".to_string()));
     let mut c = Client::connect(([127, 0, 0, 1], tcp_port).into(), Default::default());
     c.heartbeat();
     c.frame();
@@ -364,7 +286,7 @@ fn readyz_flips_when_shutdown_begins() {
     assert_eq!(unsafe { libc::kill(proc.0.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = get(metrics, "/readyz");
+        let (status, body) = http_get(metrics, "/readyz");
         if status == 503 {
             assert!(body.contains("shutting down"), "{body}");
             break;
@@ -372,7 +294,7 @@ fn readyz_flips_when_shutdown_begins() {
         assert!(Instant::now() < deadline, "readyz still {status} {body}");
         std::thread::sleep(ms(20));
     }
-    assert_eq!(get(metrics, "/healthz").0, 200, "alive while draining");
+    assert_eq!(http_get(metrics, "/healthz").0, 200, "alive while draining");
     c.heartbeat();
     assert_eq!(c.frame(), hex("0000000180"), "the client is still served");
 }

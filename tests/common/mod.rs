@@ -528,3 +528,91 @@ impl TestCert {
         rustls::StreamOwned::new(conn, sock)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The gate's `/metrics` listener (`[gatehouse] metricsAddr`)
+
+/// `GET path` on `addr`: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: gate\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// `GET /metrics`: the exposition (the answer must be 200).
+pub fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of the sample `series` (name with labels, as exposed) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `/metrics` until `done` holds for the exposition (bounded: 10 s); returns it.
+pub fn await_metrics(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(addr);
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never held; last exposition:\n{text}"
+        );
+        std::thread::sleep(ms(20));
+    }
+}
+
+/// Polls `/metrics` until `series` reads `want`.
+pub fn await_sample(addr: SocketAddr, series: &str, want: f64) -> String {
+    await_metrics(addr, &format!("{series} = {want}"), |t| {
+        sample(t, series) == Some(want)
+    })
+}
+
+/// Polls `/metrics` until `series` reads at least `min`. For counts that follow an event the
+/// client saw: the gate counts a write right after the system call, so a client may read the
+/// bytes a moment before they are counted.
+pub fn await_at_least(addr: SocketAddr, series: &str, min: f64) -> String {
+    await_metrics(addr, &format!("{series} >= {min}"), |t| {
+        sample(t, series).is_some_and(|v| v >= min)
+    })
+}
+
+/// Whether `tool` is installed (`tool --version` succeeds). Without it the caller skips,
+/// unless `GATEHOUSE_REQUIRE_SERVICES` says every service must be there (CI); `install` names
+/// the script that installs it.
+pub fn have_tool(tool: &str, install: &str) -> bool {
+    use std::process::{Command, Stdio};
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("GATEHOUSE_REQUIRE_SERVICES").is_none(),
+            "{tool} is required ({install})"
+        );
+        eprintln!("skipped: {tool} is not installed ({install})");
+    }
+    found
+}
