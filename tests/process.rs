@@ -341,7 +341,15 @@ fn banner_keys_and_pid_file() {
     );
     p.line("Server: [ws] 127.0.0.1:");
     p.line("Registry:");
-    let lines = p.seen.clone();
+    // The banner is stdout; log lines (stderr) may interleave with it in `seen`, as on a
+    // machine without a private IPv4 address, where a warning about the link address comes
+    // while the banner prints.
+    let lines: Vec<String> = p
+        .seen
+        .iter()
+        .filter(|l| !l.starts_with("[stderr] "))
+        .cloned()
+        .collect();
     let first = lines
         .iter()
         .position(|l| l.starts_with("                    ____"))
