@@ -193,7 +193,7 @@ def report(a):
          fds_after is not None and fds_before is not None
          and fds_after - links_after <= fds_before - links_before and open_after == 0),
         ("zero unexpected closes (loadgen and gate close reasons)", lg_unexpected == 0 and gate_unexpected == 0),
-        ("nothing missing (echoes, bind acks, broadcasts, connects)", summary.get("failures") == 0),
+        ("nothing lost or unanswered (echoes and bind acks back within 10 s of the last send, broadcasts, connects)", summary.get("failures") == 0),
     ]
     for name, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}: {name}")

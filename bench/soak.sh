@@ -8,7 +8,8 @@
 # /metrics) into samples.csv, then plots samples.png and prints the figures and PASS/FAIL:
 #   RSS growth after warm-up (the ramp + 20 % of the run) under 5 %; the gate's fd count back to
 #   its value before the clients once they left; zero unexpected closes (loadgen's, and gate
-#   closes for any reason but `peer`); nothing missing (echoes, bind acks, broadcasts, connects).
+#   closes for any reason but `peer`); nothing lost or unanswered (echoes, bind acks, broadcasts,
+#   connects: a client waits 10 s for what is due before it closes).
 #
 # Usage: bench/soak.sh [--minutes M] [--conns N] [--churn PCT] [--shards S] [--every SECS]
 #                      [--rate R] [--no-build] [--out DIR]
