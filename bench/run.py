@@ -4,11 +4,12 @@
 
 Usage (normally through bench/run.sh, which builds first):
 
-    python3 bench/run.py [--quick] [--only flood,closed,idle,fanout,shards,benchclient,floor]
+    python3 bench/run.py [--quick] [--only flood,closed,latency,idle,fanout,shards,benchclient,metrics,floor]
                          [--repeats N] [--out DIR] [--report-only] [--no-floor]
 
 Figures (see RESULTS.md for the definitions): flood (1: TPS, 2: gate CPU per 1M pairs), closed (3),
-idle (4), fanout (5), shards (6), benchclient (7). Every measurement point is run A B A B ...
+idle (4), fanout (5), shards (6), benchclient (7), metrics (8), latency (9: the latency curve at
+1/10/50/90 % of each gate's peak, and loadgen's own added latency against a blocking ping-pong). Every measurement point is run A B A B ...
 (gatehouse, due, gatehouse, due) with a fresh gate process per run; the report takes the better
 of the runs per gate and metric, and every raw run is kept in results/<figure>.json.
 
@@ -66,10 +67,11 @@ GATE_NAMES = {"gatehouse": "gatehouse", "due": "due v2.4.1 gate", "floor": "floo
 NODE_KINDS = ("rust", "go")
 NODE_NAMES = {"rust": "Rust echo node", "go": "due Go bench node"}
 
-FIGURES = ("flood", "closed", "idle", "fanout", "shards", "benchclient", "metrics", "floor")
-# Figures with a floor variant (flood and closed: behind the Rust echo node only).
-FLOOR_FIGURES = ("flood", "closed", "fanout")
-ALIASES = {"cpu": "flood", "tps": "flood", "rss": "idle", "broadcast": "fanout", "client": "benchclient"}
+FIGURES = ("flood", "closed", "latency", "idle", "fanout", "shards", "benchclient", "metrics", "floor")
+# Figures with a floor variant (flood, closed, latency: behind the Rust echo node only).
+FLOOR_FIGURES = ("flood", "closed", "latency", "fanout")
+ALIASES = {"cpu": "flood", "tps": "flood", "rss": "idle", "broadcast": "fanout", "client": "benchclient",
+           "curve": "latency"}  # fmt: skip
 TITLES = {
     "flood": "Flood TPS and gate CPU (figures 1 and 2)",
     "closed": "Closed loop at half of peak (figure 3)",
@@ -78,12 +80,13 @@ TITLES = {
     "shards": "gatehouse shards 1 vs 2 (figure 6)",
     "benchclient": "due's Go cluster client over WebSocket (figure 7)",
     "metrics": "gatehouse with /metrics served vs off (figure 8)",
+    "latency": "Latency curve at 1/10/50/90 % of each gate's peak (figure 9)",
     "floor": "Floors alone (`--only floor`)",
 }
 # Node blocks in run order: one node process per block, the figures that use it in order.
 # closed needs the flood peaks of the rust block, so flood comes first.
 BLOCKS = (
-    ("rust", ("flood", "closed", "shards", "metrics", "idle")),
+    ("rust", ("flood", "closed", "latency", "shards", "metrics", "idle")),
     ("go", ("flood", "fanout", "benchclient")),
 )
 BROADCAST_ROUTE = 20
@@ -148,6 +151,14 @@ class Plan:
     shards: tuple[int, ...] = (1, 2)
     client_conns: int = 100
     client_requests: int = 100_000
+    # figure 9: closed runs at these shares of each gate's peak (%), 100 connections with a deep
+    # window (it never binds below the peak), and loadgen's own latency at a low rate: a blocking
+    # ping-pong client and closed mode, one connection each, at the same rate.
+    latency_pcts: tuple[int, ...] = (1, 10, 50, 90)
+    latency_conns: int = 100
+    latency_inflight: int = 64
+    latency_duration_s: int = 10
+    self_rate: int = 1000
 
     @classmethod
     def make(cls, quick: bool, repeats: int) -> Plan:
@@ -166,6 +177,7 @@ class Plan:
             fanout_conns=2000,
             fanout_rounds=3,
             client_requests=20_000,
+            latency_duration_s=3,
         )
 
     def requests_for(self, conns: int) -> int:
@@ -1114,6 +1126,52 @@ def need_peaks(b: Bench, figure: str) -> None:
         set_peaks(b, b.figure(figure)["runs"])
 
 
+def latency_body(b: Bench, g: Gate, point: dict) -> dict:
+    """Figure 9: one loadgen run (closed or pingpong) at the point's rate; latency from each
+    request's intended send time (closed) or its write (pingpong), and loadgen's lateness."""
+    p = b.plan
+    if point["role"] == "curve":
+        peak = b.peaks.get(g.kind)
+        if not peak:
+            raise BenchError(f"no peak flood TPS for {g.kind} (the c={p.peak_conns} flood runs failed)")
+        rate = max(1, round(peak * point["pct"] / 100))
+        args = ["closed", "--conns", p.latency_conns, "--inflight", p.latency_inflight]
+    else:
+        # One connection; closed with a window that a stall of a few ms does not fill (with 1 in
+        # flight it could never catch up with its schedule after one, and would measure that).
+        peak, rate = None, p.self_rate
+        args = [point["client"], "--conns", 1, "--inflight", 8]
+    warm(b, g)
+    cpu0 = cpu_seconds(g.pid)
+    args += [*g.client_args(), "--target-rate", rate, "--duration", p.latency_duration_s, "--size", p.size, "--json"]
+    out = run_loadgen(b, f"latency-{g.gid}-{point['role']}", args, p.latency_duration_s + 40)
+    cpu = cpu_seconds(g.pid) - cpu0
+    return {
+        "peak_tps": peak,
+        "rate": rate,
+        "tps": out.get("tps"),
+        "received": out.get("received"),
+        "failures": out.get("failures"),
+        "p50_us": dig(out, "rtt_us", "p50"),
+        "p99_us": dig(out, "rtt_us", "p99"),
+        "p999_us": dig(out, "rtt_us", "p999"),
+        "max_us": dig(out, "rtt_us", "max"),
+        "write_p50_us": dig(out, "rtt_from_write_us", "p50"),
+        "lag_p50_us": dig(out, "lag_us", "p50"),
+        "lag_p99_us": dig(out, "lag_us", "p99"),
+        "gate_cpu_s": round(cpu, 3),
+        "loadgen": out,
+    }
+
+
+def fig_latency(b: Bench) -> None:
+    p = b.plan
+    need_peaks(b, "latency")
+    points = [{"role": "self", "node": "rust", "client": c, "rate": p.self_rate} for c in ("pingpong", "closed")]
+    points += [{"role": "curve", "node": "rust", "pct": pct} for pct in p.latency_pcts]
+    alternate(b, "latency", points, lambda pt, g: latency_body(b, g, pt), variants=variants(b, "latency"))
+
+
 def fig_idle(b: Bench) -> None:
     points = [{"role": "idle", "transport": t, "conns": n} for t in ("tcp", "ws") for n in b.plan.idle_counts]
     alternate(b, "idle", points, lambda pt, g: idle_body(b, g, pt["conns"]), proto=lambda pt: pt["transport"])
@@ -1177,6 +1235,7 @@ def fig_benchclient(b: Bench) -> None:
 
 
 FIGURE_FUNCS = {
+    "latency": fig_latency,
     "flood": fig_flood,
     "closed": fig_closed,
     "idle": fig_idle,
@@ -1350,6 +1409,49 @@ def section_closed(res: dict) -> str:
     )
 
 
+def section_latency(res: dict) -> str:
+    runs = where(res["runs"], role="curve")
+    if not runs:
+        return "_No latency-curve runs recorded._"
+    floor = floor_of(res, "curve")
+    rows = []
+    for pct in sorted({r["pct"] for r in runs}):
+        sub = {k: where(floor if k == "floor" else runs, pct=pct, **({} if k == "floor" else {"gate": k})) for k in KINDS}
+        for q, key in (("p50", "p50_us"), ("p99", "p99_us"), ("p99.9", "p999_us")):
+            v = {k: best(sub[k], key, False) for k in KINDS}
+            rate = {k: best(sub[k], "rate", False) for k in KINDS}
+            rows.append([f"{pct} %", q, fmt(rate["gatehouse"]), fmt(v["gatehouse"], ","), fmt(rate["due"]),
+                         fmt(v["due"], ","), fmt_ratio(ratio(v["gatehouse"], v["due"])), fmt(rate["floor"]),
+                         fmt(v["floor"], ","), fmt_ratio(ratio(v["gatehouse"], v["floor"]))])  # fmt: skip
+    curve = table(["load", "", "gatehouse offered/s", "gatehouse µs", "due offered/s", "due µs", "gatehouse/due",
+                   "floor offered/s", "floor µs", "gatehouse/floor"], rows)  # fmt: skip
+    own = where(res["runs"], role="self")
+    srows = []
+    for kind in KINDS:
+        sub = floor_of(res, "self") if kind == "floor" else where(own, gate=kind)
+        pp = best(where(sub, client="pingpong"), "p50_us", False)
+        cl = best(where(sub, client="closed"), "p50_us", False)
+        cw = best(where(sub, client="closed"), "write_p50_us", False)
+        lag = best(where(sub, client="closed"), "lag_p99_us", False)
+        srows.append([GATE_NAMES[kind], fmt(pp, ","), fmt(cl, ","), fmt(cw, ","),
+                      fmt(cl - pp, ",") if pp is not None and cl is not None else "—", fmt(lag, ",")])  # fmt: skip
+    r0 = runs[0]
+    return (
+        f"loadgen closed, {r0['loadgen'].get('conns') if isinstance(r0.get('loadgen'), dict) else '?'} "
+        "connections with a window deep enough never to bind below the peak, paced to a share of "
+        "each gate's own peak flood TPS (c=100, Rust echo node); latency is measured from each "
+        "request's intended send time (requests due within 1 ms on one connection share a write), "
+        "so stalls count against every request they delay. Better of the runs per gate and point.\n\n"
+        + curve
+        + f"\n\nloadgen's own latency: one connection at {fmt(own[0].get('rate') if own else None)} req/s, "
+        "a blocking ping-pong client (`loadgen pingpong`, one request at a time, timed from its write) "
+        "against loadgen closed at the same rate (8 in flight at most), µs; the difference is what "
+        "loadgen's closed mode adds at low load.\n\n"
+        + table(["gate", "pingpong p50 (from write)", "closed p50 (from intended)", "closed p50 (from write)",
+                 "closed − pingpong", "closed: writes late by, p99"], srows)  # fmt: skip
+    )
+
+
 def section_idle(res: dict) -> str:
     runs = res["runs"]
     groups = [([t.upper(), fmt(n)], {"transport": t, "conns": n})
@@ -1473,6 +1575,7 @@ def section_floor(res: dict) -> str:
 
 
 SECTIONS = {
+    "latency": section_latency,
     "floor": section_floor,
     "flood": section_flood,
     "closed": section_closed,
