@@ -1561,6 +1561,11 @@ def section_floor(res: dict) -> str:
     if sub:
         rows.append(["floor-forward closed at half its peak", cell(sub, "p50_us", False, ",")[1] + " µs p50",
                      cell(sub, "p99_us", False, ",")[1] + " µs p99"])  # fmt: skip
+    for pct in sorted({r["pct"] for r in where(runs, figure="latency", role="curve")}):
+        sub = where(runs, figure="latency", role="curve", pct=pct)
+        rows.append([f"floor-forward at {pct} % of its peak ({fmt(best(sub, 'rate', False))}/s)",
+                     cell(sub, "p50_us", False, ",")[1] + " µs p50",
+                     cell(sub, "p99_us", False, ",")[1] + " µs p99"])  # fmt: skip
     for n in sorted({r.get("shards") for r in where(runs, figure="fanout")}):
         sub = where(runs, figure="fanout", shards=n)
         c = sub[0].get("conns")
