@@ -849,18 +849,15 @@ def flood_body(b: Bench, g: Gate, conns: int, requests: int) -> dict:
     }
 
 
-def closed_body(b: Bench, g: Gate) -> dict:
-    """Warm-up, then a rate-limited closed loop at half of this gate's peak flood TPS."""
+def paced_body(b: Bench, g: Gate, name: str, args: list[Any], duration: int, peak: float | None,
+               rate: int) -> dict:  # fmt: skip
+    """Warm-up, then one paced loadgen run (closed or pingpong, `args` without the target): its
+    latencies (closed: from intended send times), loadgen's lateness and the gate's CPU."""
     p = b.plan
-    peak = b.peaks.get(g.kind)
-    if not peak:
-        raise BenchError(f"no peak flood TPS for {g.kind} (the c={p.peak_conns} flood runs failed)")
-    rate = max(1, round(peak / 2))
     warm(b, g)
     cpu0 = cpu_seconds(g.pid)
-    args = ["closed", *g.client_args(), "--conns", p.closed_conns, "--inflight", p.closed_inflight,
-            "--target-rate", rate, "--duration", p.closed_duration_s, "--size", p.size, "--json"]  # fmt: skip
-    out = run_loadgen(b, f"closed-{g.gid}", args, p.closed_duration_s + 40)
+    args = [*args, *g.client_args(), "--target-rate", rate, "--duration", duration, "--size", p.size, "--json"]
+    out = run_loadgen(b, f"{name}-{g.gid}", args, duration + 40)
     cpu = cpu_seconds(g.pid) - cpu0
     return {
         "peak_tps": peak,
@@ -873,10 +870,23 @@ def closed_body(b: Bench, g: Gate) -> dict:
         "p99_us": dig(out, "rtt_us", "p99"),
         "p999_us": dig(out, "rtt_us", "p999"),
         "max_us": dig(out, "rtt_us", "max"),
+        "write_p50_us": dig(out, "rtt_from_write_us", "p50"),
+        "lag_p50_us": dig(out, "lag_us", "p50"),
+        "lag_p99_us": dig(out, "lag_us", "p99"),
         "gate_cpu_s": round(cpu, 3),
         "cpu_s_per_1m": per_million(cpu, out.get("received")),
         "loadgen": out,
     }
+
+
+def closed_body(b: Bench, g: Gate) -> dict:
+    """A rate-limited closed loop at half of this gate's peak flood TPS."""
+    p = b.plan
+    peak = b.peaks.get(g.kind)
+    if not peak:
+        raise BenchError(f"no peak flood TPS for {g.kind} (the c={p.peak_conns} flood runs failed)")
+    args = ["closed", "--conns", p.closed_conns, "--inflight", p.closed_inflight]
+    return paced_body(b, g, "closed", args, p.closed_duration_s, peak, max(1, round(peak / 2)))
 
 
 _PROGRESS = re.compile(r"open=(\d+)")
@@ -1141,27 +1151,7 @@ def latency_body(b: Bench, g: Gate, point: dict) -> dict:
         # flight it could never catch up with its schedule after one, and would measure that).
         peak, rate = None, p.self_rate
         args = [point["client"], "--conns", 1, "--inflight", 8]
-    warm(b, g)
-    cpu0 = cpu_seconds(g.pid)
-    args += [*g.client_args(), "--target-rate", rate, "--duration", p.latency_duration_s, "--size", p.size, "--json"]
-    out = run_loadgen(b, f"latency-{g.gid}-{point['role']}", args, p.latency_duration_s + 40)
-    cpu = cpu_seconds(g.pid) - cpu0
-    return {
-        "peak_tps": peak,
-        "rate": rate,
-        "tps": out.get("tps"),
-        "received": out.get("received"),
-        "failures": out.get("failures"),
-        "p50_us": dig(out, "rtt_us", "p50"),
-        "p99_us": dig(out, "rtt_us", "p99"),
-        "p999_us": dig(out, "rtt_us", "p999"),
-        "max_us": dig(out, "rtt_us", "max"),
-        "write_p50_us": dig(out, "rtt_from_write_us", "p50"),
-        "lag_p50_us": dig(out, "lag_us", "p50"),
-        "lag_p99_us": dig(out, "lag_us", "p99"),
-        "gate_cpu_s": round(cpu, 3),
-        "loadgen": out,
-    }
+    return paced_body(b, g, f"latency-{point['role']}", args, p.latency_duration_s, peak, rate)
 
 
 def fig_latency(b: Bench) -> None:

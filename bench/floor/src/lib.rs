@@ -78,6 +78,15 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
     Ok(mio::net::TcpListener::from_std(s.into()))
 }
 
+/// An epoll instance watching `listener` under `token`, for a program's accept-and-read loop.
+pub fn poll_on(listener: &mut mio::net::TcpListener, token: mio::Token) -> mio::Poll {
+    let poll = mio::Poll::new().expect("epoll");
+    poll.registry()
+        .register(listener, token, mio::Interest::READABLE)
+        .expect("register listener");
+    poll
+}
+
 /// One client connection's read side: the undecoded tail of its byte stream.
 pub struct Packets {
     dec: FrameDecoder,

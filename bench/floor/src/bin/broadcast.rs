@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use floor::{is_heartbeat, listen, send_all, unix_nanos, Flags, Packets, ReadEnd};
+use floor::{is_heartbeat, listen, poll_on, send_all, unix_nanos, Flags, Packets, ReadEnd};
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -30,8 +30,10 @@ struct Client {
     packets: Packets,
 }
 
-/// A half of the clients for the helper sender, and the frame to send them.
-type Job = (Arc<Vec<Arc<TcpStream>>>, bytes::Bytes);
+/// One sender's share of the clients.
+type Share = Arc<Vec<Arc<TcpStream>>>;
+/// The helper sender's share, and the frame to send it.
+type Job = (Share, bytes::Bytes);
 
 fn main() {
     let flags = Flags::parse(USAGE, &[]);
@@ -47,10 +49,7 @@ fn main() {
         eprintln!("floor-broadcast: listen {addr}: {e}");
         std::process::exit(1)
     });
-    let mut poll = Poll::new().expect("epoll");
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .expect("register listener");
+    let mut poll = poll_on(&mut listener, LISTENER);
     println!(
         "{{\"listening\":\"{}\",\"senders\":{senders}}}",
         listener.local_addr().expect("local addr")
@@ -74,7 +73,7 @@ fn main() {
     let mut clients: Vec<Option<Client>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     // Every client's stream, in two halves, rebuilt only after a connect or a close.
-    let mut halves: Option<(Arc<Vec<Arc<TcpStream>>>, Arc<Vec<Arc<TcpStream>>>)> = None;
+    let mut halves: Option<(Share, Share)> = None;
     let mut chunk = vec![0u8; 4096];
     let mut events = Events::with_capacity(1024);
     let mut number = 0u64;
@@ -176,10 +175,7 @@ fn accept_all(
 }
 
 /// Every live client's stream, as the main sender's share and the helper's share.
-fn split(
-    clients: &[Option<Client>],
-    senders: usize,
-) -> (Arc<Vec<Arc<TcpStream>>>, Arc<Vec<Arc<TcpStream>>>) {
+fn split(clients: &[Option<Client>], senders: usize) -> (Share, Share) {
     let mut all: Vec<Arc<TcpStream>> = clients.iter().flatten().map(|c| c.stream.clone()).collect();
     let second = if senders == 2 {
         all.split_off(all.len() / 2)

@@ -18,11 +18,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use floor::{is_heartbeat, listen, send_all, Flags, Packets, ReadEnd};
+use floor::{is_heartbeat, listen, poll_on, send_all, Flags, Packets, ReadEnd};
 use gatehouse::drpc::{self, Cmd, Head};
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Token};
 
 const USAGE: &str = "floor-forward --node NODE_ADDR [--listen 127.0.0.1:0] [--link 127.0.0.1:0] \
                      [--route-bytes 2] [--seq-bytes 2]";
@@ -75,10 +75,7 @@ fn main() {
             }
         });
     }
-    let mut poll = Poll::new().expect("epoll");
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .expect("register listener");
+    let mut poll = poll_on(&mut listener, LISTENER);
     println!(
         "{{\"listening\":\"{}\",\"link\":\"{}\"}}",
         listener.local_addr().expect("local addr"),
