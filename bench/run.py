@@ -4,13 +4,19 @@
 
 Usage (normally through bench/run.sh, which builds first):
 
-    python3 bench/run.py [--quick] [--only flood,closed,idle,fanout,shards,benchclient]
-                         [--repeats N] [--out DIR] [--report-only]
+    python3 bench/run.py [--quick] [--only flood,closed,latency,idle,fanout,shards,benchclient,metrics,floor]
+                         [--repeats N] [--out DIR] [--report-only] [--no-floor]
 
 Figures (see RESULTS.md for the definitions): flood (1: TPS, 2: gate CPU per 1M pairs), closed (3),
-idle (4), fanout (5), shards (6), benchclient (7). Every measurement point is run A B A B ...
+idle (4), fanout (5), shards (6), benchclient (7), metrics (8), latency (9: the latency curve at
+1/10/50/90 % of each gate's peak, and loadgen's own added latency against a blocking ping-pong). Every measurement point is run A B A B ...
 (gatehouse, due, gatehouse, due) with a fresh gate process per run; the report takes the better
 of the runs per gate and metric, and every raw run is kept in results/<figure>.json.
+
+Floors (bench/floor/): where a figure has one (flood and closed behind the Rust echo node, fanout),
+the floor program runs as a third variant beside both gates and every gatehouse figure is also
+given as a ratio to it. `--only floor` runs the floors alone (into results/floor.json, which the
+report falls back to when a figure's own file has no floor runs); `--no-floor` leaves them out.
 
 Standard library only, except matplotlib for the chart (skipped with a warning when missing).
 """
@@ -40,10 +46,14 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
+# Where cargo put the release binaries (bench/run.sh builds with the caller's CARGO_TARGET_DIR).
+RELEASE = (ROOT / os.environ.get("CARGO_TARGET_DIR", "target")).resolve() / "release"
 BIN = {
-    "gatehouse": ROOT / "target/release/gatehouse",
-    "loadgen": ROOT / "target/release/loadgen",
-    "echo-node": ROOT / "target/release/echo-node",
+    "gatehouse": RELEASE / "gatehouse",
+    "loadgen": RELEASE / "loadgen",
+    "echo-node": RELEASE / "echo-node",
+    "floor-broadcast": RELEASE / "floor-broadcast",
+    "floor-forward": RELEASE / "floor-forward",
     "gate": ROOT / "tests/interop/bin/gate",
     "benchnode": ROOT / "tests/interop/bin/benchnode",
     "benchclient": ROOT / "tests/interop/bin/benchclient",
@@ -51,12 +61,17 @@ BIN = {
 SAMPLE_ETC = ROOT / "tests/interop/etc"
 
 GATES = ("gatehouse", "due")
-GATE_NAMES = {"gatehouse": "gatehouse", "due": "due v2.4.1 gate"}
+# The floor programs run as a third "gate" kind in the figures that have one.
+KINDS = (*GATES, "floor")
+GATE_NAMES = {"gatehouse": "gatehouse", "due": "due v2.4.1 gate", "floor": "floor"}
 NODE_KINDS = ("rust", "go")
 NODE_NAMES = {"rust": "Rust echo node", "go": "due Go bench node"}
 
-FIGURES = ("flood", "closed", "idle", "fanout", "shards", "benchclient", "metrics")
-ALIASES = {"cpu": "flood", "tps": "flood", "rss": "idle", "broadcast": "fanout", "client": "benchclient"}
+FIGURES = ("flood", "closed", "latency", "idle", "fanout", "shards", "benchclient", "metrics", "floor")
+# Figures with a floor variant (flood, closed, latency: behind the Rust echo node only).
+FLOOR_FIGURES = ("flood", "closed", "latency", "fanout")
+ALIASES = {"cpu": "flood", "tps": "flood", "rss": "idle", "broadcast": "fanout", "client": "benchclient",
+           "curve": "latency"}  # fmt: skip
 TITLES = {
     "flood": "Flood TPS and gate CPU (figures 1 and 2)",
     "closed": "Closed loop at half of peak (figure 3)",
@@ -65,11 +80,13 @@ TITLES = {
     "shards": "gatehouse shards 1 vs 2 (figure 6)",
     "benchclient": "due's Go cluster client over WebSocket (figure 7)",
     "metrics": "gatehouse with /metrics served vs off (figure 8)",
+    "latency": "Latency curve at 1/10/50/90 % of each gate's peak (figure 9)",
+    "floor": "Floors alone (`--only floor`)",
 }
 # Node blocks in run order: one node process per block, the figures that use it in order.
 # closed needs the flood peaks of the rust block, so flood comes first.
 BLOCKS = (
-    ("rust", ("flood", "closed", "shards", "metrics", "idle")),
+    ("rust", ("flood", "closed", "latency", "shards", "metrics", "idle")),
     ("go", ("flood", "fanout", "benchclient")),
 )
 BROADCAST_ROUTE = 20
@@ -134,6 +151,14 @@ class Plan:
     shards: tuple[int, ...] = (1, 2)
     client_conns: int = 100
     client_requests: int = 100_000
+    # figure 9: closed runs at these shares of each gate's peak (%), 100 connections with a deep
+    # window (it never binds below the peak), and loadgen's own latency at a low rate: a blocking
+    # ping-pong client and closed mode, one connection each, at the same rate.
+    latency_pcts: tuple[int, ...] = (1, 10, 50, 90)
+    latency_conns: int = 100
+    latency_inflight: int = 64
+    latency_duration_s: int = 10
+    self_rate: int = 1000
 
     @classmethod
     def make(cls, quick: bool, repeats: int) -> Plan:
@@ -152,6 +177,7 @@ class Plan:
             fanout_conns=2000,
             fanout_rounds=3,
             client_requests=20_000,
+            latency_duration_s=3,
         )
 
     def requests_for(self, conns: int) -> int:
@@ -523,6 +549,8 @@ def client_etc(directory: Path, ws: int) -> Path:
 class Node:
     kind: str  # "rust" | "go"
     proc: Proc
+    # The Rust echo node's link listen address (where the forwarding floor dials it).
+    addr: str = ""
 
     @property
     def pid(self) -> int:
@@ -558,6 +586,7 @@ class Variant:
     """One side of the A/B alternation."""
 
     kind: str
+    # gatehouse: shards; floor: sender threads of the broadcaster (the forwarder has one layout).
     shards: int = 2
     # gatehouse only: serve /metrics (`[gatehouse] metricsAddr`) and scrape it during the run.
     metrics: bool = False
@@ -576,6 +605,8 @@ class Bench:
         self.logs = run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.invocation = invocation
+        # "with": floors beside the gates; "only": floors alone (results/floor.json); "off".
+        self.floor = invocation.get("floor", "with")
         self.env = Env(run_dir)
         self.node: Node | None = None
         self.link = 0
@@ -599,7 +630,12 @@ class Bench:
 
     # results
 
+    def key(self, name: str) -> str:
+        """The results file a figure's runs go to (all of them into floor.json for --only floor)."""
+        return "floor" if self.floor == "only" else name
+
     def figure(self, name: str) -> dict:
+        name = self.key(name)
         if name not in self.results:
             self.results[name] = {
                 "figure": name,
@@ -613,7 +649,7 @@ class Bench:
 
     def add_run(self, name: str, rec: dict) -> None:
         self.figure(name)["runs"].append(rec)
-        self.save(name)
+        self.save(self.key(name))
         if "error" in rec:
             self._errors_in_a_row += 1
             if self._errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
@@ -622,8 +658,10 @@ class Bench:
             self._errors_in_a_row = 0
 
     def finish(self, name: str) -> None:
+        if self.floor == "only" and any(self.blocks_left.values()):
+            return
         self.figure(name)["complete"] = True
-        self.save(name)
+        self.save(self.key(name))
 
     def save(self, name: str) -> None:
         directory = self.out_dir / "results"
@@ -653,10 +691,12 @@ def start_node(b: Bench, kind: str) -> Node:
         ]  # fmt: skip
         proc = Proc(b.stem("node-rust"), argv, b.logs, cwd=b.run_dir)
         try:
-            proc.wait_for_line(lambda o: "listening" in o, NODE_READY_TIMEOUT_S, '{"listening":...} line')
+            line = proc.wait_for_line(lambda o: "listening" in o, NODE_READY_TIMEOUT_S, '{"listening":...} line')
         except BenchError:
             proc.stop()
             raise
+        say(f"{NODE_NAMES[kind]} started (pid {proc.pid})")
+        return Node(kind, proc, str(line["listening"]))
     say(f"{NODE_NAMES[kind]} started (pid {proc.pid})")
     return Node(kind, proc)
 
@@ -687,6 +727,32 @@ def start_gate(b: Bench, kind: str, proto: str, shards: int, label: str, metrics
     try:
         wait_registered(b, gate)
         wait_routing(b, gate)
+    except BaseException:
+        stop_gate(b, gate)
+        raise
+    return gate
+
+
+def start_floor(b: Bench, figure: str, threads: int, label: str) -> Gate:
+    """A floor program as the figure's third gate: the broadcaster for fanout (`threads` sender
+    threads), else the forwarder to the Rust echo node (on the link port the gates use), returned
+    once it listens (the forwarder: once a routing probe got a reply through it and the node)."""
+    gid = b.next_gid("floor")
+    tcp = free_port()
+    if figure == "fanout":
+        argv = [BIN["floor-broadcast"], "--listen", f"127.0.0.1:{tcp}", "--senders", threads]
+    elif b.node.kind == "rust" and b.node.addr:
+        argv = [BIN["floor-forward"], "--listen", f"127.0.0.1:{tcp}", "--link", f"127.0.0.1:{b.link}",
+                "--node", b.node.addr]  # fmt: skip
+    else:
+        raise BenchError(f"no forwarding floor behind the {NODE_NAMES[b.node.kind]} (it speaks to the Rust echo node)")
+    spawned = time.monotonic()
+    proc = Proc(b.stem(f"floor-{gid}-{label}"), argv, b.logs, cwd=b.run_dir)
+    gate = Gate("floor", gid, "tcp", tcp, 0, proc, spawned)
+    try:
+        proc.wait_for_line(lambda o: "listening" in o, NODE_READY_TIMEOUT_S, '{"listening":...} line')
+        if figure != "fanout":
+            wait_routing(b, gate)
     except BaseException:
         stop_gate(b, gate)
         raise
@@ -783,18 +849,15 @@ def flood_body(b: Bench, g: Gate, conns: int, requests: int) -> dict:
     }
 
 
-def closed_body(b: Bench, g: Gate) -> dict:
-    """Warm-up, then a rate-limited closed loop at half of this gate's peak flood TPS."""
+def paced_body(b: Bench, g: Gate, name: str, args: list[Any], duration: int, peak: float | None,
+               rate: int) -> dict:  # fmt: skip
+    """Warm-up, then one paced loadgen run (closed or pingpong, `args` without the target): its
+    latencies (closed: from intended send times), loadgen's lateness and the gate's CPU."""
     p = b.plan
-    peak = b.peaks.get(g.kind)
-    if not peak:
-        raise BenchError(f"no peak flood TPS for {g.kind} (the c={p.peak_conns} flood runs failed)")
-    rate = max(1, round(peak / 2))
     warm(b, g)
     cpu0 = cpu_seconds(g.pid)
-    args = ["closed", *g.client_args(), "--conns", p.closed_conns, "--inflight", p.closed_inflight,
-            "--target-rate", rate, "--duration", p.closed_duration_s, "--size", p.size, "--json"]  # fmt: skip
-    out = run_loadgen(b, f"closed-{g.gid}", args, p.closed_duration_s + 40)
+    args = [*args, *g.client_args(), "--target-rate", rate, "--duration", duration, "--size", p.size, "--json"]
+    out = run_loadgen(b, f"{name}-{g.gid}", args, duration + 40)
     cpu = cpu_seconds(g.pid) - cpu0
     return {
         "peak_tps": peak,
@@ -807,10 +870,23 @@ def closed_body(b: Bench, g: Gate) -> dict:
         "p99_us": dig(out, "rtt_us", "p99"),
         "p999_us": dig(out, "rtt_us", "p999"),
         "max_us": dig(out, "rtt_us", "max"),
+        "write_p50_us": dig(out, "rtt_from_write_us", "p50"),
+        "lag_p50_us": dig(out, "lag_us", "p50"),
+        "lag_p99_us": dig(out, "lag_us", "p99"),
         "gate_cpu_s": round(cpu, 3),
         "cpu_s_per_1m": per_million(cpu, out.get("received")),
         "loadgen": out,
     }
+
+
+def closed_body(b: Bench, g: Gate) -> dict:
+    """A rate-limited closed loop at half of this gate's peak flood TPS."""
+    p = b.plan
+    peak = b.peaks.get(g.kind)
+    if not peak:
+        raise BenchError(f"no peak flood TPS for {g.kind} (the c={p.peak_conns} flood runs failed)")
+    args = ["closed", "--conns", p.closed_conns, "--inflight", p.closed_inflight]
+    return paced_body(b, g, "closed", args, p.closed_duration_s, peak, max(1, round(peak / 2)))
 
 
 _PROGRESS = re.compile(r"open=(\d+)")
@@ -961,7 +1037,10 @@ def measure(b: Bench, figure: str, point: dict, variant: Variant, rep: int, prot
         raise BlockAborted(f"{NODE_NAMES[b.node.kind]} exited ({b.node.proc.p.poll()})\n{b.node.proc.tail()}")
     gate = None
     try:
-        gate = start_gate(b, variant.kind, proto, variant.shards, f"{figure}-{label}", variant.metrics)
+        if variant.kind == "floor":
+            gate = start_floor(b, figure, variant.shards, f"{figure}-{label}")
+        else:
+            gate = start_gate(b, variant.kind, proto, variant.shards, f"{figure}-{label}", variant.metrics)
         rec.update(gid=gate.gid, ready_s=round(time.monotonic() - gate.spawned, 2), gate_log=str(gate.proc.err))
         rec.update(body(gate))
     except BenchError as e:
@@ -972,10 +1051,29 @@ def measure(b: Bench, figure: str, point: dict, variant: Variant, rep: int, prot
     rec["ok"] = "error" not in rec and not rec.get("failures")
     shown = " ".join(f"{k}={v}" for k, v in point.items())
     say(f"{figure} {shown} rep {rep + 1}/{b.plan.repeats} {variant.kind}"
-        f"{'' if variant.shards == 2 else f' shards={variant.shards}'}"
+        f"{variant_note(figure, variant)}"
         f"{' metrics on' if variant.metrics else ''}: {describe(rec)}")  # fmt: skip
     b.add_run(figure, rec)
     return rec
+
+
+def variant_note(figure: str, v: Variant) -> str:
+    """How a variant differs from the default, for the console line."""
+    if v.kind == "floor":
+        return f" senders={v.shards}" if figure == "fanout" else ""
+    return "" if v.shards == 2 else f" shards={v.shards}"
+
+
+def variants(b: Bench, figure: str, base: tuple[Variant, ...] = GATE_VARIANTS) -> tuple[Variant, ...]:
+    """The gates of a figure and, where it has one, its floor (alone with --only floor)."""
+    floors: tuple[Variant, ...] = ()
+    if figure == "fanout":
+        floors = (Variant("floor", 1), Variant("floor", 2))
+    elif figure in FLOOR_FIGURES and b.node is not None and b.node.kind == "rust":
+        floors = (Variant("floor", 1),)
+    if b.floor == "only":
+        return floors
+    return base + floors if b.floor == "with" else base
 
 
 def alternate(b: Bench, figure: str, points: list[dict], body: Callable[[dict, Gate], dict],
@@ -1003,14 +1101,16 @@ def where(runs: list[dict], **match: Any) -> list[dict]:
 def fig_flood(b: Bench) -> None:
     p = b.plan
     points = [{"role": "flood", "node": b.node.kind, "conns": c, "requests": p.requests_for(c)} for c in p.flood_conns]
-    alternate(b, "flood", points, lambda pt, g: flood_body(b, g, pt["conns"], pt["requests"]))
+    alternate(b, "flood", points, lambda pt, g: flood_body(b, g, pt["conns"], pt["requests"]),
+              variants=variants(b, "flood"))  # fmt: skip
     if b.node.kind == "rust":
         set_peaks(b, b.figure("flood")["runs"])
 
 
 def set_peaks(b: Bench, runs: list[dict]) -> None:
-    for kind in GATES:
-        peak = best(where(runs, node="rust", conns=b.plan.peak_conns, gate=kind, shards=2), "tps")
+    for kind in KINDS:
+        match = {} if kind == "floor" else {"shards": 2}
+        peak = best(where(runs, node="rust", conns=b.plan.peak_conns, gate=kind, **match), "tps")
         if peak:
             b.peaks[kind] = peak
     say(f"peaks at c={b.plan.peak_conns} (Rust echo node): {b.peaks}")
@@ -1018,14 +1118,48 @@ def set_peaks(b: Bench, runs: list[dict]) -> None:
 
 def fig_closed(b: Bench) -> None:
     p = b.plan
-    if set(b.peaks) != set(GATES):  # flood not run in this invocation: measure the peaks here
-        n = p.requests_for(p.peak_conns)
-        point = {"role": "peak", "node": "rust", "conns": p.peak_conns, "requests": n}
-        alternate(b, "closed", [point], lambda pt, g: flood_body(b, g, pt["conns"], pt["requests"]))
-        set_peaks(b, b.figure("closed")["runs"])
+    need_peaks(b, "closed")
     point = {"role": "closed", "node": "rust", "conns": p.closed_conns, "inflight": p.closed_inflight,
              "duration": p.closed_duration_s}  # fmt: skip
-    alternate(b, "closed", [point], lambda pt, g: closed_body(b, g))
+    alternate(b, "closed", [point], lambda pt, g: closed_body(b, g), variants=variants(b, "closed"))
+
+
+def need_peaks(b: Bench, figure: str) -> None:
+    """Measures the flood peaks (c=peak_conns, Rust echo node) of the figure's variants that have
+    none yet in this invocation, recorded in the figure as role "peak"."""
+    p = b.plan
+    missing = tuple(v for v in variants(b, figure) if v.kind not in b.peaks)
+    if missing:
+        n = p.requests_for(p.peak_conns)
+        point = {"role": "peak", "node": "rust", "conns": p.peak_conns, "requests": n}
+        alternate(b, figure, [point], lambda pt, g: flood_body(b, g, pt["conns"], pt["requests"]), variants=missing)
+        set_peaks(b, b.figure(figure)["runs"])
+
+
+def latency_body(b: Bench, g: Gate, point: dict) -> dict:
+    """Figure 9: one loadgen run (closed or pingpong) at the point's rate; latency from each
+    request's intended send time (closed) or its write (pingpong), and loadgen's lateness."""
+    p = b.plan
+    if point["role"] == "curve":
+        peak = b.peaks.get(g.kind)
+        if not peak:
+            raise BenchError(f"no peak flood TPS for {g.kind} (the c={p.peak_conns} flood runs failed)")
+        rate = max(1, round(peak * point["pct"] / 100))
+        args = ["closed", "--conns", p.latency_conns, "--inflight", p.latency_inflight]
+    else:
+        # One connection; closed with a window that a stall of a few ms does not fill (with 1 in
+        # flight it could never catch up with its schedule after one, and would measure that).
+        peak, rate = None, p.self_rate
+        args = [point["client"], "--conns", 1, "--inflight", 8]
+    return paced_body(b, g, f"latency-{point['role']}", args, p.latency_duration_s, peak, rate)
+
+
+def fig_latency(b: Bench) -> None:
+    p = b.plan
+    need_peaks(b, "latency")
+    points = [{"role": "self", "node": "rust", "client": c, "rate": p.self_rate} for c in ("pingpong", "closed")]
+    points += [{"role": "curve", "node": "rust", "pct": pct} for pct in p.latency_pcts]
+    alternate(b, "latency", points, lambda pt, g: latency_body(b, g, pt), variants=variants(b, "latency"))
 
 
 def fig_idle(b: Bench) -> None:
@@ -1035,7 +1169,7 @@ def fig_idle(b: Bench) -> None:
 
 def fig_fanout(b: Bench) -> None:
     point = {"role": "fanout", "node": b.node.kind, "conns": b.plan.fanout_conns, "rounds": b.plan.fanout_rounds}
-    alternate(b, "fanout", [point], lambda pt, g: fanout_body(b, g, pt["conns"]))
+    alternate(b, "fanout", [point], lambda pt, g: fanout_body(b, g, pt["conns"]), variants=variants(b, "fanout"))
 
 
 def fig_shards(b: Bench) -> None:
@@ -1091,6 +1225,7 @@ def fig_benchclient(b: Bench) -> None:
 
 
 FIGURE_FUNCS = {
+    "latency": fig_latency,
     "flood": fig_flood,
     "closed": fig_closed,
     "idle": fig_idle,
@@ -1129,8 +1264,10 @@ def needed_blocks(figures: list[str]) -> dict[str, list[str]]:
     return blocks
 
 
-def missing_binaries(figures: list[str]) -> list[str]:
+def missing_binaries(figures: list[str], floor: str = "with") -> list[str]:
     need = {"gatehouse", "gate", "loadgen"}
+    if floor != "off" and set(figures) & set(FLOOR_FIGURES):
+        need |= {"floor-broadcast", "floor-forward"}
     blocks = needed_blocks(figures)
     if "rust" in blocks:
         need.add("echo-node")
@@ -1183,14 +1320,32 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def ab_rows(runs: list[dict], groups: list[tuple[list[str], dict]], key: str, high: bool, spec: str) -> list[list[str]]:
-    """Rows `labels + [gatehouse, due, ratio]` for each (labels, match) group."""
+def ab_rows(runs: list[dict], groups: list[tuple[list[str], dict]], key: str, high: bool, spec: str,
+            floor: list[dict] | None = None) -> list[list[str]]:  # fmt: skip
+    """Rows `labels + [gatehouse, due, ratio]` for each (labels, match) group; with `floor` runs
+    also `[floor, gatehouse/floor]`."""
     rows = []
     for labels, match in groups:
         g, gt = cell(where(runs, gate="gatehouse", **match), key, high, spec)
         d, dt_ = cell(where(runs, gate="due", **match), key, high, spec)
-        rows.append(labels + [gt, dt_, fmt_ratio(ratio(g, d))])
+        row = labels + [gt, dt_, fmt_ratio(ratio(g, d))]
+        if floor is not None:
+            f, ft = cell(where(floor, **match), key, high, spec)
+            row += [ft, fmt_ratio(ratio(g, f))]
+        rows.append(row)
     return rows
+
+
+# Floor runs of --only floor invocations (results/floor.json), for figures whose own file has none.
+FLOOR_FALLBACK: list[dict] = []
+
+
+def floor_of(res: dict, role: str | None = None) -> list[dict]:
+    """The figure's floor runs: its own, else those of the latest `--only floor` invocation."""
+    runs = where(res.get("runs", []), gate="floor")
+    if not runs:
+        runs = [r for r in FLOOR_FALLBACK if r.get("figure") == res.get("figure") and r.get("gate") == "floor"]
+    return where(runs, role=role) if role else runs
 
 
 def section_flood(res: dict) -> str:
@@ -1201,12 +1356,16 @@ def section_flood(res: dict) -> str:
             n = where(runs, node=node, conns=c)[0].get("requests")
             groups.append(([NODE_NAMES[node], str(c), fmt(n)], {"node": node, "conns": c}))
     heads = ["node", "c", "requests"]
-    tps = table(heads + ["gatehouse req/s", "due req/s", "gatehouse/due"], ab_rows(runs, groups, "tps", True, ",.0f"))
-    cpu = table(heads + ["gatehouse CPU s/1M", "due CPU s/1M", "gatehouse/due"],
-                ab_rows(runs, groups, "cpu_s_per_1m", False, ".2f"))  # fmt: skip
+    floor = floor_of(res, "flood")
+    tps = table(heads + ["gatehouse req/s", "due req/s", "gatehouse/due", "floor req/s", "gatehouse/floor"],
+                ab_rows(runs, groups, "tps", True, ",.0f", floor))  # fmt: skip
+    cpu = table(heads + ["gatehouse CPU s/1M", "due CPU s/1M", "gatehouse/due", "floor CPU s/1M", "gatehouse/floor"],
+                ab_rows(runs, groups, "cpu_s_per_1m", False, ".2f", floor))  # fmt: skip
     return (
         "### 1. Flood TPS, 1 KiB payload\n\nReplies per second over the timed flood (better of the runs "
-        "per gate).\n\n" + tps + "\n\n### 2. Gate CPU per 1M request/response pairs\n\n"
+        "per gate). The floor is `floor-forward` (bench/floor: client packets to the Rust echo node in "
+        "deliver frames, pushes back, nothing else), so it has figures behind that node only.\n\n" + tps
+        + "\n\n### 2. Gate CPU per 1M request/response pairs\n\n"
         "utime+stime of the gate process over the same timed floods / replies × 10⁶ (lower is better; "
         "better of the runs per gate).\n\n" + cpu
     )
@@ -1217,8 +1376,10 @@ def section_closed(res: dict) -> str:
     if not runs:
         return "_No closed-loop runs recorded._"
     rep = {}
-    for kind in GATES:
-        clean = [r for r in where(runs, gate=kind) if r.get("ok") and r.get("p99_us") is not None]
+    floor = floor_of(res, "closed")
+    for kind in KINDS:
+        sub = floor if kind == "floor" else where(runs, gate=kind)
+        clean = [r for r in sub if r.get("ok") and r.get("p99_us") is not None]
         rep[kind] = min(clean, key=lambda r: r["p99_us"]) if clean else None
     rows = []
     for label, key, spec in (("peak flood req/s (c=100, Rust echo node)", "peak_tps", ",.0f"),
@@ -1227,15 +1388,57 @@ def section_closed(res: dict) -> str:
                              ("p90 µs", "p90_us", ","), ("p99 µs", "p99_us", ","),
                              ("p99.9 µs", "p999_us", ","), ("max µs", "max_us", ","),
                              ("gate CPU s/1M", "cpu_s_per_1m", ".2f")):  # fmt: skip
-        g = dig(rep["gatehouse"], key)
-        d = dig(rep["due"], key)
-        rows.append([label, fmt(g, spec), fmt(d, spec), fmt_ratio(ratio(g, d))])
+        g, d, f = dig(rep["gatehouse"], key), dig(rep["due"], key), dig(rep["floor"], key)
+        rows.append([label, fmt(g, spec), fmt(d, spec), fmt_ratio(ratio(g, d)), fmt(f, spec), fmt_ratio(ratio(g, f))])
     p = runs[0]
     return (
         f"loadgen closed, {p.get('conns')} connections, {p.get('inflight')} in flight each, "
         f"{p.get('duration')} s, each gate offered half of its own peak; the run with the lower p99 per "
-        "gate is shown (note: the two gates are offered different rates).\n\n"
-        + table(["", "gatehouse", "due", "gatehouse/due"], rows)
+        "gate is shown (note: the gates are offered different rates).\n\n"
+        + table(["", "gatehouse", "due", "gatehouse/due", "floor", "gatehouse/floor"], rows)
+    )
+
+
+def section_latency(res: dict) -> str:
+    runs = where(res["runs"], role="curve")
+    if not runs:
+        return "_No latency-curve runs recorded._"
+    floor = floor_of(res, "curve")
+    rows = []
+    for pct in sorted({r["pct"] for r in runs}):
+        sub = {k: where(floor if k == "floor" else runs, pct=pct, **({} if k == "floor" else {"gate": k})) for k in KINDS}
+        for q, key in (("p50", "p50_us"), ("p99", "p99_us"), ("p99.9", "p999_us")):
+            v = {k: best(sub[k], key, False) for k in KINDS}
+            rate = {k: best(sub[k], "rate", False) for k in KINDS}
+            rows.append([f"{pct} %", q, fmt(rate["gatehouse"]), fmt(v["gatehouse"], ","), fmt(rate["due"]),
+                         fmt(v["due"], ","), fmt_ratio(ratio(v["gatehouse"], v["due"])), fmt(rate["floor"]),
+                         fmt(v["floor"], ","), fmt_ratio(ratio(v["gatehouse"], v["floor"]))])  # fmt: skip
+    curve = table(["load", "", "gatehouse offered/s", "gatehouse µs", "due offered/s", "due µs", "gatehouse/due",
+                   "floor offered/s", "floor µs", "gatehouse/floor"], rows)  # fmt: skip
+    own = where(res["runs"], role="self")
+    srows = []
+    for kind in KINDS:
+        sub = floor_of(res, "self") if kind == "floor" else where(own, gate=kind)
+        pp = best(where(sub, client="pingpong"), "p50_us", False)
+        cl = best(where(sub, client="closed"), "p50_us", False)
+        cw = best(where(sub, client="closed"), "write_p50_us", False)
+        lag = best(where(sub, client="closed"), "lag_p99_us", False)
+        srows.append([GATE_NAMES[kind], fmt(pp, ","), fmt(cl, ","), fmt(cw, ","),
+                      fmt(cl - pp, ",") if pp is not None and cl is not None else "—", fmt(lag, ",")])  # fmt: skip
+    r0 = runs[0]
+    return (
+        f"loadgen closed, {r0['loadgen'].get('conns') if isinstance(r0.get('loadgen'), dict) else '?'} "
+        "connections with a window deep enough never to bind below the peak, paced to a share of "
+        "each gate's own peak flood TPS (c=100, Rust echo node); latency is measured from each "
+        "request's intended send time (requests due within 1 ms on one connection share a write), "
+        "so stalls count against every request they delay. Better of the runs per gate and point.\n\n"
+        + curve
+        + f"\n\nloadgen's own latency: one connection at {fmt(own[0].get('rate') if own else None)} req/s, "
+        "a blocking ping-pong client (`loadgen pingpong`, one request at a time, timed from its write) "
+        "against loadgen closed at the same rate (8 in flight at most), µs; the difference is what "
+        "loadgen's closed mode adds at low load.\n\n"
+        + table(["gate", "pingpong p50 (from write)", "closed p50 (from intended)", "closed p50 (from write)",
+                 "closed − pingpong", "closed: writes late by, p99"], srows)  # fmt: skip
     )
 
 
@@ -1257,8 +1460,10 @@ def section_fanout(res: dict) -> str:
     if not runs:
         return "_No fanout runs recorded._"
     rep = {}
-    for kind in GATES:
-        clean = [r for r in where(runs, gate=kind) if r.get("ok") and r.get("complete_p50_ms") is not None]
+    floor = floor_of(res, "fanout")
+    for kind in KINDS:
+        sub = floor if kind == "floor" else where(runs, gate=kind)
+        clean = [r for r in sub if r.get("ok") and r.get("complete_p50_ms") is not None]
         rep[kind] = min(clean, key=lambda r: r["complete_p50_ms"]) if clean else None
     rows = []
     for label, key, spec in (("broadcast → last client, p50 over rounds (ms)", "complete_p50_ms", ",.2f"),
@@ -1266,14 +1471,20 @@ def section_fanout(res: dict) -> str:
                              ("per client p50 (µs)", "client_p50_us", ","),
                              ("per client p99 (µs)", "client_p99_us", ","),
                              ("per client max (µs)", "client_max_us", ",")):  # fmt: skip
-        g, d = dig(rep["gatehouse"], key), dig(rep["due"], key)
-        rows.append([label, fmt(g, spec), fmt(d, spec), fmt_ratio(ratio(g, d))])
+        g, d, f = dig(rep["gatehouse"], key), dig(rep["due"], key), dig(rep["floor"], key)
+        rows.append([label, fmt(g, spec), fmt(d, spec), fmt_ratio(ratio(g, d)), fmt(f, spec), fmt_ratio(ratio(g, f))])
+    senders = {}
+    for n in sorted({r.get("shards") for r in floor}):
+        senders[n] = best(where(floor, shards=n), "complete_p50_ms", False)
+    split = ", ".join(f"{n} sender thread{'s' if n > 1 else ''}: {fmt(v, ',.2f')} ms" for n, v in senders.items())
     r0 = runs[0]
     return (
         f"loadgen fanout, {fmt(r0.get('conns'))} TCP clients, {r0.get('rounds')} rounds; each round the "
         f"{NODE_NAMES.get(r0.get('node'), r0.get('node'))} broadcasts 64 B on route {BROADCAST_ROUTE} "
-        "stamped with its wall clock; the run with the lower p50 per gate is shown.\n\n"
-        + table(["", "gatehouse", "due", "gatehouse/due"], rows)
+        "stamped with its wall clock; the run with the lower p50 per gate is shown. The floor is "
+        "`floor-broadcast` (bench/floor: on the trigger, the same stamped packet to every client in a "
+        f"plain send loop), the better of its sender-thread settings ({split or 'none'}).\n\n"
+        + table(["", "gatehouse", "due", "gatehouse/due", "floor", "gatehouse/floor"], rows)
     )
 
 
@@ -1328,7 +1539,39 @@ def section_benchclient(res: dict) -> str:
     )
 
 
+def section_floor(res: dict) -> str:
+    """The floors measured alone (`--only floor`), better of the runs per point."""
+    runs = res["runs"]
+    rows = []
+    for c in sorted({r["conns"] for r in where(runs, figure="flood", role="flood")}):
+        sub = where(runs, figure="flood", role="flood", conns=c)
+        rows.append([f"floor-forward flood c={c}", cell(sub, "tps", True, ",.0f")[1] + " req/s",
+                     cell(sub, "cpu_s_per_1m", False, ".2f")[1] + " CPU s/1M"])  # fmt: skip
+    sub = where(runs, figure="closed", role="closed")
+    if sub:
+        rows.append(["floor-forward closed at half its peak", cell(sub, "p50_us", False, ",")[1] + " µs p50",
+                     cell(sub, "p99_us", False, ",")[1] + " µs p99"])  # fmt: skip
+    for pct in sorted({r["pct"] for r in where(runs, figure="latency", role="curve")}):
+        sub = where(runs, figure="latency", role="curve", pct=pct)
+        rows.append([f"floor-forward at {pct} % of its peak ({fmt(best(sub, 'rate', False))}/s)",
+                     cell(sub, "p50_us", False, ",")[1] + " µs p50",
+                     cell(sub, "p99_us", False, ",")[1] + " µs p99"])  # fmt: skip
+    for n in sorted({r.get("shards") for r in where(runs, figure="fanout")}):
+        sub = where(runs, figure="fanout", shards=n)
+        c = sub[0].get("conns")
+        rows.append([f"floor-broadcast to {fmt(c)}, {n} sender thread{'s' if n > 1 else ''}",
+                     cell(sub, "complete_p50_ms", False, ",.2f")[1] + " ms to the last client (p50)",
+                     cell(sub, "client_p50_us", False, ",")[1] + " µs per client (p50)"])  # fmt: skip
+    return (
+        "The floor programs of bench/floor measured without the gates (same loadgen runs as the "
+        "figures above). The figures' ratios to the floor use these only where a figure's own "
+        "invocation ran no floor.\n\n" + table(["", "", ""], rows)
+    )
+
+
 SECTIONS = {
+    "latency": section_latency,
+    "floor": section_floor,
     "flood": section_flood,
     "closed": section_closed,
     "idle": section_idle,
@@ -1385,11 +1628,24 @@ def targets(results: dict) -> str:
         rows.append([f"≤ {limit} KiB per idle {t.upper()} connection at 19k (gatehouse)",
                      f"{v:.2f} KiB at {n:,}" if v is not None else "—",
                      verdict(v <= limit if v is not None else None, note)])  # fmt: skip
-    n, v = at_largest(results.get("fanout", {}).get("runs", []), "complete_p50_ms", False)
+    flood = results.get("flood", {})
+    worst = None
+    for c in sorted({r["conns"] for r in where(flood.get("runs", []), role="flood", node="rust")}):
+        g = best(where(flood["runs"], role="flood", node="rust", conns=c, gate="gatehouse"), "cpu_s_per_1m", False)
+        r = ratio(g, best(where(floor_of(flood, "flood"), conns=c), "cpu_s_per_1m", False))
+        if r is not None and (worst is None or r > worst[1]):
+            worst = (c, r)
+    rows.append(["gate CPU per pair ≤ 1.5× the forwarding floor (flood, Rust echo node, worst c)",
+                 f"{worst[1]:.2f}× at c={worst[0]}" if worst else "—",
+                 verdict(worst[1] <= 1.5 if worst else None)])  # fmt: skip
+    fan = results.get("fanout", {})
+    n, v = at_largest(where(fan.get("runs", []), gate="gatehouse"), "complete_p50_ms", False)
+    f = best(where(floor_of(fan, "fanout"), conns=n), "complete_p50_ms", False) if n else None
+    r = ratio(v, f)
     note = "" if n in (None, 19000) else f" (at {n:,}, target is at 19,000)"
-    rows.append(["broadcast to 19k ≤ 20 ms (gatehouse, p50 over rounds of the last client)",
-                 f"{v:.2f} ms at {n:,}" if v is not None else "—",
-                 verdict(v <= 20 if v is not None else None, note)])  # fmt: skip
+    rows.append(["broadcast to 19k ≤ 1.1× the broadcast floor (p50 over rounds of the last client)",
+                 f"{v:.2f} ms vs floor {f:.2f} ms = {r:.2f}× at {n:,}" if r is not None else "—",
+                 verdict(r <= 1.1 if r is not None else None, note)])  # fmt: skip
     return table(["target", "measured", "status"], rows)
 
 
@@ -1420,6 +1676,12 @@ METHOD = """\
   run a fresh gate process, ready once `gate-<gid>` is in Consul and a routing probe got a reply.
   Tables show the **better of the runs** per gate and metric (max TPS; min CPU, latency, RSS);
   every raw run is in `results/<figure>.json`. Ratios are gatehouse/due from the same invocation.
+- Floors (`bench/floor/`, run beside the gates in the same alternation, a fresh process per run):
+  `floor-forward` relays client packets to the Rust echo node in link deliver frames and its
+  pushes back (epoll, one write per round towards the node, one per client per read back);
+  `floor-broadcast` sends the stamped 64-byte broadcast to every client in a plain send loop
+  (1 and 2 sender threads, the better shown). "gatehouse/floor" is gatehouse's figure divided by
+  the floor's; the forwarding floor exists behind the Rust echo node only.
 - Floods are preceded by an untimed warm-up flood (50 connections). CPU is utime+stime from
   `/proc/PID/stat` (fields 14+15, `SC_CLK_TCK`) of the gate process before and after the timed run.
 """
@@ -1438,6 +1700,7 @@ def commands_section(results: dict) -> str:
 
 def render_report(results: dict, previous: str) -> str:
     """RESULTS.md text; `previous` is the old file, whose hand-written tail is kept."""
+    FLOOR_FALLBACK[:] = results.get("floor", {}).get("runs", [])
     latest = max(results.values(), key=lambda r: r.get("invocation", {}).get("started", ""), default={})
     inv = latest.get("invocation", {})
     quick = any(r.get("plan", {}).get("quick") for r in results.values())
@@ -1454,6 +1717,8 @@ def render_report(results: dict, previous: str) -> str:
               "## Commands", "", commands_section(results) or "- (no results yet)", "",
               "## Method", "", METHOD, "## Targets", "", targets(results), ""]  # fmt: skip
     for name in FIGURES:
+        if name == "floor" and name not in results:
+            continue
         parts += [f"## {TITLES[name]}", ""]
         if name in results:
             if not results[name].get("complete"):
@@ -1561,6 +1826,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, help="where results/ and RESULTS.md go (default bench/; "
                     "with --quick the run directory, so a quick run never replaces real results)")  # fmt: skip
     ap.add_argument("--report-only", action="store_true", help="regenerate RESULTS.md and the chart only")
+    ap.add_argument("--no-floor", action="store_true", help="leave the floor programs out")
     args = ap.parse_args(argv)
     chosen = [ALIASES.get(f.strip(), f.strip()) for f in args.only.split(",") if f.strip()]
     unknown = [f for f in chosen if f not in FIGURES]
@@ -1568,7 +1834,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error(f"unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}")
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
-    args.figures = [f for f in FIGURES if f in chosen] if chosen else list(FIGURES)
+    args.floor = "off" if args.no_floor else "with"
+    if "floor" in chosen:
+        # --only floor[,figure…]: the floors of those figures (default: every figure with one).
+        if args.no_floor:
+            ap.error("--only floor and --no-floor contradict each other")
+        args.floor = "only"
+        chosen = [f for f in chosen if f != "floor"] or list(FLOOR_FIGURES)
+        without = [f for f in chosen if f not in FLOOR_FIGURES]
+        if without:
+            ap.error(f"no floor for {without}; floors exist for {', '.join(FLOOR_FIGURES)}")
+    args.figures = [f for f in FIGURES if f in chosen] if chosen else [f for f in FIGURES if f != "floor"]
     return args
 
 
@@ -1584,7 +1860,7 @@ def run(args: argparse.Namespace) -> int:
     command = os.environ.get("BENCH_COMMAND") or shlex.join(["python3", "bench/run.py", *sys.argv[1:]])
     plan = Plan.make(args.quick, args.repeats)
     invocation = {"command": command, "started": now_iso(), "run_dir": str(run_dir.relative_to(ROOT)),
-                  "figures": args.figures, "machine": machine_info()}  # fmt: skip
+                  "figures": args.figures, "floor": args.floor, "machine": machine_info()}  # fmt: skip
     b = Bench(plan, run_dir, out_dir, invocation)
     say(f"run directory {run_dir.relative_to(ROOT)}; results into {out_dir}; figures {', '.join(args.figures)}")
     failed = False
@@ -1621,7 +1897,7 @@ def main(argv: list[str]) -> int:
     if args.report_only:
         write_report(out_dir)
         return 0
-    missing = missing_binaries(args.figures)
+    missing = missing_binaries(args.figures, args.floor)
     if missing:
         print("missing binaries (bench/run.sh builds them): " + ", ".join(missing), file=sys.stderr)
         return 2

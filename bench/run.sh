@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark entry point: builds gatehouse, loadgen, echo-node and the Go peers, keeps bench/.venv
-# (matplotlib for the chart), then runs bench/run.py with the same arguments.
-# Usage: bench/run.sh [--quick] [--only flood,closed,idle,fanout,shards,benchclient,metrics] [--repeats N]
+# Benchmark entry point: builds gatehouse, loadgen, echo-node, the floors (bench/floor) and the Go
+# peers, keeps bench/.venv (matplotlib for the chart), then runs bench/run.py with the same arguments.
+# Usage: bench/run.sh [--quick] [--only flood,closed,latency,idle,fanout,shards,benchclient,metrics]
+#                     [--only floor[,FIGURE…]] [--no-floor] [--repeats N]
 #                     [--out DIR] [--report-only] [--no-build]      (details: bench/run.sh --help)
+# Binaries come from $CARGO_TARGET_DIR/release (default target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,7 @@ for a in "$@"; do
 done
 
 if [ "$build" = 1 ]; then
-    cargo build --release -p gatehouse -p loadgen --bins
+    cargo build --release -p gatehouse -p loadgen -p floor --bins
     scripts/build-interop.sh
 fi
 

@@ -5,8 +5,17 @@
 //! - `idle`: hold N connections, a heartbeat per connection every interval.
 //! - `flood`: open loop, due's benchmark shape — C connections drain a shared count of N
 //!   requests without waiting for replies; TPS = N / time until the last reply.
-//! - `closed`: K requests in flight per connection, optionally paced to a total rate; round-trip
-//!   times into an HDR histogram.
+//! - `closed`: at most K requests in flight per connection (`--inflight`), optionally paced to a
+//!   total rate (`--target-rate`). Paced, each connection follows a fixed schedule of intended
+//!   send times and writes every request that is due in one write (several per system call when
+//!   a connection's share of the rate is above one per `--tick`); a reply's latency is measured
+//!   from its request's intended send time, so a stall (of the gate, or of loadgen) counts
+//!   against every request it delayed instead of pausing the schedule (no coordinated omission).
+//!   Also recorded: latency from the actual write, and how late the writes were (`lag_us`,
+//!   loadgen's own share). Unpaced, each connection keeps K in flight.
+//! - `pingpong`: one connection, a plain blocking client: one request, wait for its reply, the
+//!   next (paced to `--target-rate` when given, by sleeping until the next send time). The
+//!   reference for what loadgen's closed mode adds to latency at low load.
 //! - `fanout`: N connections wait; one more connection sends a trigger on the broadcast route,
 //!   the node broadcasts a packet stamped with its wall clock, and every connection records
 //!   how long it took to arrive. A round is complete when every connection has it.
@@ -67,6 +76,9 @@ struct Args {
     /// closed: pace requests to this many per second over all connections (0 = as fast as
     /// the in-flight window allows).
     target_rate: u64,
+    /// closed (paced): the shortest period between two writes of one connection; requests due
+    /// within it go in one write, stamped with the write's intended time.
+    tick: Duration,
     /// fanout: broadcast rounds, and the pause between them.
     rounds: u32,
     pause: Duration,
@@ -90,7 +102,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen MODE [flags]\n\
-         MODE: idle | flood | closed | fanout | steady | soak | slow\n\
+         MODE: idle | flood | closed | pingpong | fanout | steady | soak | slow\n\
          --addr HOST:PORT   gate address (127.0.0.1:3553)\n\
          --conns N          connections (1000)\n\
          --rate N           connects per second (5000)\n\
@@ -99,8 +111,9 @@ fn usage() -> ! {
          --heartbeat SECS   idle/fanout/steady: heartbeat period per connection (10)\n\
          --requests N       flood: total requests shared by all connections (100000)\n\
          --inflight K       closed: requests in flight per connection (1)\n\
-         --target-rate R    closed: pace to R requests/s over all connections (0 = unpaced);\n\
+         --target-rate R    closed, pingpong: pace to R requests/s over all connections (0 = unpaced);\n\
                             slow: trigger R broadcasts/s for --duration (0 = trigger none)\n\
+         --tick SECS        closed: shortest period between two writes of a connection (0.001)\n\
          --rounds N         fanout: broadcast rounds (10)\n\
          --pause SECS       fanout: pause between rounds (0.5)\n\
          --active K         steady: connections that send numbered requests (100)\n\
@@ -144,6 +157,7 @@ fn parse_args() -> Args {
         seq_bytes: 2,
         ws: None,
         target_rate: 0,
+        tick: Duration::from_millis(1),
         rounds: 10,
         pause: Duration::from_millis(500),
         active: 100,
@@ -180,6 +194,7 @@ fn parse_args() -> Args {
             "--seq-bytes" => a.seq_bytes = num(&v),
             "--ws" => a.ws = Some(v),
             "--target-rate" => a.target_rate = num(&v),
+            "--tick" => a.tick = Duration::from_secs_f64(num::<f64>(&v)),
             "--rounds" => a.rounds = num(&v),
             "--pause" => a.pause = Duration::from_secs_f64(num::<f64>(&v)),
             "--active" => a.active = num(&v),
@@ -196,9 +211,14 @@ fn parse_args() -> Args {
     }
     if !matches!(
         a.mode.as_str(),
-        "idle" | "flood" | "closed" | "fanout" | "steady" | "soak" | "slow"
+        "idle" | "flood" | "closed" | "pingpong" | "fanout" | "steady" | "soak" | "slow"
     ) {
         usage();
+    }
+    if a.mode == "pingpong" {
+        // One connection, one request at a time.
+        a.conns = 1;
+        a.inflight = 1;
     }
     if a.mode == "steady" && (a.size < COUNTER_AT + COUNTER_DIGITS + 2 || a.interval.is_zero()) {
         eprintln!(
@@ -273,6 +293,19 @@ fn connect_with(
     source: Ipv4Addr,
     rcvbuf: Option<(usize, u32)>,
 ) -> std::io::Result<Stream> {
+    let s = dial(addr, source, rcvbuf)?;
+    s.set_nonblocking(true)?;
+    // SAFETY: the fd is a connected TCP socket we own; the glommio stream takes ownership of
+    // it and closes it once when dropped.
+    Ok(unsafe { Stream::from_raw_fd(s.into_raw_fd()) })
+}
+
+/// A connected, blocking TCP socket with TCP_NODELAY (see [`connect_with`]).
+fn dial(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    rcvbuf: Option<(usize, u32)>,
+) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     if let Some((n, mss)) = rcvbuf {
@@ -286,10 +319,7 @@ fn connect_with(
     }
     s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
     s.set_tcp_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    // SAFETY: the fd is a connected TCP socket we own; the glommio stream takes ownership of
-    // it and closes it once when dropped.
-    Ok(unsafe { Stream::from_raw_fd(s.into_raw_fd()) })
+    Ok(s)
 }
 
 /// A second handle on the same socket, for a reader task beside a writer task.
@@ -306,7 +336,11 @@ struct Run {
     a: Args,
     packet: PacketConfig,
     stats: Stats,
+    /// Round trips (µs); closed paced: from each request's intended send time.
     hist: RefCell<Histogram<u64>>,
+    /// closed, paced: round trips from the actual write, and how late each write was (µs).
+    hist_sent: RefCell<Histogram<u64>>,
+    lag: RefCell<Histogram<u64>>,
     payload: Vec<u8>,
     /// flood: requests not yet taken by any connection.
     budget: Cell<u64>,
@@ -1012,14 +1046,18 @@ async fn flood_conn(run: Rc<Run>, mut w: Stream) {
     reader.await;
 }
 
-async fn closed_conn(run: Rc<Run>, mut w: Stream) {
+/// closed: one request's times, kept until its reply: when it was meant to go out (the schedule,
+/// or the write when unpaced) and when it was written.
+type Sent = (Instant, Instant);
+
+async fn closed_conn(run: Rc<Run>, mut w: Stream, index: usize) {
     if !open_session(&run, &mut w).await {
         return;
     }
     let Some(r) = reader_of(&run, &w) else {
         return;
     };
-    let sent_at: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
+    let sent_at: Rc<RefCell<VecDeque<Sent>>> = Rc::default();
     let permits = Rc::new(Cell::new(run.a.inflight.max(1)));
     let waker: Rc<RefCell<Option<std::task::Waker>>> = Rc::default();
     let reader = {
@@ -1030,9 +1068,12 @@ async fn closed_conn(run: Rc<Run>, mut w: Stream) {
                 if is_heartbeat(frame) {
                     return true;
                 }
-                if let Some(t) = sent_at.borrow_mut().pop_front() {
-                    let us = t.elapsed().as_micros() as u64;
-                    let _ = run.hist.borrow_mut().record(us.max(1));
+                if let Some((intended, written)) = sent_at.borrow_mut().pop_front() {
+                    let now = Instant::now();
+                    let us =
+                        |t: Instant| (now.saturating_duration_since(t).as_micros() as u64).max(1);
+                    let _ = run.hist.borrow_mut().record(us(intended));
+                    let _ = run.hist_sent.borrow_mut().record(us(written));
                 }
                 Stats::bump(&run.stats.received);
                 permits.set(permits.get() + 1);
@@ -1044,20 +1085,18 @@ async fn closed_conn(run: Rc<Run>, mut w: Stream) {
             .await
         })
     };
-    // Pacing: this connection's share of --target-rate, as a schedule of send times.
-    let gap = (run.a.target_rate > 0)
-        .then(|| Duration::from_secs_f64(run.a.conns.max(1) as f64 / run.a.target_rate as f64));
-    let mut next = Instant::now();
+    let schedule = Schedule::new(&run, index);
     let mut seq = 0u32;
+    // Requests given an intended time so far (paced: request j's is `schedule.at(j)`).
+    let mut scheduled = 0u64;
     let mut out = BytesMut::new();
     while run.running() {
-        if let Some(gap) = gap {
-            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+        if let Some(sch) = &schedule {
+            if let Some(wait) = sch.at(scheduled).checked_duration_since(Instant::now()) {
                 glommio::timer::sleep(wait).await;
             }
-            // Behind schedule (a slow reply): do not burst to catch up.
-            next = (next + gap).max(Instant::now());
         }
+        // A full window holds back what is due; their intended times stay as they were.
         std::future::poll_fn(|cx| {
             if permits.get() > 0 || !run.running() {
                 std::task::Poll::Ready(())
@@ -1070,57 +1109,188 @@ async fn closed_conn(run: Rc<Run>, mut w: Stream) {
         if !run.running() {
             break;
         }
-        permits.set(permits.get() - 1);
-        seq = seq.wrapping_add(1);
+        let now = Instant::now();
         out.clear();
-        run.put_request(seq, &mut out);
-        sent_at.borrow_mut().push_back(Instant::now());
+        let mut n = 0;
+        {
+            let mut q = sent_at.borrow_mut();
+            while n < permits.get() {
+                let intended = match &schedule {
+                    Some(sch) => {
+                        let t = sch.at(scheduled);
+                        if t > now && n > 0 {
+                            break;
+                        }
+                        t.min(now)
+                    }
+                    None => now,
+                };
+                seq = seq.wrapping_add(1);
+                run.put_request(seq, &mut out);
+                q.push_back((intended, now));
+                let _ = run
+                    .lag
+                    .borrow_mut()
+                    .record(now.saturating_duration_since(intended).as_micros() as u64);
+                scheduled += 1;
+                n += 1;
+            }
+        }
+        permits.set(permits.get() - n);
         if w.write_all(&out).await.is_err() {
             break;
         }
-        Stats::bump(&run.stats.sent);
+        run.stats.sent.set(run.stats.sent.get() + n as u64);
     }
     drop(reader);
 }
 
+/// closed, paced: one connection's send times. Request j is due at `start + j × gap` (gap: the
+/// connection's share of `--target-rate`; connections are phased evenly over one gap), rounded up
+/// to the connection's next write slot (every `max(gap, --tick)`), so at high rates several
+/// requests share one write and one intended time.
+struct Schedule {
+    start: Instant,
+    gap: f64,
+    slot: f64,
+}
+
+impl Schedule {
+    fn new(run: &Run, index: usize) -> Option<Schedule> {
+        let a = &run.a;
+        if a.target_rate == 0 {
+            return None;
+        }
+        let gap = a.conns.max(1) as f64 / a.target_rate as f64;
+        let phase = gap * index as f64 / a.conns.max(1) as f64;
+        Some(Schedule {
+            start: run.start.get() + Duration::from_secs_f64(phase),
+            gap,
+            slot: gap.max(a.tick.as_secs_f64()),
+        })
+    }
+
+    /// When request `j` (0-based) is meant to be written.
+    fn at(&self, j: u64) -> Instant {
+        let t = j as f64 * self.gap;
+        let slotted = (t / self.slot).ceil() * self.slot;
+        self.start + Duration::from_secs_f64(slotted)
+    }
+}
+
+impl Run {
+    fn new(a: Args) -> Run {
+        let now = Instant::now();
+        let hist =
+            || RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"));
+        Run {
+            budget: Cell::new(a.requests),
+            fanout: Fanout::default(),
+            gaps: Gaps::default(),
+            soak: soak::Soak::default(),
+            slow: RefCell::default(),
+            waiter: RefCell::default(),
+            payload: json_payload(a.size),
+            packet: PacketConfig {
+                route_bytes: a.route_bytes,
+                seq_bytes: a.seq_bytes,
+                buffer_bytes: 1 << 20,
+                ..PacketConfig::default()
+            },
+            a,
+            stats: Stats::default(),
+            hist: hist(),
+            hist_sent: hist(),
+            lag: hist(),
+            start: Cell::new(now),
+            last_reply: Cell::new(now),
+            end: Cell::new(now + Duration::from_secs(3600)),
+        }
+    }
+}
+
 fn main() {
     let a = parse_args();
+    if a.mode == "pingpong" {
+        let failures = pingpong(Run::new(a));
+        std::process::exit(if failures == 0 { 0 } else { 1 });
+    }
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("loadgen")
         // Deep rings: every reactor turn cancels glommio's preemption timer, and the kernel's
         // cancel looks through a hash table of the ring's pending polls (one per connection)
         // that has cq_entries/32 buckets, at most 256; the default depth (128) gives 8.
         .ring_depth(4096)
-        .spawn(move || async move {
-            let now = Instant::now();
-            let run = Rc::new(Run {
-                budget: Cell::new(a.requests),
-                fanout: Fanout::default(),
-                gaps: Gaps::default(),
-                soak: soak::Soak::default(),
-                slow: RefCell::default(),
-                waiter: RefCell::default(),
-                payload: json_payload(a.size),
-                packet: PacketConfig {
-                    route_bytes: a.route_bytes,
-                    seq_bytes: a.seq_bytes,
-                    buffer_bytes: 1 << 20,
-                    ..PacketConfig::default()
-                },
-                a,
-                stats: Stats::default(),
-                hist: RefCell::new(
-                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-                ),
-                start: Cell::new(now),
-                last_reply: Cell::new(now),
-                end: Cell::new(now + Duration::from_secs(3600)),
-            });
-            report_and_run(run).await
-        })
+        .spawn(move || async move { report_and_run(Rc::new(Run::new(a))).await })
         .expect("start executor");
     let failures = handle.join().expect("executor");
     std::process::exit(if failures == 0 { 0 } else { 1 });
+}
+
+/// pingpong: one blocking connection, one request at a time (paced by sleeping until the next
+/// send time when `--target-rate` is set), the round trip from the write to the whole reply.
+fn pingpong(run: Run) -> usize {
+    let a = &run.a;
+    if a.ws.is_some() {
+        eprintln!("pingpong: TCP only");
+        return 1;
+    }
+    let mut s: std::net::TcpStream = match dial(a.addr, Ipv4Addr::LOCALHOST, None) {
+        Ok(s) => s.into(),
+        Err(e) => {
+            eprintln!("pingpong: connect: {e}");
+            Stats::bump_usize(&run.stats.connect_errors);
+            return summary(&run);
+        }
+    };
+    use std::io::{Read, Write};
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    run.stats.open.set(1);
+    let start = Instant::now();
+    run.start.set(start);
+    run.end.set(start + a.duration);
+    let gap = (a.target_rate > 0).then(|| Duration::from_secs_f64(1.0 / a.target_rate as f64));
+    let mut fr = FrameReader::new(&run);
+    let mut out = BytesMut::new();
+    let mut seq = 0u32;
+    'run: while run.running() {
+        if let Some(gap) = gap {
+            let intended = start + gap * seq;
+            if let Some(wait) = intended.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let late = Instant::now().saturating_duration_since(intended);
+            let _ = run.lag.borrow_mut().record(late.as_micros() as u64);
+        }
+        seq = seq.wrapping_add(1);
+        out.clear();
+        run.put_request(seq, &mut out);
+        let t = Instant::now();
+        if s.write_all(&out).is_err() {
+            Stats::bump_usize(&run.stats.closed_by_gate);
+            break;
+        }
+        Stats::bump(&run.stats.sent);
+        let mut got = false;
+        while !got {
+            let n = match s.read(&mut fr.chunk) {
+                Ok(0) | Err(_) => {
+                    Stats::bump_usize(&run.stats.closed_by_gate);
+                    break 'run;
+                }
+                Ok(n) => n,
+            };
+            fr.take(n, |frame| {
+                got |= !is_heartbeat(frame);
+                true
+            });
+        }
+        let us = (t.elapsed().as_micros() as u64).max(1);
+        let _ = run.hist.borrow_mut().record(us);
+        Stats::bump(&run.stats.received);
+    }
+    run.end.set(Instant::now());
+    summary(&run)
 }
 
 /// Opens the connections at the configured rate, starts each connection's traffic, prints a
@@ -1179,7 +1349,7 @@ async fn report_and_run(run: Rc<Run>) -> usize {
                 i % stride == 0 && i / stride < a.active,
             )),
             "flood" => glommio::spawn_local(flood_conn(run.clone(), s)),
-            _ => glommio::spawn_local(closed_conn(run.clone(), s)),
+            _ => glommio::spawn_local(closed_conn(run.clone(), s, i)),
         };
         tasks.push(task);
     }
@@ -1282,6 +1452,24 @@ fn summary(run: &Run) -> usize {
                    "max": if h.is_empty() { 0 } else { h.max() }},
         "failures": failures,
     });
+    let quantiles = |h: &Histogram<u64>| {
+        let q = |q: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        serde_json::json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+                           "max": if h.is_empty() { 0 } else { h.max() }})
+    };
+    if matches!(a.mode.as_str(), "closed" | "pingpong") {
+        json["offered"] = a.target_rate.into();
+        json["lag_us"] = quantiles(&run.lag.borrow());
+        if a.mode == "closed" {
+            json["rtt_from_write_us"] = quantiles(&run.hist_sent.borrow());
+        }
+    }
     let fanout = fanout_summary(run);
     if let Some(f) = &fanout {
         json["fanout"] = f.clone();
@@ -1311,6 +1499,12 @@ fn summary(run: &Run) -> usize {
                 pct(0.999),
                 h.max()
             );
+        }
+        if let Some(lag) = json.get("lag_us") {
+            println!("lag_us {lag}");
+        }
+        if let Some(w) = json.get("rtt_from_write_us") {
+            println!("rtt_from_write_us {w}");
         }
         if let Some(f) = fanout {
             println!("fanout {f}");
