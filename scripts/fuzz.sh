@@ -13,8 +13,9 @@
 # Environment: CARGO_TARGET_DIR (honoured), FUZZ_WORK (scratch dir, kept if set),
 # FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_JOBS (targets
 # run at the same time, default 1; one per CPU on an otherwise idle machine), FUZZ_SANITIZER
-# (address, the default, or none: about 3x the executions; the gate's decoders are safe Rust,
-# so a panic, an overflow or a debug assertion is what a run can find either way).
+# (address, the default, or none: no shadow-memory check on every access, more executions; the
+# gate's decoders are safe Rust, so a panic, an overflow or a debug assertion is what a run can
+# find either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-120}
