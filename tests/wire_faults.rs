@@ -394,6 +394,99 @@ fn node_link_black_hole_and_resets() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A stalled node link: the proxy stops taking the gate's bytes (a node that stopped reading, or a
+// path that holds packets while Consul still sees the node healthy). One client floods packets
+// towards that node: its connection is held back until the node catches up (due holds back the
+// reader of a client whose node does not take more); every other client on every shard keeps
+// being answered. Healed, the held packets flow and the flooder's echoes come back.
+
+#[test]
+fn node_link_stall_holds_back_only_its_senders() {
+    let tag = "stall";
+    let Some(mut f) = link_fixture(tag) else {
+        return;
+    };
+    let mut cl = f.c.connect(0, Proto::Tcp);
+    echo(&f.c, &mut cl, WAIT).expect("echo before the fault");
+    // Every byte the gate writes waits 10 minutes in the proxy: after the proxy's and the
+    // kernel's buffers, the gate's writes to the node block.
+    f.to_node
+        .add("stall", "latency", Stream::Up, json!({"latency": 600_000}));
+    let flood = Flood::start(f.c.gate().tcp);
+    let t = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while t.elapsed() < Duration::from_secs(8) {
+        slowest = slowest.max(f.serving(SETTLE, "node link stalled, one client flooding"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = flood.stop();
+    assert!(
+        sent > 16 << 20,
+        "the flood got past every buffer (sent {sent} bytes)"
+    );
+    eprintln!(
+        "[{tag}] flooded {} MiB into a stalled link; slowest probe {slowest:?}",
+        sent >> 20
+    );
+    let healed = Instant::now();
+    f.to_node.heal();
+    let took = echo_flows(
+        &f.c,
+        &mut cl,
+        healed,
+        Duration::from_secs(20),
+        "after the stall",
+    );
+    eprintln!("[{tag}] echo flows {took:?} after the stall healed");
+    f.serving(SETTLE, "after the stall");
+}
+
+/// A raw client writing route-1 packets (4000-byte payloads) as fast as the gate takes them,
+/// from a thread, until stopped.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Flood {
+    fn start(tcp: SocketAddr) -> Flood {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(tcp).expect("flood connect");
+            s.set_write_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let packet = client_packet(1, 1, &[b'f'; 4000]);
+            let (mut sent, mut at) = (0u64, 0usize);
+            while !s2.load(Ordering::Relaxed) {
+                match s.write(&packet[at..]) {
+                    Ok(n) => {
+                        sent += n as u64;
+                        at = (at + n) % packet.len();
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => panic!("flood write: {e}"),
+                }
+            }
+            sent
+        });
+        Flood { stop, thread }
+    }
+
+    /// Stops the flood; the bytes written.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("flood thread")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Slow close: the proxy holds each side open 3 s after the other closed. The node pushes and
 // then shuts down: every push it saw succeed reaches the client before the link closes; the gate
 // is not held up by the lingering socket, and a replacement node is routed to.
