@@ -829,3 +829,89 @@ fn hard_partition_of_redis_heals() {
         if late { "reached" } else { "never reached" }
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A hard partition between the gate and a node: the node runs in a network namespace (its link
+// server, its control server, and its way to Redis and Consul all cross the veth pair), and the
+// namespace's end of the pair goes down for 4 s. Every shard keeps answering; after the heal,
+// the node's pushes reach the client and request/replies flow again, within the partition's
+// length (TCP retransmission backoff) plus Consul's health-check round (the agent's TCP check of
+// the node may time out during the partition: critical for a moment, then passing again).
+
+#[test]
+fn hard_partition_of_a_node_heals() {
+    let tag = "npart";
+    if !available() || !toxiproxy_available() {
+        return;
+    }
+    let Some(ns) = Netns::create() else { return };
+    let dir = TempDir::new(tag);
+    // Redis listens on the host's end of the pair (reachable from both sides); Consul stays on
+    // loopback, and the node reaches it through a plain proxy on the host's end.
+    let redis = Redis::start_at(&dir.0, &ns.host_ip, &[]);
+    let consul = Consul::start(&dir.0);
+    let toxi = Toxiproxy::start();
+    let consul_for_ns = toxi.proxy_at(
+        "consul",
+        &format!("{}:{}", ns.host_ip, free_port(false)),
+        &consul.addr(),
+    );
+    let env = Env { consul, redis, dir };
+    let metrics_port = free_port(false);
+    let gate_link = format!("addr = \"{}:0\"", ns.host_ip);
+    let gate = start_gate(
+        tag,
+        &env,
+        metrics_port,
+        &[("addr = \"127.0.0.1:0\"", &gate_link)],
+    );
+    let (node_link, node_ctl) = (
+        format!("addr = \"{}:0\"", ns.ns_ip),
+        format!("ctl = \"{}:0\"", ns.ns_ip),
+    );
+    let node = Node::start_with(
+        &env,
+        1,
+        0,
+        &[
+            ("127.0.0.1:8500", &consul_for_ns.listen),
+            ("addr = \"127.0.0.1:0\"", &node_link),
+            ("ctl = \"127.0.0.1:0\"", &node_ctl),
+        ],
+        &[],
+        &ns.exec_prefix(),
+    );
+    let mut c = Cluster::assemble(tag, env, vec![gate], vec![node]);
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let mut probes = Probes::open(c.gate().tcp, metrics);
+    let mut cl = c.connect(0, Proto::Tcp);
+    let pushed = push_n(&c, &cl, "before", 10);
+    assert_eq!(pushed.len(), 10, "the node's pushes succeed");
+    received_in_order(&cl, &pushed, SETTLE, "before the partition");
+
+    ns.partition();
+    let cut = Instant::now();
+    let during = c.unique("during");
+    cl.send(1, 1, &during);
+    let mut slowest = Duration::ZERO;
+    while cut.elapsed() < Duration::from_secs(4) {
+        slowest = slowest.max(probes.check(SETTLE, "node partitioned"));
+        scrape(metrics);
+        assert!(!c.gates[0].proc.exited(), "the gate exited");
+        assert!(!cl.disconnected(), "the gate closed the client");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let partition = cut.elapsed();
+    ns.heal();
+    let healed = Instant::now();
+    let bound = partition + Duration::from_secs(10);
+    let took = echo_flows(&c, &mut cl, healed, bound, "after the node partition");
+    let pushed = push_n(&c, &cl, "after", 10);
+    assert_eq!(pushed.len(), 10, "the node's pushes succeed after the heal");
+    received_in_order(&cl, &pushed, SETTLE, "after the partition");
+    probes.check(SETTLE, "after the partition");
+    eprintln!(
+        "[{tag}] partition {partition:?}; replies flow {took:?} after the heal (bound {bound:?}); the request sent during it was {}; slowest probe {slowest:?}",
+        if cl.got(1, &during) { "answered after the heal" } else { "lost" }
+    );
+}
