@@ -10,14 +10,17 @@
 //! clients during the fault (a heartbeat probe per shard, [`Probes`], and `/metrics`); a push the
 //! node made and saw succeed while the path still delivers bytes reaches the client, in order;
 //! after the fault heals, a request/reply flows again within a bound derived from the link's
-//! settings (docs/ops/faults.md lists them):
-//! - a connection that survived the fault (latency, bandwidth, a short black hole): at once —
-//!   the bound is the proxy's added delay plus [`SETTLE`];
-//! - a connection that broke (resets): the gate re-dials at once and, when the handshake fails,
+//! settings (docs/ops/faults.md lists them and the figures measured here):
+//! - a connection that survives the fault (latency, bandwidth, a stall): at once — the bound is
+//!   the proxy's added delay plus [`SETTLE`];
+//! - a connection that breaks (resets; a black hole, whose removal makes Toxiproxy close the
+//!   connection; a node that leaves): the gate re-dials at once and, when the handshake fails,
 //!   again every 100 ms (src/dispatch/node_link.rs), so within [`SETTLE`] of the heal;
 //! - Redis: the next call after the heal reconnects (one `[cluster.gate] timeout`, 3 s);
-//! - a partition shorter than the heartbeat rule (20 s): TCP retransmits (backoff doubling from
-//!   200 ms), so the first retransmission after the heal is at most the partition's length later.
+//! - a hard partition shorter than the link heartbeat rule (20 s): TCP retransmits (backoff
+//!   doubling from 200 ms), so the first retransmission after the heal comes at most the
+//!   partition's length later; for a node, Consul's TCP check may flap meanwhile (its 5 s check
+//!   timeout, then the 1 s interval and the gate's 1 s watch pace).
 //!
 //! How the link goes through the proxy: the node's link server listens on a chosen port and the
 //! gate's on another; the Go node's registrar (tests/interop/internal/consulreg) is told by
@@ -57,7 +60,8 @@ struct LinkFixture {
     _toxi: Toxiproxy,
 }
 
-fn link_fixture(tag: &str) -> Option<LinkFixture> {
+/// [`LinkFixture`] and an identified client whose echo came back through both proxies.
+fn link_fixture(tag: &str) -> Option<(LinkFixture, Client)> {
     if !available() || !toxiproxy_available() {
         return None;
     }
@@ -110,14 +114,17 @@ fn link_fixture(tag: &str) -> Option<LinkFixture> {
     );
     let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
     let probes = Probes::open(c.gate().tcp, metrics);
-    Some(LinkFixture {
+    let mut cl = c.connect(0, Proto::Tcp);
+    echo(&c, &mut cl, WAIT).expect("echo before the fault");
+    let f = LinkFixture {
         c,
         to_node,
         to_gate,
         metrics,
         probes,
         _toxi: toxi,
-    })
+    };
+    Some((f, cl))
 }
 
 /// A gatehouse gate with `/metrics` on `metrics_port` and extra config edits.
@@ -236,11 +243,10 @@ fn received_in_order(cl: &Client, pushed: &[String], bound: Duration, what: &str
 #[test]
 fn node_link_latency_and_bandwidth_cap() {
     let tag = "lat";
-    let Some(mut f) = link_fixture(tag) else {
+    let Some((mut f, mut cl)) = link_fixture(tag) else {
         return;
     };
-    let mut cl = f.c.connect(0, Proto::Tcp);
-    let base = echo(&f.c, &mut cl, WAIT).expect("echo before the fault");
+    let base = echo(&f.c, &mut cl, WAIT).expect("echo on the healthy path");
 
     // Latency: each direction's bytes wait LATENCY; an echo crosses both (gate→node deliver,
     // node→gate push of the reply).
@@ -317,11 +323,9 @@ fn node_link_latency_and_bandwidth_cap() {
 #[test]
 fn node_link_black_hole_and_resets() {
     let tag = "hole";
-    let Some(mut f) = link_fixture(tag) else {
+    let Some((mut f, mut cl)) = link_fixture(tag) else {
         return;
     };
-    let mut cl = f.c.connect(0, Proto::Tcp);
-    echo(&f.c, &mut cl, WAIT).expect("echo before the fault");
 
     // Black hole: the gate's frames vanish.
     f.to_node
@@ -403,11 +407,9 @@ fn node_link_black_hole_and_resets() {
 #[test]
 fn node_link_stall_holds_back_only_its_senders() {
     let tag = "stall";
-    let Some(mut f) = link_fixture(tag) else {
+    let Some((mut f, mut cl)) = link_fixture(tag) else {
         return;
     };
-    let mut cl = f.c.connect(0, Proto::Tcp);
-    echo(&f.c, &mut cl, WAIT).expect("echo before the fault");
     // Every byte the gate writes waits 10 minutes in the proxy: after the proxy's and the
     // kernel's buffers, the gate's writes to the node block.
     f.to_node
@@ -494,11 +496,9 @@ impl Flood {
 #[test]
 fn node_link_slow_close() {
     let tag = "close";
-    let Some(mut f) = link_fixture(tag) else {
+    let Some((mut f, mut cl)) = link_fixture(tag) else {
         return;
     };
-    let mut cl = f.c.connect(0, Proto::Tcp);
-    echo(&f.c, &mut cl, WAIT).expect("echo before the fault");
     f.to_node
         .add_both("slow", "slow_close", json!({"delay": 3000}));
     f.to_gate
@@ -549,20 +549,8 @@ fn redis_latency_black_hole_and_resets() {
     if !available() || !toxiproxy_available() {
         return;
     }
-    let env = Env::start(tag);
-    let toxi = Toxiproxy::start();
-    let to_redis = toxi.proxy("to-redis", &env.redis.addr());
-    let metrics_port = free_port(false);
-    let gate = start_gate(
-        tag,
-        &env,
-        metrics_port,
-        &[("127.0.0.1:6379", &to_redis.listen)],
-    );
-    let node = Node::start(&env, 1, 0);
-    let mut c = Cluster::assemble(tag, env, vec![gate], vec![node]);
-    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
-    let mut probes = Probes::open(c.gate().tcp, metrics);
+    let (mut c, to_redis, metrics, mut probes, _toxi) =
+        behind_proxy(tag, "127.0.0.1:6379", |env| env.redis.addr());
     let mut cl = c.connect(0, Proto::Tcp);
     let gid = cl.gid.clone();
     c.bind(&mut cl, 101);
@@ -635,6 +623,27 @@ fn redis_latency_black_hole_and_resets() {
     }
 }
 
+/// A cluster (one gatehouse, one node) whose gate reaches a service — the one the sample config
+/// names at `sample_addr`, really at `addr(env)` — through a proxy; the node reaches it directly.
+/// Returns the cluster, the proxy, the gate's `/metrics` address, probes on every shard, and the
+/// Toxiproxy server (keep it alive).
+fn behind_proxy(
+    tag: &str,
+    sample_addr: &str,
+    addr: impl Fn(&Env) -> String,
+) -> (Cluster, Proxy, SocketAddr, Probes, Toxiproxy) {
+    let env = Env::start(tag);
+    let toxi = Toxiproxy::start();
+    let proxy = toxi.proxy(tag, &addr(&env));
+    let metrics_port = free_port(false);
+    let gate = start_gate(tag, &env, metrics_port, &[(sample_addr, &proxy.listen)]);
+    let node = Node::start(&env, 1, 0);
+    let c = Cluster::assemble(tag, env, vec![gate], vec![node]);
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let probes = Probes::open(c.gate().tcp, metrics);
+    (c, proxy, metrics, probes, toxi)
+}
+
 /// Route 5: the node calls `BindGate(uid)` for the client; waits for the node's reply, then
 /// tells whether Redis maps `uid` to the client's gate. (The reply cannot tell: a v2.4.1 node
 /// answers `ok` whatever code the gate returned — only v2.5.0 nodes turn the code into an error,
@@ -684,21 +693,9 @@ fn consul_resets_and_black_hole() {
     if !available() || !toxiproxy_available() {
         return;
     }
-    let env = Env::start(tag);
-    let toxi = Toxiproxy::start();
-    let to_consul = toxi.proxy("to-consul", &env.consul.addr());
-    let metrics_port = free_port(false);
-    let gate = start_gate(
-        tag,
-        &env,
-        metrics_port,
-        &[("127.0.0.1:8500", &to_consul.listen)],
-    );
-    let node = Node::start(&env, 1, 0);
-    let mut c = Cluster::assemble(tag, env, vec![gate], vec![node]);
+    let (mut c, to_consul, metrics, mut probes, _toxi) =
+        behind_proxy(tag, "127.0.0.1:8500", |env| env.consul.addr());
     let sid = c.gate().service_id();
-    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
-    let mut probes = Probes::open(c.gate().tcp, metrics);
     let mut cl = c.connect(0, Proto::Tcp);
 
     // Resets fail the watch's query at once (retried every second) and the TTL update (every

@@ -1446,8 +1446,6 @@ impl Cluster {
     pub fn start_with(tag: &str, spec: Spec, gate_edits: &[(&str, &str)]) -> Cluster {
         let t0 = Instant::now();
         let env = Env::start(tag);
-        let sub = env.redis.subscribe();
-        let clients_dir = write_etc(&env.dir.0.join("etc-client"), &sample("client"));
         let gates: Vec<Gate> = spec
             .gates
             .iter()
@@ -1469,24 +1467,22 @@ impl Cluster {
             .enumerate()
             .map(|(i, w)| Node::start(&env, *w, i))
             .collect();
-        let mut c = Cluster {
-            clients_dir,
-            gates,
-            nodes,
-            sub,
-            env,
-            t0,
-            gate_passing_after: vec![],
-        };
-        c.gate_passing_after = c.wait_ready();
-        eprintln!("[{tag}] cluster ready after {:.1?}", t0.elapsed());
-        c
+        Cluster::assemble_since(t0, tag, env, gates, nodes)
     }
 
     /// A cluster of gates and nodes the caller started itself (with its own configuration
     /// edits), waited for as [`Cluster::start`] does.
     pub fn assemble(tag: &str, env: Env, gates: Vec<Gate>, nodes: Vec<Node>) -> Cluster {
-        let t0 = Instant::now();
+        Cluster::assemble_since(Instant::now(), tag, env, gates, nodes)
+    }
+
+    fn assemble_since(
+        t0: Instant,
+        tag: &str,
+        env: Env,
+        gates: Vec<Gate>,
+        nodes: Vec<Node>,
+    ) -> Cluster {
         let sub = env.redis.subscribe();
         let clients_dir = write_etc(&env.dir.0.join("etc-client"), &sample("client"));
         let mut c = Cluster {
