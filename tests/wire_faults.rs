@@ -57,6 +57,8 @@ struct LinkFixture {
     to_gate: Proxy,
     metrics: SocketAddr,
     probes: Probes,
+    /// By when the gate's link to the node was up (the cluster's readiness probe dialled it).
+    linked: Instant,
     _toxi: Toxiproxy,
 }
 
@@ -75,10 +77,13 @@ fn link_fixture(tag: &str) -> Option<(LinkFixture, Client)> {
         tag,
         &env,
         metrics_port,
-        &[(
-            "addr = \"127.0.0.1:0\"",
-            &format!("addr = \"127.0.0.1:{gate_link}\""),
-        )],
+        &[
+            (
+                "addr = \"127.0.0.1:0\"",
+                &format!("addr = \"127.0.0.1:{gate_link}\""),
+            ),
+            ("level = \"info\"", "level = \"debug\""),
+        ],
     );
     let map = format!(
         "127.0.0.1:{node_link}={},127.0.0.1:{gate_link}={}",
@@ -96,6 +101,7 @@ fn link_fixture(tag: &str) -> Option<(LinkFixture, Client)> {
         &[],
     );
     let c = Cluster::assemble(tag, env, vec![gate], vec![node]);
+    let linked = Instant::now();
     // Both directions really pass through the proxies.
     let (gate_pid, node_pid) = (c.gate().proc.pid(), c.node().proc.pid());
     wait_until("the gate's link to the node via the proxy", WAIT, || {
@@ -122,6 +128,7 @@ fn link_fixture(tag: &str) -> Option<(LinkFixture, Client)> {
         to_gate,
         metrics,
         probes,
+        linked,
         _toxi: toxi,
     };
     Some((f, cl))
@@ -395,6 +402,78 @@ fn node_link_black_hole_and_resets() {
     assert_eq!(pushed.len(), 5, "pushes succeed after the heal");
     received_in_order(&cl, &pushed, SETTLE, "after the node→gate resets");
     f.serving(SETTLE, "after every heal");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A silent dead link: what the node sends back on the gate's link (heartbeat echoes, handshake
+// answers) vanishes, while Consul still sees the node healthy (its TCP check reaches the proxy)
+// and the node still gets the gate's frames and heartbeats (so it has no reason to close). Only
+// the gate's link heartbeat rule can tell: one heartbeat every 10 s, which a v2.4.1 node echoes;
+// no frame for 20 s closes the link (checked at each heartbeat: 20–30 s after the last echo).
+// The re-dialled link's handshake answer then never comes (3 s timeout, retried after 100 ms),
+// frames wait queued. Healed, the next handshake succeeds: replies flow within the handshake
+// timeout plus the retry pause (and SETTLE). (Black-holed both ways, due's node closes its end
+// after 20 s without a heartbeat, and Toxiproxy passes that close on.)
+
+#[test]
+fn dead_node_link_found_by_heartbeats_then_heals() {
+    let tag = "dead";
+    let Some((mut f, mut cl)) = link_fixture(tag) else {
+        return;
+    };
+    // The rule holds a node to it only once it has echoed a heartbeat (v2.5.3+ nodes never do):
+    // the first goes out 10 s after the link came up.
+    std::thread::sleep(
+        (f.linked + Duration::from_secs(11)).saturating_duration_since(Instant::now()),
+    );
+    let lost_before = gate_link_losses(&f.c);
+    f.to_node
+        .add("hole", "timeout", Stream::Down, json!({"timeout": 0}));
+    let cut = Instant::now();
+    // The gate's frames still reach the node (replies come back on the node's own link).
+    echo(&f.c, &mut cl, SETTLE).expect("deliveries flow while only the echoes vanish");
+    // Until the gate gives the link up: every shard answers meanwhile.
+    let found = loop {
+        f.serving(SETTLE, "dead link");
+        if gate_link_losses(&f.c) > lost_before {
+            break cut.elapsed();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(35),
+            "the dead link was not found within 35 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    f.c.gate()
+        .proc
+        .wait_line("reason=no frame from node for 20 s", WAIT);
+    assert!(
+        found >= Duration::from_secs(15),
+        "found by the heartbeat rule, not sooner: {found:?}"
+    );
+    // The re-dialled link cannot complete its handshake: a request now waits in the queue.
+    let queued = f.c.unique("queued");
+    cl.send(1, 1, &queued);
+    std::thread::sleep(Duration::from_secs(1));
+    f.serving(SETTLE, "re-dialling a dead node");
+    let healed = Instant::now();
+    f.to_node.heal();
+    let bound = Duration::from_millis(3100) + SETTLE;
+    let took = echo_flows(&f.c, &mut cl, healed, bound, "after the dead link healed");
+    eprintln!(
+        "[{tag}] dead link found {found:?} after its return path went silent; replies flow {took:?} after the heal (bound {bound:?}); the request queued while re-dialling was {}",
+        if cl.got(1, &queued) { "delivered after the heal" } else { "lost" }
+    );
+}
+
+/// How many times the gate logged a node link lost (each shard has its own link).
+fn gate_link_losses(c: &Cluster) -> usize {
+    c.gate()
+        .proc
+        .lines()
+        .iter()
+        .filter(|l| l.contains("link connection lost"))
+        .count()
 }
 
 // ---------------------------------------------------------------------------------------------
