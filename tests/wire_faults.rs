@@ -77,13 +77,10 @@ fn link_fixture(tag: &str) -> Option<(LinkFixture, Client)> {
         tag,
         &env,
         metrics_port,
-        &[
-            (
-                "addr = \"127.0.0.1:0\"",
-                &format!("addr = \"127.0.0.1:{gate_link}\""),
-            ),
-            ("level = \"info\"", "level = \"debug\""),
-        ],
+        &[(
+            "addr = \"127.0.0.1:0\"",
+            &format!("addr = \"127.0.0.1:{gate_link}\""),
+        )],
     );
     let map = format!(
         "127.0.0.1:{node_link}={},127.0.0.1:{gate_link}={}",
