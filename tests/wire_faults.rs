@@ -16,6 +16,9 @@
 //! - a connection that breaks (resets; a black hole, whose removal makes Toxiproxy close the
 //!   connection; a node that leaves): the gate re-dials at once and, when the handshake fails,
 //!   again every 100 ms (src/dispatch/node_link.rs), so within [`SETTLE`] of the heal;
+//! - a silent dead link (the node's answers lost, the node still healthy in Consul): the gate's
+//!   heartbeat rule gives it up 20–30 s after the last echo; the re-dialled handshake times out
+//!   (3 s) and is retried after 100 ms, so replies flow within 3.1 s (+ [`SETTLE`]) of the heal;
 //! - Redis: the next call after the heal reconnects (one `[cluster.gate] timeout`, 3 s);
 //! - a hard partition shorter than the link heartbeat rule (20 s): TCP retransmits (backoff
 //!   doubling from 200 ms), so the first retransmission after the heal comes at most the
@@ -170,7 +173,7 @@ fn echo(c: &Cluster, cl: &mut Client, bound: Duration) -> Option<Duration> {
         .map(|_| t.elapsed())
 }
 
-/// Sends route-1 echoes (a fresh payload each, `every` apart) until one comes back; returns the
+/// Sends route-1 echoes (a fresh payload each, 250 ms apart) until one comes back; returns the
 /// time from `since` to the first answer. Panics after `bound` (from `since`).
 fn echo_flows(
     c: &Cluster,
@@ -378,8 +381,8 @@ fn node_link_black_hole_and_resets() {
     );
 
     // Resets on node→gate: the node's link to the gate breaks; the gate serves on, accepts the
-    // node's new connection after the heal, and replies flow again (the node's own re-dial is
-    // due's client: it rebuilds a broken link when it next sends, see docs/ops/faults.md).
+    // node's new connection after the heal (the re-dial is due's own link client's), and
+    // replies flow again.
     f.to_gate
         .add("reset", "reset_peer", Stream::Up, json!({"timeout": 0}));
     let _ = push_n(&f.c, &cl, "reset", 3);
