@@ -711,8 +711,8 @@ impl Host for Shard {
         self.upstream.deliver(d)
     }
 
-    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.upstream.poll_ready(cx)
+    fn poll_ready(&self, cid: i64, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.upstream.poll_ready(cid, cx)
     }
 
     /// Admits a new connection if `server` has room: allocates its cid, registers the session and

@@ -177,8 +177,11 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
                     return Poll::Ready(end.reason);
                 }
             }
-            // Back-pressure: while a node is not keeping up, leave client bytes in the kernel.
-            if !self.machine.wants_read() || host.poll_ready(cx).is_pending() {
+            // Back-pressure: while the node this client's last packet went to is not keeping
+            // up, leave this client's bytes in the kernel (other clients read on).
+            if !self.machine.wants_read()
+                || host.poll_ready(self.machine.conn().cid, cx).is_pending()
+            {
                 if progress {
                     continue;
                 }

@@ -42,9 +42,9 @@ pub trait Host {
     fn heartbeat(&self) -> Bytes;
     /// A client data packet, in per-connection arrival order.
     fn deliver(&self, d: Delivery);
-    /// `Pending` while nodes are not keeping up: connections stop reading their clients and are
-    /// woken when it clears.
-    fn poll_ready(&self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    /// `Pending` while the node that connection `cid`'s last packet went to is not keeping up:
+    /// that connection stops reading its client and is woken when the node catches up.
+    fn poll_ready(&self, _cid: i64, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         std::task::Poll::Ready(())
     }
     /// Admits a new connection from `ip` if `server` has room (registers its session, emits

@@ -80,7 +80,7 @@ impl Inner {
         let m = crate::metrics::shard();
         if self
             .links
-            .send(addr, cid, |out| drpc::put_deliver(out, 0, cid, uid, frame))
+            .send_holding(addr, cid, |out| drpc::put_deliver(out, 0, cid, uid, frame))
         {
             m.delivered.inc();
         } else {
@@ -255,8 +255,8 @@ impl Upstream for ClusterUpstream {
         }
     }
 
-    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.inner.links.poll_ready(cx)
+    fn poll_ready(&self, cid: i64, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.inner.links.poll_ready(cid, cx)
     }
 
     fn idle(&self) -> bool {

@@ -46,9 +46,11 @@ pub trait Upstream {
     fn deliver(&self, d: Delivery);
     /// A session event. Connect of a connection comes before any of its deliveries.
     fn event(&self, e: GateEvent);
-    /// `Pending` while the upstream cannot take more packets (a node is not keeping up): the
-    /// connection drivers then stop reading clients and are woken when it drains.
-    fn poll_ready(&self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    /// `Pending` while the node that connection `cid`'s last packet went to cannot take more
+    /// (its queue is over the high-water mark): that connection's driver stops reading its
+    /// client and is woken when the queue drains. Other connections read on (due holds back the
+    /// reader of the one client whose send blocks, not every client).
+    fn poll_ready(&self, _cid: i64, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         std::task::Poll::Ready(())
     }
 

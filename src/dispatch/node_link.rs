@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,9 @@ const DIAL_ATTEMPTS: u32 = 3;
 const FAULT_WINDOW: Duration = Duration::from_secs(3);
 /// How long the handshake answer may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Queued bytes beyond which the shard stops reading client packets until the node catches up
-/// (due's gate blocks the client's reader on a slow node; this is the same back-pressure).
+/// Queued bytes beyond which a client whose packet went to this node stops being read until the
+/// node catches up (due's gate blocks that client's reader on a slow node; this is the same
+/// back-pressure, per client: the shard's other clients are read on).
 const HIGH_WATER: usize = 4 << 20;
 /// Queued bytes beyond which frames are dropped: a node that does not read at all must not
 /// grow the gate's memory without bound (reached only by traffic already read, e.g. events).
@@ -63,20 +64,21 @@ pub struct NodeLinkParcel<S = OwnedFd> {
     pub queued: Vec<u8>,
 }
 
-/// Which of this shard's node queues are over the high-water mark, and who waits for them.
+/// How many of this shard's node queues are over the high-water mark, and which client
+/// connections are held back by one (the connection's last packet went to that queue).
 #[derive(Default)]
 struct Pressure {
     congested: Cell<usize>,
-    waiters: RefCell<Vec<Waker>>,
+    /// cid → the congested link it waits for. Weak: a link forgotten meanwhile frees its cids.
+    /// Emptied whenever no queue is congested.
+    held: RefCell<AHashMap<i64, Weak<NodeLink>>>,
 }
 
 impl Pressure {
     fn relieve(&self) {
         self.congested.set(self.congested.get() - 1);
         if self.congested.get() == 0 {
-            for w in self.waiters.borrow_mut().drain(..) {
-                w.wake();
-            }
+            self.held.borrow_mut().clear();
         }
     }
 }
@@ -152,37 +154,69 @@ impl NodeLinks {
         }
     }
 
-    /// `Pending` while a node's queue is over the high-water mark: client drivers then stop
-    /// reading until it drains (they are woken).
-    pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    /// `Pending` while the queue that connection `cid`'s last packet went to is over the
+    /// high-water mark: that client's driver stops reading until it drains (it is woken). Every
+    /// other connection is `Ready`. No lookup at all while no queue of this shard is congested.
+    pub fn poll_ready(&self, cid: i64, cx: &mut std::task::Context<'_>) -> Poll<()> {
         if self.pressure.congested.get() == 0 {
             return Poll::Ready(());
         }
-        let mut w = self.pressure.waiters.borrow_mut();
+        let mut held = self.pressure.held.borrow_mut();
+        let Some(link) = held.get(&cid).and_then(Weak::upgrade) else {
+            held.remove(&cid);
+            return Poll::Ready(());
+        };
+        if !link.congested.get() {
+            held.remove(&cid);
+            return Poll::Ready(());
+        }
+        let mut w = link.held_wakers.borrow_mut();
         if !w.iter().any(|x| x.will_wake(cx.waker())) {
             w.push(cx.waker().clone());
         }
         Poll::Pending
     }
 
+    /// [`NodeLinks::send`] of a client's packet (`pin` = its cid): when the node's queue is now
+    /// over the high-water mark, that client is held back ([`NodeLinks::poll_ready`]).
+    pub fn send_holding(&self, addr: &str, cid: i64, write: impl FnOnce(&mut BytesMut)) -> bool {
+        let link = self.link(addr, cid);
+        let queued = link.enqueue(write);
+        if link.congested.get() {
+            self.pressure
+                .held
+                .borrow_mut()
+                .insert(cid, Rc::downgrade(&link));
+        }
+        queued
+    }
+
     /// Queues a frame for the node at `addr`, connecting on first use. Returns false (and drops
     /// the frame) while the node is in its fault window or its queue is full.
     pub fn send(&self, addr: &str, pin: i64, write: impl FnOnce(&mut BytesMut)) -> bool {
-        let link = {
-            let mut nodes = self.nodes.borrow_mut();
-            let links = nodes.entry(addr.to_string()).or_insert_with(|| {
-                (0..self.conns_per_node)
-                    .map(|slot| {
-                        let l = Rc::new(NodeLink::new(addr, slot, self.pressure.clone()));
-                        self.start(l.clone(), None);
-                        l
-                    })
-                    .collect()
-            });
-            // A client's frames always take the same connection: their order is kept.
-            links[(pin as u64 % links.len() as u64) as usize].clone()
-        };
-        link.enqueue(write)
+        self.link(addr, pin).enqueue(write)
+    }
+
+    /// The connection to the node at `addr` that `pin`'s frames take, created (with its
+    /// connection task) on first use.
+    fn link(&self, addr: &str, pin: i64) -> Rc<NodeLink> {
+        // A client's frames always take the same connection: their order is kept.
+        let pick =
+            |links: &Vec<Rc<NodeLink>>| links[(pin as u64 % links.len() as u64) as usize].clone();
+        if let Some(links) = self.nodes.borrow().get(addr) {
+            return pick(links);
+        }
+        let mut nodes = self.nodes.borrow_mut();
+        let links = nodes.entry(addr.to_string()).or_insert_with(|| {
+            (0..self.conns_per_node)
+                .map(|slot| {
+                    let l = Rc::new(NodeLink::new(addr, slot, self.pressure.clone()));
+                    self.start(l.clone(), None);
+                    l
+                })
+                .collect()
+        });
+        pick(links)
     }
 
     /// Whether every queued frame has been written (or dropped with its unreachable node).
@@ -223,6 +257,8 @@ struct NodeLink {
     slot: usize,
     pressure: Rc<Pressure>,
     congested: Cell<bool>,
+    /// Drivers of the client connections held back by this queue, woken when it drains.
+    held_wakers: RefCell<Vec<Waker>>,
     /// A batch taken from `queue` is being written.
     writing: Cell<bool>,
     queue: RefCell<BytesMut>,
@@ -240,6 +276,7 @@ impl NodeLink {
             slot,
             pressure,
             congested: Cell::new(false),
+            held_wakers: RefCell::new(Vec::new()),
             writing: Cell::new(false),
             queue: RefCell::new(BytesMut::new()),
             waker: RefCell::new(None),
@@ -277,6 +314,9 @@ impl NodeLink {
                     .congested
                     .set(self.pressure.congested.get() + 1);
             } else {
+                for w in self.held_wakers.borrow_mut().drain(..) {
+                    w.wake();
+                }
                 self.pressure.relieve();
             }
         }

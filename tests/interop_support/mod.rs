@@ -217,7 +217,8 @@ pub fn wait_some<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T
     }
 }
 
-fn http() -> ureq::Agent {
+/// The blocking HTTP agent of the harness: no proxy, statuses as values, 15 s per request.
+pub fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
@@ -234,7 +235,7 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn http_post(url: &str, body: &str) -> Option<(u16, String)> {
+pub fn http_post(url: &str, body: &str) -> Option<(u16, String)> {
     let mut r = http().post(url).send(body).ok()?;
     let status = r.status().as_u16();
     let body = r.body_mut().read_to_string().ok()?;
@@ -507,6 +508,10 @@ impl Drop for Proc {
 
 pub struct Redis {
     pub port: u16,
+    /// The address it listens on (loopback unless [`Redis::start_at`] said otherwise).
+    pub host: String,
+    /// Words put before `redis-server` (e.g. `ip netns exec NS`), empty for a plain start.
+    prefix: Vec<String>,
     dir: PathBuf,
     /// `None` while stopped ([`Redis::stop`]).
     proc: Option<Proc>,
@@ -515,12 +520,20 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(dir: &Path) -> Redis {
+        Redis::start_at(dir, "127.0.0.1", &[])
+    }
+
+    /// A server listening on `host`, started as `prefix… redis-server …` (e.g. inside a network
+    /// namespace: `["ip", "netns", "exec", "NS"]`).
+    pub fn start_at(dir: &Path, host: &str, prefix: &[&str]) -> Redis {
         let dir = dir.join("redis");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port(false);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let client = redis::Client::open(format!("redis://{host}:{port}/")).unwrap();
         let mut r = Redis {
             port,
+            host: host.to_string(),
+            prefix: prefix.iter().map(|w| w.to_string()).collect(),
             dir,
             proc: None,
             client,
@@ -532,8 +545,12 @@ impl Redis {
     /// Starts the server on `self.port` (empty: no persistence) and waits for PING.
     fn spawn(&mut self) {
         let (port, dir) = (self.port, &self.dir);
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+        let mut words = self.prefix.iter().map(String::as_str);
+        let mut cmd = Command::new(words.next().unwrap_or("redis-server"));
+        if !self.prefix.is_empty() {
+            cmd.args(words).arg("redis-server");
+        }
+        cmd.args(["--port", &port.to_string(), "--bind", &self.host, "--dir"])
             .arg(dir)
             .args([
                 "--save",
@@ -569,7 +586,7 @@ impl Redis {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn conn(&self) -> redis::Connection {
@@ -952,6 +969,8 @@ impl Gate {
             ("id = \"\"", id.as_str()),
             ("dispatch = \"rr\"", dispatch.as_str()),
         ];
+        // An edit of an address the defaults already substitute replaces that default.
+        pairs.retain(|(from, _)| !edits.iter().any(|(f, _)| f == from));
         pairs.extend_from_slice(edits);
         let text = subst(&sample("gate"), &pairs);
         let dir = write_etc(&env.dir.0.join(format!("etc-gate-{gid}")), &text);
@@ -1027,19 +1046,43 @@ pub struct Node {
 
 impl Node {
     pub fn start(env: &Env, weight: u32, index: usize) -> Node {
+        Node::start_with(env, weight, index, &[], &[], &[])
+    }
+
+    /// [`Node::start`] with extra substitutions `(from, to)` in the sample node config (each
+    /// `from` must occur; they come after the Redis, Consul and weight ones, and may replace
+    /// those addresses too), environment variables, and words before the program (e.g.
+    /// `["ip", "netns", "exec", "NS"]`).
+    pub fn start_with(
+        env: &Env,
+        weight: u32,
+        index: usize,
+        edits: &[(&str, &str)],
+        vars: &[(&str, &str)],
+        prefix: &[&str],
+    ) -> Node {
         let (redis, consul) = (env.redis.addr(), env.consul.addr());
         let weight_line = format!("weight = {weight}");
-        let text = subst(
-            &sample("node"),
-            &[
-                ("127.0.0.1:6379", &redis),
-                ("127.0.0.1:8500", &consul),
-                ("weight = 1", &weight_line),
-            ],
-        );
+        let mut pairs = vec![
+            ("127.0.0.1:6379", redis.as_str()),
+            ("127.0.0.1:8500", consul.as_str()),
+            ("weight = 1", weight_line.as_str()),
+        ];
+        // An edit of an address the defaults already substitute replaces that default.
+        pairs.retain(|(from, _)| !edits.iter().any(|(f, _)| f == from));
+        pairs.extend_from_slice(edits);
+        let text = subst(&sample("node"), &pairs);
         let dir = write_etc(&env.dir.0.join(format!("etc-node-{index}")), &text);
-        let mut cmd = Command::new(go_bin("node"));
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(go_bin("node"));
+                c
+            }
+            None => Command::new(go_bin("node")),
+        };
         cmd.arg(format!("--etc={}", dir.display()))
+            .envs(vars.iter().copied())
             .current_dir(&env.dir.0);
         let proc = Proc::spawn(&format!("node{index}"), cmd, false);
         let ready = proc.wait_event("ready", START, |v| v["event"] == "ready");
@@ -1403,8 +1446,6 @@ impl Cluster {
     pub fn start_with(tag: &str, spec: Spec, gate_edits: &[(&str, &str)]) -> Cluster {
         let t0 = Instant::now();
         let env = Env::start(tag);
-        let sub = env.redis.subscribe();
-        let clients_dir = write_etc(&env.dir.0.join("etc-client"), &sample("client"));
         let gates: Vec<Gate> = spec
             .gates
             .iter()
@@ -1426,6 +1467,24 @@ impl Cluster {
             .enumerate()
             .map(|(i, w)| Node::start(&env, *w, i))
             .collect();
+        Cluster::assemble_since(t0, tag, env, gates, nodes)
+    }
+
+    /// A cluster of gates and nodes the caller started itself (with its own configuration
+    /// edits), waited for as [`Cluster::start`] does.
+    pub fn assemble(tag: &str, env: Env, gates: Vec<Gate>, nodes: Vec<Node>) -> Cluster {
+        Cluster::assemble_since(Instant::now(), tag, env, gates, nodes)
+    }
+
+    fn assemble_since(
+        t0: Instant,
+        tag: &str,
+        env: Env,
+        gates: Vec<Gate>,
+        nodes: Vec<Node>,
+    ) -> Cluster {
+        let sub = env.redis.subscribe();
+        let clients_dir = write_etc(&env.dir.0.join("etc-client"), &sample("client"));
         let mut c = Cluster {
             clients_dir,
             gates,

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -102,8 +103,46 @@ func (r *Registry) Name() string { return name }
 
 func serviceID(ins *registry.ServiceInstance) string { return ins.Kind + "-" + ins.ID }
 
+// endpointMap is the wire-fault suite's hook (tests/wire_faults.rs): INTEROP_ENDPOINT_MAP holds
+// comma-separated "from=to" host:port pairs, and every endpoint whose host:port is a "from" is
+// read as its "to" — the instance's own endpoint when it registers (so the Consul record points
+// at a Toxiproxy listener in front of this peer's link server), and each watched instance's
+// endpoint (so this peer dials another's link server through a proxy). Unset: no rewriting.
+var endpointMap = parseEndpointMap(os.Getenv("INTEROP_ENDPOINT_MAP"))
+
+func parseEndpointMap(text string) map[string]string {
+	m := make(map[string]string)
+	for _, pair := range strings.Split(text, ",") {
+		if from, to, ok := strings.Cut(strings.TrimSpace(pair), "="); ok {
+			m[from] = to
+		}
+	}
+	return m
+}
+
+// mapEndpoint rewrites the host:port of a "scheme://host:port?…" endpoint per endpointMap.
+func mapEndpoint(endpoint string) string {
+	if len(endpointMap) == 0 {
+		return endpoint
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return endpoint
+	}
+	if to, ok := endpointMap[u.Host]; ok {
+		u.Host = to
+		return u.String()
+	}
+	return endpoint
+}
+
 // Register (re-)registers the instance and (re)starts its TTL heartbeat loop.
 func (r *Registry) Register(ctx context.Context, ins *registry.ServiceInstance) error {
+	if mapped := mapEndpoint(ins.Endpoint); mapped != ins.Endpoint {
+		copied := *ins
+		copied.Endpoint = mapped
+		ins = &copied
+	}
 	u, err := url.Parse(ins.Endpoint)
 	if err != nil {
 		return fmt.Errorf("bad endpoint %q: %w", ins.Endpoint, err)
@@ -356,7 +395,7 @@ func decodeMeta(serviceName string, meta map[string]string) *registry.ServiceIns
 		case k == metaState:
 			ins.State = v
 		case k == metaEndpoint:
-			ins.Endpoint = v
+			ins.Endpoint = mapEndpoint(v)
 		case k == metaWeight:
 			ins.Weight, _ = strconv.Atoi(v)
 		case k == metaEvents:
