@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests and integration tests over real sockets,
-# including the cluster suites (real Redis, Consul, Prometheus and due Go peers). It installs
+# including the cluster suites (real Redis, Consul, etcd, Prometheus and due Go peers). It installs
 # those first (scripts/install-deps.sh, idempotent; GATEHOUSE_NO_INSTALL=1 skips that step).
 # Usage: scripts/test.sh   (from anywhere; needs cargo, and Go for the due peers)
 set -euo pipefail

@@ -15,18 +15,20 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::consul_meta::{decode_meta, encode_meta};
+use super::worker::{stopped_within, Worker};
 use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
 use crate::config::ConsulConfig;
 use crate::instance::StateCell;
 use crate::metrics::ControlMetrics;
 
+/// The backend's name in errors.
+const BACKEND: &str = "consul";
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Added to a blocking query's `wait` (plus Consul's jitter of up to wait/16) for its timeout.
@@ -81,8 +83,17 @@ impl CallError {
     fn describe(self, what: &str) -> RegistryError {
         let call = what.to_string();
         match self {
-            CallError::Transport(reason) => RegistryError::Transport { call, reason },
-            CallError::Status(status, body) => RegistryError::Status { call, status, body },
+            CallError::Transport(reason) => RegistryError::Transport {
+                backend: BACKEND,
+                call,
+                reason,
+            },
+            CallError::Status(status, body) => RegistryError::Status {
+                backend: BACKEND,
+                call,
+                status,
+                body,
+            },
         }
     }
 
@@ -111,6 +122,7 @@ impl ConsulClient {
             Some(("http", rest)) => rest,
             Some((scheme, _)) => {
                 return Err(RegistryError::Address {
+                    backend: BACKEND,
                     addr: addr.to_string(),
                     reason: format!("scheme {scheme:?} is not supported (plain HTTP only)"),
                 })
@@ -119,6 +131,7 @@ impl ConsulClient {
         let host_port = host_port.trim_end_matches('/');
         if host_port.is_empty() || host_port.contains(['/', '?', '#', ' ']) {
             return Err(RegistryError::Address {
+                backend: BACKEND,
                 addr: addr.to_string(),
                 reason: "not host:port".into(),
             });
@@ -225,10 +238,12 @@ impl ConsulClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .ok_or_else(|| RegistryError::Decode {
+                backend: BACKEND,
                 call: what.clone(),
                 reason: "no valid X-Consul-Index header".into(),
             })?;
         let instances = decode_health(&body).map_err(|reason| RegistryError::Decode {
+            backend: BACKEND,
             call: what.clone(),
             reason,
         })?;
@@ -350,8 +365,9 @@ fn registration_body(
     inst: &ServiceInstance,
     settings: &ConsulConfig,
 ) -> Result<String, RegistryError> {
-    let address = endpoint_host_port(&inst.endpoint).ok_or_else(|| {
-        RegistryError::Record(format!("endpoint {:?} has no host:port", inst.endpoint))
+    let address = endpoint_host_port(&inst.endpoint).ok_or_else(|| RegistryError::Record {
+        backend: BACKEND,
+        reason: format!("endpoint {:?} has no host:port", inst.endpoint),
     })?;
     let host = address.host.to_string();
     let (host, port, host_port) = (host.as_str(), address.port, address.to_string());
@@ -392,8 +408,10 @@ fn registration_body(
         check: (),
         checks: (!checks.is_empty()).then_some(checks),
     };
-    let mut body =
-        serde_json::to_string(&registration).map_err(|e| RegistryError::Record(e.to_string()))?;
+    let mut body = serde_json::to_string(&registration).map_err(|e| RegistryError::Record {
+        backend: BACKEND,
+        reason: e.to_string(),
+    })?;
     body.push('\n');
     Ok(body)
 }
@@ -479,42 +497,6 @@ pub struct Registrar {
     stop_tx: Option<Sender<()>>,
     ttl: Option<Worker>,
     watch: Option<Worker>,
-}
-
-/// A thread and a channel that disconnects when it ends (for a bounded join).
-struct Worker {
-    handle: JoinHandle<()>,
-    done: Receiver<()>,
-}
-
-impl Worker {
-    fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<Worker, RegistryError> {
-        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let _done = done_tx;
-                body();
-            })
-            .map_err(|e| RegistryError::Thread {
-                name: name.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(Worker { handle, done })
-    }
-
-    /// Joins within `bound`, else detaches (the thread ends on its own; see `Registrar::stop`).
-    fn join_bounded(self, bound: Duration) {
-        match self.done.recv_timeout(bound) {
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = self.handle.join();
-            }
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {
-                let name = self.handle.thread().name().unwrap_or("?").to_string();
-                tracing::debug!(thread = %name, "consul: thread still busy at stop, detached");
-            }
-        }
-    }
 }
 
 impl Registrar {
@@ -605,7 +587,7 @@ impl Registrar {
     pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
         let mut inst = self.shared.lock_instance();
         if self.shared.stopped() {
-            return Err(RegistryError::Stopped);
+            return Err(RegistryError::Stopped { backend: BACKEND });
         }
         self.shared.state.set(state);
         self.shared.register_locked(&mut inst)
@@ -767,11 +749,6 @@ fn watch_loop(
             }
         }
     }
-}
-
-/// Sleeps `d` unless the stop channel fires first; true if it did.
-fn stopped_within(stop: &Receiver<()>, d: Duration) -> bool {
-    !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
 }
 
 #[cfg(test)]
