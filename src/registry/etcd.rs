@@ -19,16 +19,16 @@
 //! re-lists when its history is gone (compaction, an etcd that came back empty).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
 
 use super::etcd_value::{self, range_end};
-use super::worker::{stopped_within, Worker};
+use super::worker::{stopped_within, CallError, Stop, Threads};
 use super::{InstanceState, RegistryError, ServiceInstance};
 use crate::config::EtcdConfig;
 use crate::instance::StateCell;
@@ -46,36 +46,10 @@ const WATCH_WINDOW: Duration = Duration::from_secs(5);
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 /// First pause after a failed keep-alive or re-registration; doubles up to `retryInterval`.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// How long `stop` waits for each thread before detaching it.
-const JOIN_BOUND: Duration = Duration::from_secs(1);
 /// Upper bound on an answer's body (a range over every node: a few KiB each).
 const MAX_BODY: u64 = 64 << 20;
 
-/// Why a request failed: transport trouble, or an etcd error (HTTP status and etcd's message).
-#[derive(Debug)]
-enum CallError {
-    Transport(String),
-    Status(u16, String),
-}
-
 impl CallError {
-    fn describe(self, what: &str) -> RegistryError {
-        let call = what.to_string();
-        match self {
-            CallError::Transport(reason) => RegistryError::Transport {
-                backend: BACKEND,
-                call,
-                reason,
-            },
-            CallError::Status(status, body) => RegistryError::Status {
-                backend: BACKEND,
-                call,
-                status,
-                body,
-            },
-        }
-    }
-
     /// etcd refused the token (expired after a restart, or none sent): authenticate again.
     fn is_auth(&self) -> bool {
         match self {
@@ -260,7 +234,7 @@ impl EtcdClient {
         let body = json!({"name": name, "password": password}).to_string();
         let answer = self
             .post_once("/v3/auth/authenticate", &body)
-            .map_err(|e| e.describe(&format!("authenticate as {name:?}")))?;
+            .map_err(|e| e.describe(BACKEND, &format!("authenticate as {name:?}")))?;
         let token = answer["token"]
             .as_str()
             .ok_or_else(|| RegistryError::Decode {
@@ -284,7 +258,7 @@ impl EtcdClient {
             }
             other => other,
         }
-        .map_err(|e| e.describe(what))
+        .map_err(|e| e.describe(BACKEND, what))
     }
 
     fn post_once(&self, path: &str, text: &str) -> Result<Value, CallError> {
@@ -446,7 +420,7 @@ impl EtcdClient {
             }
             other => other,
         }
-        .map_err(|e| e.describe(&what))?;
+        .map_err(|e| e.describe(BACKEND, &what))?;
         let reader = response
             .into_body()
             .into_with_config()
@@ -475,11 +449,9 @@ struct Shared {
     registration: Mutex<Registration>,
     /// The instance state, owned with the node API: every registration carries its value.
     state: StateCell,
-    /// Set first thing in `stop`; checked under `registration` before every registration and
-    /// under `deliver` before every node list is handed out.
-    stopped: AtomicBool,
-    /// Serialises node-list deliveries with `stop`: none starts after `stop` returned.
-    deliver: Mutex<()>,
+    /// The stop flag (checked under `registration` before every registration) and the
+    /// delivery lock.
+    stop: Stop,
     metrics: Arc<ControlMetrics>,
 }
 
@@ -489,7 +461,7 @@ impl Shared {
     }
 
     fn stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
+        self.stop.stopped()
     }
 
     /// Grants a new lease and puts the record on it (etcd-registry.md §5.1: every registration,
@@ -510,10 +482,8 @@ impl Shared {
 /// and deletes the key on stop.
 pub struct Registrar {
     shared: Arc<Shared>,
-    /// Dropped by `halt`: wakes both threads at once.
-    stop_tx: Option<Sender<()>>,
-    lease: Option<Worker>,
-    watch: Option<Worker>,
+    /// `etcd-lease` and `etcd-watch`.
+    threads: Threads,
 }
 
 impl Registrar {
@@ -537,8 +507,7 @@ impl Registrar {
             settings,
             registration: Mutex::new(Registration { instance, lease: 0 }),
             state,
-            stopped: AtomicBool::new(false),
-            deliver: Mutex::new(()),
+            stop: Stop::default(),
             metrics,
         });
         {
@@ -552,21 +521,19 @@ impl Registrar {
         }
         on_nodes(view.list());
 
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let mut registrar = Registrar {
             shared: shared.clone(),
-            stop_tx: Some(stop_tx),
-            lease: None,
-            watch: None,
+            threads: Threads::new(),
         };
         let spawned = (|| {
-            let (s, rx) = (shared.clone(), stop_rx.clone());
-            registrar.lease = Some(Worker::spawn("etcd-lease", move || lease_loop(&s, &rx))?);
-            let (s, rx) = (shared.clone(), stop_rx);
-            registrar.watch = Some(Worker::spawn("etcd-watch", move || {
-                watch_loop(&s, &rx, view, on_nodes)
-            })?);
-            Ok::<(), RegistryError>(())
+            let s = shared.clone();
+            registrar
+                .threads
+                .spawn("etcd-lease", move |stop| lease_loop(&s, &stop))?;
+            let s = shared.clone();
+            registrar.threads.spawn("etcd-watch", move |stop| {
+                watch_loop(&s, &stop, view, on_nodes)
+            })
         })();
         match spawned {
             Ok(()) => Ok(registrar),
@@ -614,17 +581,8 @@ impl Registrar {
     }
 
     fn halt(&mut self) {
-        self.shared.stopped.store(true, Ordering::SeqCst);
-        drop(
-            self.shared
-                .deliver
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        drop(self.stop_tx.take());
-        for worker in [self.lease.take(), self.watch.take()].into_iter().flatten() {
-            worker.join_bounded(JOIN_BOUND);
-        }
+        self.shared.stop.stop();
+        self.threads.halt();
     }
 }
 
@@ -768,12 +726,7 @@ fn watch_loop(
     mut view: NodeView,
     on_nodes: impl Fn(Vec<ServiceInstance>),
 ) {
-    let deliver = |view: &NodeView| {
-        let _guard = shared.deliver.lock().unwrap_or_else(|p| p.into_inner());
-        if !shared.stopped() {
-            on_nodes(view.list());
-        }
-    };
+    let deliver = |view: &NodeView| shared.stop.deliver(|| on_nodes(view.list()));
     let mut need_list = false;
     let mut failing = false;
     let fail = |failing: &mut bool, e: &RegistryError| {
@@ -973,5 +926,207 @@ mod tests {
             "{err}"
         );
         assert!(t.elapsed() < Duration::from_secs(3));
+    }
+}
+
+/// Tests against a real etcd; they run only when `GATEHOUSE_ETCD_ADDR` names a member
+/// (`scripts/etcd.sh start 23790 /tmp/etcd && GATEHOUSE_ETCD_ADDR=127.0.0.1:23790 cargo test
+/// registry::etcd`; scripts/test.sh does it when etcd is installed).
+#[cfg(test)]
+mod real_etcd {
+    use super::*;
+    use crate::registry::real_server::{gate_record, server_addr, unique, wait_until};
+
+    fn member() -> Option<String> {
+        server_addr("GATEHOUSE_ETCD_ADDR")
+    }
+
+    /// A namespace of its own per test and run: tests share the member.
+    fn namespace(tag: &str) -> String {
+        unique(tag)
+    }
+
+    fn settings(addr: &str, namespace: &str) -> EtcdConfig {
+        EtcdConfig {
+            addrs: vec![addr.to_string()],
+            namespace: namespace.to_string(),
+            // TTL 3: keep-alive every second, so the tests are quick.
+            retry_interval: Duration::from_secs(2),
+            ..EtcdConfig::default()
+        }
+    }
+
+    fn gate(gid: &str) -> ServiceInstance {
+        gate_record(gid, 40000)
+    }
+
+    /// The key's value and lease, as another client reads them.
+    fn read(client: &EtcdClient, key: &str) -> Option<(String, i64)> {
+        let answer = client
+            .post("read", "/v3/kv/range", &json!({"key": b64(key.as_bytes())}))
+            .unwrap();
+        let kv = answer["kvs"].as_array()?.first()?.clone();
+        let value = String::from_utf8(bytes(&kv["value"]).unwrap()).unwrap();
+        Some((value, int(&kv["lease"])))
+    }
+
+    fn granted_ttl(client: &EtcdClient, lease: i64) -> i64 {
+        let a = client
+            .post(
+                "ttl",
+                "/v3/lease/timetolive",
+                &json!({"ID": lease.to_string()}),
+            )
+            .unwrap();
+        int(&a["grantedTTL"])
+    }
+
+    #[test]
+    fn lifecycle_and_lost_lease() {
+        let Some(addr) = member() else {
+            eprintln!("GATEHOUSE_ETCD_ADDR not set: skipped");
+            return;
+        };
+        let ns = namespace("life");
+        let cfg = settings(&addr, &ns);
+        let other = EtcdClient::new(&cfg).unwrap();
+        let key = format!("/{ns}/gate/g1");
+        let state = StateCell::new(InstanceState::Work);
+        let registrar =
+            Registrar::start(cfg, gate("g1"), state.clone(), |_| {}, Arc::default()).unwrap();
+        assert_eq!(registrar.key(), key);
+        let (value, lease) = read(&other, &key).expect("registered");
+        assert_eq!(value, etcd_value::encode(&gate("g1")));
+        assert_eq!(lease, registrar.lease());
+        assert_eq!(granted_ttl(&other, lease), 3);
+        // Kept alive past three TTLs.
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(read(&other, &key).map(|(_, l)| l), Some(lease));
+
+        // The lease revoked behind the gate's back (the key goes with it): re-registered at
+        // once on a new lease, with the current state.
+        state.set(InstanceState::Busy);
+        other
+            .post(
+                "revoke",
+                "/v3/lease/revoke",
+                &json!({"ID": lease.to_string()}),
+            )
+            .unwrap();
+        assert!(read(&other, &key).is_none());
+        wait_until("re-registered", Duration::from_secs(3), || {
+            read(&other, &key).is_some()
+        });
+        let (value, renewed) = read(&other, &key).unwrap();
+        assert_ne!(renewed, lease);
+        assert!(value.contains(r#""state":"busy""#), "{value}");
+
+        // hang: a new lease again; the old one is left to expire.
+        registrar.set_state(InstanceState::Hang).unwrap();
+        let (value, hang) = read(&other, &key).unwrap();
+        assert_ne!(hang, renewed);
+        assert!(value.contains(r#""state":"hang""#), "{value}");
+        registrar.stop();
+        assert!(read(&other, &key).is_none(), "deleted at stop");
+    }
+
+    /// What the watch thread re-lists on: a watch from a compacted revision is cancelled with
+    /// the compaction revision.
+    #[test]
+    fn compacted_history_is_reported() {
+        let Some(addr) = member() else {
+            eprintln!("GATEHOUSE_ETCD_ADDR not set: skipped");
+            return;
+        };
+        let ns = namespace("compact");
+        let client = EtcdClient::new(&settings(&addr, &ns)).unwrap();
+        let key = format!("/{ns}/node/a");
+        client.put(&key, "{}", 0).unwrap();
+        let (old, _) = client.list(&format!("/{ns}/node/")).unwrap();
+        client.put(&key, r#"{"id":"a"}"#, 0).unwrap();
+        let (now, _) = client.list(&format!("/{ns}/node/")).unwrap();
+        client
+            .post(
+                "compact",
+                "/v3/kv/compaction",
+                &json!({"revision": now.to_string()}),
+            )
+            .unwrap();
+        let mut stream = client
+            .watch(&format!("/{ns}/node/"), old, Duration::from_secs(2))
+            .unwrap();
+        let r = stream
+            .find_map(|r| r.ok().filter(|r| r.canceled || r.compact_revision > 0))
+            .expect("a cancelled watch");
+        assert_eq!(r.compact_revision, now);
+    }
+
+    #[test]
+    fn watch_delivers_node_lists() {
+        let Some(addr) = member() else {
+            eprintln!("GATEHOUSE_ETCD_ADDR not set: skipped");
+            return;
+        };
+        let ns = namespace("watch");
+        let cfg = settings(&addr, &ns);
+        let other = EtcdClient::new(&cfg).unwrap();
+        let node = |id: &str, state: &str| {
+            format!(
+                r#"{{"id":"{id}","name":"node","kind":"node","state":"{state}","routes":[{{"i":-5}},{{"s":true}}],"endpoint":"drpc://127.0.0.1:1?is_secure=false","weight":1}}"#
+            )
+        };
+        let put = |key: &str, value: &str| other.put(key, value, 0).unwrap();
+        put(&format!("/{ns}/node/a"), &node("a", "work"));
+        // Not ours: another service whose name starts with "node", and a broken record.
+        put(&format!("/{ns}/node2/x"), &node("x", "work"));
+        put(&format!("/{ns}/node/broken"), "not json");
+        let (tx, rx) = crossbeam_channel::unbounded::<Vec<ServiceInstance>>();
+        let registrar = Registrar::start(
+            cfg,
+            gate("g2"),
+            StateCell::new(InstanceState::Work),
+            move |nodes| {
+                let _ = tx.send(nodes);
+            },
+            Arc::default(),
+        )
+        .unwrap();
+        let ids = |list: &[ServiceInstance]| list.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        let first = rx.try_recv().expect("first list before start returned");
+        assert_eq!(ids(&first), ["a"]);
+        assert_eq!(first[0].routes[0].id, -5);
+        assert!(first[0].routes[1].stateful);
+        let next = |want: &[&str]| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let list = rx
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("no list {want:?} in 5 s"));
+                if ids(&list) == want {
+                    return list;
+                }
+            }
+        };
+        put(&format!("/{ns}/node/b"), &node("b", "work"));
+        next(&["a", "b"]);
+        put(&format!("/{ns}/node/a"), &node("a", "busy"));
+        let list = next(&["a", "b"]);
+        assert_eq!(list[0].state, InstanceState::Busy);
+        other.delete(&format!("/{ns}/node/b")).unwrap();
+        next(&["a"]);
+
+        // Still watching after a window ended (5 s).
+        std::thread::sleep(WATCH_WINDOW + Duration::from_millis(500));
+        put(&format!("/{ns}/node/c"), &node("c", "work"));
+        next(&["a", "c"]);
+        registrar.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        while rx.try_recv().is_ok() {}
+        put(&format!("/{ns}/node/e"), &node("e", "work"));
+        assert!(
+            rx.recv_timeout(Duration::from_secs(1)).is_err(),
+            "nothing after stop"
+        );
     }
 }

@@ -16,6 +16,8 @@ pub mod consul_meta;
 pub mod discovery;
 pub mod etcd;
 pub mod etcd_value;
+#[cfg(test)]
+mod real_server;
 mod worker;
 
 pub use discovery::{Discovery, NodeSink};
