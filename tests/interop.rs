@@ -269,9 +269,9 @@ fn link_idle(kind: GateKind, tag: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// etcd-registry.md §12 items 1–3, 9, 11: the gate's key, its exact value (the same bytes from
+// etcd-registry.md §12 items 1–3, 7, 9, 11: the gate's key, its exact value (the same bytes from
 // both gates), its lease (TTL ⌊retryInterval⌋ + 1 = 11) kept alive, the node's record read by
-// the gate, and the node's view of the gate.
+// the gate, the node's view of the gate, and the key expiring with its lease after a SIGKILL.
 
 fn etcd_registration(kind: GateKind, tag: &str) {
     let c = Cluster::start(tag, Spec::one(kind, Proto::Tcp));
@@ -328,6 +328,23 @@ fn etcd_registration(kind: GateKind, tag: &str) {
     cl.expect(1, &p);
     // 11. The node sees the gate by its gid (FetchGateList through its etcd watch).
     assert!(n.has_gate(&g.gid));
+
+    // 7. SIGKILL: no deregistration; the key goes with its lease, within TTL + 1 s of the last
+    // keep-alive (the kill is at most one keep-alive period, TTL/3, after it).
+    let (left, _, _) = etcd.lease(etcd.get(&key).unwrap().lease);
+    g.proc.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let gone = wait_some("the killed gate's key expires", START, || {
+        etcd.get(&key).is_none().then(|| killed.elapsed())
+    });
+    eprintln!("[{tag}] key gone {gone:?} after SIGKILL ({left} s left at the kill)");
+    assert!(
+        gone <= Duration::from_secs(left as u64 + 2),
+        "key outlived its lease: {gone:?} after SIGKILL with {left} s left"
+    );
+    wait_until("the node drops the killed gate", START, || {
+        !n.has_gate(&g.gid)
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
