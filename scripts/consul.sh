@@ -15,16 +15,8 @@ dir=$(cd "$dir" && pwd)
 pidfile="$dir/consul.pid"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-# Plain HTTP GET on loopback; curl when present, else bash's /dev/tcp (a fresh machine may lack curl).
-http_get() { # PORT PATH -> body on stdout
-    if command -v curl >/dev/null 2>&1; then
-        curl -fsS -m 2 "http://127.0.0.1:$1$2" 2>/dev/null
-    else
-        timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'"$1"' || exit 1
-            printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" "'"$2"'" >&3
-            sed "1,/^\r\{0,1\}$/d" <&3' 2>/dev/null
-    fi
-}
+# shellcheck source=lib/daemon.sh
+. "$repo/scripts/lib/daemon.sh"
 
 # A port nobody listens on, for both TCP and UDP (serf uses both). Asking the kernel for an
 # ephemeral port and releasing it is racy in theory, fine for a test machine.
@@ -48,10 +40,7 @@ PY
 
 case "$cmd" in
 start)
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "consul already running (pid $(cat "$pidfile"))" >&2
-        exit 1
-    fi
+    refuse_running consul "$pidfile"
     consul=${CONSUL:-}
     if [ -z "$consul" ]; then
         if command -v consul >/dev/null 2>&1; then consul=$(command -v consul)
@@ -71,36 +60,13 @@ start)
         >"$dir/consul.log" 2>&1 &
     pid=$!
     echo "$pid" >"$pidfile"
-    for _ in $(seq 1 100); do # 100 x 0.1 s = 10 s bound
+    has_leader() {
         leader=$(http_get "$http_port" /v1/status/leader || true)
-        if [ -n "$leader" ] && [ "$leader" != '""' ]; then
-            echo "consul started on 127.0.0.1:$http_port (pid $pid, leader $leader)"
-            exit 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "consul exited during start-up; log:" >&2
-            tail -20 "$dir/consul.log" >&2 || true
-            rm -f "$pidfile"
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "consul had no leader within 10 s; log:" >&2
-    tail -20 "$dir/consul.log" >&2 || true
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    exit 1
+        ready_note=", leader $leader"
+        [ -n "$leader" ] && [ "$leader" != '""' ]
+    }
+    await_start consul "$pid" "$pidfile" "$dir/consul.log" "127.0.0.1:$http_port" has_leader
     ;;
-stop)
-    [ -f "$pidfile" ] || exit 0
-    pid=$(cat "$pidfile")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do # 5 s bound, then KILL
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    ;;
+stop) stop_pidfile "$pidfile" ;;
 *) usage ;;
 esac

@@ -12,13 +12,12 @@ cmd=$1 port=$2 dir=$3
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 pidfile="$dir/redis.pid"
+# shellcheck source=lib/daemon.sh
+. "$(dirname "$0")/lib/daemon.sh"
 
 case "$cmd" in
 start)
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "redis already running (pid $(cat "$pidfile"))" >&2
-        exit 1
-    fi
+    refuse_running redis "$pidfile"
     # --save '' / --appendonly no: tests want an empty, memory-only store every time.
     # --protected-mode no is harmless on 127.0.0.1 and avoids surprises with no password.
     redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
@@ -26,34 +25,9 @@ start)
         --daemonize no --logfile "$dir/redis.log" >/dev/null 2>&1 &
     pid=$!
     echo "$pid" >"$pidfile"
-    for _ in $(seq 1 100); do # 100 x 0.1 s = 10 s bound
-        if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ]; then
-            echo "redis started on 127.0.0.1:$port (pid $pid)"
-            exit 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "redis exited during start-up; log:" >&2
-            tail -20 "$dir/redis.log" >&2 || true
-            rm -f "$pidfile"
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "redis did not answer within 10 s" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    exit 1
+    pong() { [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ]; }
+    await_start redis "$pid" "$pidfile" "$dir/redis.log" "127.0.0.1:$port" pong
     ;;
-stop)
-    [ -f "$pidfile" ] || exit 0
-    pid=$(cat "$pidfile")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do # 5 s bound, then KILL
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    ;;
+stop) stop_pidfile "$pidfile" ;;
 *) usage ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests and integration tests over real sockets,
-# including the cluster suites (real Redis, Consul, Prometheus and due Go peers). It installs
+# including the cluster suites (real Redis, Consul, etcd, Prometheus and due Go peers). It installs
 # those first (scripts/install-deps.sh, idempotent; GATEHOUSE_NO_INSTALL=1 skips that step).
 # Usage: scripts/test.sh   (from anywhere; needs cargo, and Go for the due peers)
 set -euo pipefail
@@ -11,21 +11,31 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-# The Consul client's real-agent tests run against an agent of their own when one is installed.
+# The Consul and etcd clients' real-server tests run against servers of their own when installed.
 work=$(mktemp -d)
-consul_port=""
+started=()
 cleanup() {
-    [ -n "$consul_port" ] && scripts/consul.sh stop "$consul_port" "$work/consul" >/dev/null 2>&1 || true
+    for s in "${started[@]}"; do
+        scripts/"${s%%:*}".sh stop "${s##*:}" "$work/${s%%:*}" >/dev/null 2>&1 || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
-if [ -x .tools/consul/usr/bin/consul ] || command -v consul >/dev/null 2>&1; then
-    consul_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    scripts/consul.sh start "$consul_port" "$work/consul" >/dev/null
-    export GATEHOUSE_CONSUL_ADDR="127.0.0.1:$consul_port"
-elif [ -n "${GATEHOUSE_REQUIRE_SERVICES:-}" ]; then
-    echo "consul is required (scripts/install-consul.sh)" >&2
-    exit 1
-fi
+# Starts scripts/NAME.sh on a free loopback port when its binary is installed (.tools or PATH) and
+# exports VAR=127.0.0.1:PORT; with GATEHOUSE_REQUIRE_SERVICES a missing binary is an error.
+start_server() { # NAME VAR
+    local name=$1 var=$2 port
+    if [ -x ".tools/$name/usr/bin/$name" ] || command -v "$name" >/dev/null 2>&1; then
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        scripts/"$name".sh start "$port" "$work/$name" >/dev/null
+        started+=("$name:$port")
+        export "$var=127.0.0.1:$port"
+    elif [ -n "${GATEHOUSE_REQUIRE_SERVICES:-}" ]; then
+        echo "$name is required (scripts/install-$name.sh)" >&2
+        exit 1
+    fi
+}
+start_server consul GATEHOUSE_CONSUL_ADDR
+start_server etcd GATEHOUSE_ETCD_ADDR
 
 cargo test --workspace --all-targets -- --test-threads=2

@@ -230,6 +230,7 @@ fn gate_info(cfg: &Config, gate: &Gate) -> banner::GateInfo {
         registry: match cfg.registry {
             gatehouse::config::RegistryConfig::Static => "static".into(),
             gatehouse::config::RegistryConfig::Consul(_) => "consul".into(),
+            gatehouse::config::RegistryConfig::Etcd(_) => "etcd".into(),
         },
     }
 }

@@ -42,6 +42,15 @@ per_gate! {
     gate_restarted_with_the_same_gid => gate_restart;
 }
 
+/// The registry faults again with an etcd member in place of the Consul agent.
+mod on_etcd {
+    use super::*;
+    per_gate! {@on RegistryKind::Etcd;
+        sigterm_hangs_drains_and_deregisters => sigterm_drain;
+        etcd_restart => etcd_outage;
+    }
+}
+
 /// Sends route-1 messages (a fresh payload each, 500 ms apart) until one is echoed: the gate
 /// routes to a live node. Returns how long it took; panics after `within` or if the gate closes
 /// the client.
@@ -224,20 +233,21 @@ fn consul_outage(kind: GateKind, tag: &str) {
         gates: vec![(kind, Proto::Tcp)],
         nodes: vec![1],
         dispatch: "rr",
+        registry: current_registry(),
     };
     let mut c = Cluster::start(tag, spec);
     let sid = c.gate().service_id();
-    assert!(c.env.consul.agent_service(&sid).is_some(), "registered");
+    assert!(c.env.consul().agent_service(&sid).is_some(), "registered");
 
-    c.env.consul.stop();
+    c.env.consul_mut().stop();
     std::thread::sleep(Duration::from_secs(1));
     assert!(gate_alive(&mut c), "the gate survives a lost agent");
-    c.env.consul.restart();
+    c.env.consul_mut().restart();
     let t = Instant::now();
     match kind {
         GateKind::Gatehouse => {
             wait_until(&format!("{sid} registered again"), START, || {
-                c.env.consul.agent_service(&sid).is_some()
+                c.env.consul().agent_service(&sid).is_some()
             });
             eprintln!(
                 "[{tag}] re-registered {:?} after the agent came back",
@@ -247,7 +257,7 @@ fn consul_outage(kind: GateKind, tag: &str) {
             wait_until(
                 &format!("{sid} passing again"),
                 Duration::from_secs(30),
-                || c.env.consul.is_passing("gate", &sid),
+                || c.env.consul().is_passing("gate", &sid),
             );
         }
         GateKind::DueReference => {
@@ -255,7 +265,7 @@ fn consul_outage(kind: GateKind, tag: &str) {
             let window = Duration::from_secs(12);
             while t.elapsed() < window {
                 assert!(
-                    c.env.consul.agent_service(&sid).is_none(),
+                    c.env.consul().agent_service(&sid).is_none(),
                     "due v2.4.1 does not register again after the agent lost it ({:?})",
                     t.elapsed()
                 );
@@ -276,6 +286,99 @@ fn consul_outage(kind: GateKind, tag: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// etcd-registry.md §12 item 15 and §6: the etcd member stopped and started again, first with its
+// data (keys and leases come back, etcd refreshes their TTLs), then with its data wiped (every key
+// and lease is lost and the revisions start over, as with a rebuilt member). Both gates put their
+// key again after the wipe (the lease is reported gone: gatehouse re-registers at once, due's
+// registrar re-puts in its first retry), and so do the Go nodes. gatehouse's watch also re-lists
+// when the store's revision went back, so it sees node changes made after the wipe; due's watch
+// resumes from its old revision and misses them (etcd-registry.md §6.2) — asserted for gatehouse,
+// reported for the reference.
+
+fn etcd_outage(kind: GateKind, tag: &str) {
+    let mut c = Cluster::start(tag, Spec::one(kind, Proto::Tcp));
+    let gid = c.gate().gid.clone();
+    let key = format!("/services/gate/{gid}");
+    let mut cl = c.connect(0, Proto::Tcp);
+
+    // 1. Down for longer than the lease TTL (11 s), then back with its data.
+    c.env.etcd_mut().stop();
+    stays_connected(&mut c, &cl, Duration::from_secs(12), "etcd down");
+    c.env.etcd_mut().start_again();
+    let back = Instant::now();
+    let lease = wait_some("gate key after the restart", WAIT, || {
+        c.env.etcd().get(&key).map(|kv| kv.lease)
+    });
+    // Kept alive past a whole TTL after the restart (etcd gave the lease a fresh TTL of 11 s).
+    while back.elapsed() < Duration::from_secs(13) {
+        let kv = c.env.etcd().get(&key);
+        assert!(
+            kv.is_some(),
+            "gate key lost {:?} after the restart",
+            back.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (left, _, _) = c.env.etcd().lease(c.env.etcd().get(&key).unwrap().lease);
+    assert!(
+        left >= 6,
+        "lease {lease} not kept alive after the restart: {left} s left"
+    );
+    echo_within(&c, &mut cl, Duration::from_secs(20));
+
+    // 2. Stopped again and started empty.
+    c.env.etcd_mut().stop();
+    c.env.etcd_mut().start_empty();
+    let t = Instant::now();
+    wait_until("gate key put again into the empty etcd", START, || {
+        c.env.etcd().get(&key).is_some()
+    });
+    eprintln!(
+        "[{tag}] gate registered again {:?} after the wipe",
+        t.elapsed()
+    );
+    let nid = c.node().nid.clone();
+    wait_until("node key put again", START, || {
+        c.env.registry.is_registered("node", &nid)
+    });
+    assert!(
+        c.env.registry.listed_state("gate", &gid).as_deref() == Some("work"),
+        "the gate registered itself as work"
+    );
+    echo_within(&c, &mut cl, Duration::from_secs(20));
+    // A node change after the wipe: only hang nodes left, so messages are dropped once the gate
+    // sees it.
+    assert_eq!(c.node().ok("/state", &[("set", "hang")], ""), "hang");
+    wait_until("node hang in etcd", START, || {
+        c.env.registry.listed_state("node", &nid).as_deref() == Some("hang")
+    });
+    // Seen once three messages in a row go unanswered for 500 ms each (within 20 tries).
+    let mut dropped = 0;
+    for _ in 0..20 {
+        let p = c.unique("after-hang");
+        cl.send(1, 1, &p);
+        std::thread::sleep(Duration::from_millis(500));
+        dropped = if cl.got(1, &p) { 0 } else { dropped + 1 };
+        if dropped == 3 {
+            break;
+        }
+    }
+    let seen = dropped == 3;
+    match kind {
+        GateKind::Gatehouse => assert!(seen, "gatehouse saw the node's hang after the wipe"),
+        GateKind::DueReference => eprintln!(
+            "[{tag}] due gate {} the node's hang after the wipe",
+            if seen {
+                "saw"
+            } else {
+                "missed (watch resumed at an old revision)"
+            }
+        ),
+    }
+    assert!(gate_alive(&mut c));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Item 33: SIGTERM with a bound client (cluster-protocol.md §7): Consul Meta.state becomes hang;
 // during the close phase the gate keeps serving and every push the node makes reaches the client;
 // the client is closed only once shutdownMaxWaitTime is over; then the node hears Disconnect with
@@ -290,19 +393,16 @@ fn sigterm_drain(kind: GateKind, tag: &str) {
             "shutdownMaxWaitTime = \"2s\"",
         )],
     );
-    let (sid, gid) = (c.gate().service_id(), c.gate().gid.clone());
+    let gid = c.gate().gid.clone();
     let mut cl = c.connect(0, Proto::Tcp);
     let uid = 77;
     bind(&c, &mut cl, uid);
 
     let sigterm = Instant::now();
     c.gates[0].proc.signal(libc::SIGTERM);
-    // Close phase: state hang in Consul, clients still served, pushes still delivered.
-    wait_until("Meta.state hang", Duration::from_secs(5), || {
-        c.env
-            .consul
-            .agent_service(&sid)
-            .is_some_and(|s| s["Meta"]["state"] == "hang")
+    // Close phase: state hang in the registry, clients still served, pushes still delivered.
+    wait_until("registered state hang", Duration::from_secs(5), || {
+        c.env.registry.registered_state("gate", &gid).as_deref() == Some("hang")
     });
     let n = c.node();
     let mut pushed = 0;
@@ -352,11 +452,7 @@ fn sigterm_drain(kind: GateKind, tag: &str) {
     // both gates deregister before they drop the remaining clients (cluster-protocol.md §7
     // Destroy; gatehouse: src/main.rs wait_for_signal_and_drain), so it is usually already gone.
     let deregistered = wait_some("deregistration", Duration::from_secs(8), || {
-        c.env
-            .consul
-            .agent_service(&sid)
-            .is_none()
-            .then(Instant::now)
+        (!c.env.registry.is_registered("gate", &gid)).then(Instant::now)
     });
     eprintln!(
         "[{tag}] deregistration seen {:?} after SIGTERM",
@@ -395,7 +491,7 @@ fn sigterm_drain(kind: GateKind, tag: &str) {
     assert_eq!(c.env.redis.query::<i64>(&["EXISTS", &gate_key(uid)]), 0);
     c.sub
         .wait_exact(GATE_CHANNEL, &location_event(uid, 3, &gid, "gate", ""));
-    assert!(c.env.consul.agent_service(&sid).is_none(), "deregistered");
+    assert!(!c.env.registry.is_registered("gate", &gid), "deregistered");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -86,12 +86,12 @@ fn upgrade(kind: GateKind, tag: &str) {
     }
     assert_eq!(bindings(&c), before, "the Redis bindings are unchanged");
     wait_until("gate still passing in consul", WAIT, || {
-        c.env.consul.is_passing("gate", &sid)
+        c.env.consul().is_passing("gate", &sid)
     });
     // Over a TTL period later it still passes: the new process keeps the record alive.
     std::thread::sleep(Duration::from_secs(12));
     assert!(
-        c.env.consul.is_passing("gate", &sid),
+        c.env.consul().is_passing("gate", &sid),
         "{sid} no longer passing 12 s after the upgrade"
     );
     assert_eq!(

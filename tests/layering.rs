@@ -30,7 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("dispatch", &["dispatch"]),
     // The internal (drpc) codec, sans-IO.
     ("drpc", &["drpc"]),
-    // Locator (Redis), registry (Consul), the control thread.
+    // Locator (Redis), registry (Consul, etcd), the control thread.
     ("control-plane", &["control", "locator", "registry"]),
     // The operator's configuration as plain data.
     ("config", &["config"]),

@@ -778,7 +778,7 @@ fn consul_resets_and_black_hole() {
         return;
     }
     let (mut c, to_consul, metrics, mut probes, _toxi) =
-        behind_proxy(tag, "127.0.0.1:8500", |env| env.consul.addr());
+        behind_proxy(tag, "127.0.0.1:8500", |env| env.consul().addr());
     let sid = c.gate().service_id();
     let mut cl = c.connect(0, Proto::Tcp);
 
@@ -830,7 +830,7 @@ fn consul_resets_and_black_hole() {
         wait_until(
             &format!("{fault}: {sid} passing again"),
             Duration::from_secs(15),
-            || c.env.consul.is_passing("gate", &sid),
+            || c.env.consul().is_passing("gate", &sid),
         );
         let took = echo_flows(&c, &mut cl, healed, Duration::from_secs(20), fault);
         eprintln!("[{tag}] {fault}: passing and replies flow {took:?} after the heal");
@@ -862,7 +862,11 @@ fn hard_partition_of_redis_heals() {
     let dir = TempDir::new(tag);
     let redis = Redis::start_at(&dir.0, &ns.ns_ip, &ns.exec_prefix());
     let consul = Consul::start(&dir.0);
-    let env = Env { consul, redis, dir };
+    let env = Env {
+        registry: Registry::Consul(consul),
+        redis,
+        dir,
+    };
     let metrics_port = free_port(false);
     let gate = start_gate(tag, &env, metrics_port, &[]);
     let node = Node::start(&env, 1, 0);
@@ -937,7 +941,11 @@ fn hard_partition_of_a_node_heals() {
         &format!("{}:{}", ns.host_ip, free_port(false)),
         &consul.addr(),
     );
-    let env = Env { consul, redis, dir };
+    let env = Env {
+        registry: Registry::Consul(consul),
+        redis,
+        dir,
+    };
     let metrics_port = free_port(false);
     let gate_link = format!("addr = \"{}:0\"", ns.host_ip);
     let gate = start_gate(

@@ -11,9 +11,9 @@ use super::convert::{
     value_to_string, value_to_string_list,
 };
 use super::{
-    Config, ConsulConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, LimitsConfig,
-    LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, RateAction, RedisConfig, RegistryConfig,
-    Rotate, ServerConfig, SingleLogin, StaticNode, WsConfig,
+    Config, ConsulConfig, EtcdConfig, GateConfig, GatehouseConfig, HeartbeatMechanism,
+    LimitsConfig, LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, RateAction, RedisConfig,
+    RegistryConfig, Rotate, ServerConfig, SingleLogin, StaticNode, WsConfig,
 };
 use crate::instance::{InstanceState, RouteInfo};
 use crate::net::HostPort;
@@ -824,6 +824,7 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "ipAcceptRate",
     "ipAcceptBurst",
     "ipMaxConns",
+    "registry",
 ];
 
 /// `[[gatehouse.nodes]]` keys.
@@ -864,6 +865,18 @@ const CONSUL_KEYS: &[&str] = &[
     "deregisterCriticalServiceAfter",
 ];
 
+/// `[registry.etcd]` keys (due v2.4.1 `registry/etcd/options.go`, plus v2.5.8's credentials).
+const ETCD_KEYS: &[&str] = &[
+    "addrs",
+    "dialTimeout",
+    "namespace",
+    "timeout",
+    "retryTimes",
+    "retryInterval",
+    "username",
+    "password",
+];
+
 const SECOND: Duration = Duration::from_secs(1);
 
 /// Builds the [`Config`] from the `etc` tree (`None` = no `etc` file: all defaults).
@@ -901,7 +914,7 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
         log: log(&root.table("log")?)?,
         gatehouse: gatehouse_with(&root.table("gatehouse")?, &locator)?,
         locator,
-        registry: registry(&root.table("registry")?.table("consul")?)?,
+        registry: registry(&root.table("registry")?, &root.table("gatehouse")?)?,
     })
 }
 
@@ -955,12 +968,93 @@ fn locator(r: &Section) -> Result<LocatorConfig> {
     }))
 }
 
-/// `[registry.consul]`: its presence selects the Consul registry (otherwise the static node
-/// list). Other `[registry.*]` sections (etcd, nacos) are not read.
-fn registry(c: &Section) -> Result<RegistryConfig> {
-    if !c.exists() {
-        return Ok(RegistryConfig::Static);
+/// The registry backend. due's gate program picks it in code (`consul.NewRegistry()` or
+/// `etcd.NewRegistry()`), and due's sample `etc.toml` carries both sections, so: the one of
+/// `[registry.consul]` / `[registry.etcd]` that is present selects its backend (neither: the
+/// static node list); with both, `[gatehouse] registry` (`consul`, `etcd` or `static`) must
+/// say which, and it may also name a backend whose section is absent (due's defaults).
+/// `[registry.nacos]` is not read.
+fn registry(r: &Section, gatehouse: &Section) -> Result<RegistryConfig> {
+    let (consul, etcd) = (r.table("consul")?, r.table("etcd")?);
+    let choice = gatehouse.string("registry", "")?;
+    let chosen =
+        match choice.as_str() {
+            "" => match (consul.exists(), etcd.exists()) {
+                (true, true) => return Err(ConfigError::invalid(
+                    gatehouse.key("registry"),
+                    "both [registry.consul] and [registry.etcd] are present: due's gate program \
+                     picks one in code; say which with registry = \"consul\" or \"etcd\"",
+                )),
+                (true, false) => "consul",
+                (false, true) => "etcd",
+                (false, false) => "static",
+            },
+            "consul" | "etcd" | "static" => choice.as_str(),
+            other => {
+                return Err(ConfigError::invalid(
+                    gatehouse.key("registry"),
+                    format!("{other:?} is not a registry (consul, etcd or static)"),
+                ))
+            }
+        };
+    match chosen {
+        "consul" => consul_registry(&consul),
+        "etcd" => etcd_registry(&etcd),
+        _ => Ok(RegistryConfig::Static),
     }
+}
+
+/// `[registry.etcd]` (etcd-registry.md §1). `addrs` must be a list, as in due (a plain string
+/// leaves due without endpoints and its gate exits; here it stops start-up naming the key).
+fn etcd_registry(e: &Section) -> Result<RegistryConfig> {
+    e.deny_unknown(ETCD_KEYS)?;
+    let default = EtcdConfig::default();
+    let addrs = if e.raw("addrs").is_some() {
+        let addrs = e.list_of("addrs", |v| {
+            let addr = value_to_string(v)?;
+            let host_port = addr.strip_prefix("http://").unwrap_or(&addr);
+            check_host_port(host_port.trim_end_matches('/'))?;
+            Ok(host_port.trim_end_matches('/').to_string())
+        })?;
+        if addrs.is_empty() {
+            return Err(ConfigError::invalid(
+                e.key("addrs"),
+                "must name at least one etcd member host:port (due fails every call without one)",
+            ));
+        }
+        addrs
+    } else {
+        default.addrs
+    };
+    let positive = |name: &str, default: Duration| -> Result<Duration> {
+        let d = e.non_negative_duration(name, default)?;
+        if d.is_zero() {
+            return Err(ConfigError::invalid(e.key(name), "must be positive"));
+        }
+        Ok(d)
+    };
+    let namespace = e.string("namespace", &default.namespace)?;
+    if namespace.contains('/') {
+        return Err(ConfigError::invalid(
+            e.key("namespace"),
+            format!("{namespace:?} contains '/': keys would nest deeper than /<namespace>/<name>/<id> and deletions would be missed"),
+        ));
+    }
+    Ok(RegistryConfig::Etcd(EtcdConfig {
+        addrs,
+        dial_timeout: positive("dialTimeout", default.dial_timeout)?,
+        namespace,
+        timeout: positive("timeout", default.timeout)?,
+        retry_times: e.bounded_int("retryTimes", default.retry_times, i32::MAX.into())?,
+        // Below 1 s the TTL is 1 s (etcd then grants its minimum, 2 s), as in due.
+        retry_interval: e.non_negative_duration("retryInterval", default.retry_interval)?,
+        username: e.string("username", "")?,
+        password: e.string("password", "")?,
+    }))
+}
+
+/// `[registry.consul]` (cluster-protocol.md §5.6).
+fn consul_registry(c: &Section) -> Result<RegistryConfig> {
     c.deny_unknown(CONSUL_KEYS)?;
     let health_check = c.bool("healthCheck", true)?;
     let heartbeat_check = c.bool("heartbeatCheck", true)?;
@@ -2470,12 +2564,23 @@ log:
         assert_eq!((g.link_conns, g.publish_v25), (1, false));
 
         // Other backends' sections select nothing and are not checked.
-        let c = from_toml(
-            "[locate.etcd]\naddrs = [\"x\"]\nwhatever = 1\n[registry.etcd]\nfoo = 1\n[registry.nacos]\nbar = 2",
-        )
-        .unwrap();
+        let c =
+            from_toml("[locate.etcd]\naddrs = [\"x\"]\nwhatever = 1\n[registry.nacos]\nbar = 2")
+                .unwrap();
         assert_eq!(c.locator, LocatorConfig::Memory);
         assert_eq!(c.registry, RegistryConfig::Static);
+        // An empty [registry.etcd] selects etcd with due's defaults.
+        let c = from_toml("[registry.etcd]\n").unwrap();
+        assert_eq!(c.registry, RegistryConfig::Etcd(EtcdConfig::default()));
+        let RegistryConfig::Etcd(e) = c.registry else {
+            unreachable!()
+        };
+        assert_eq!(e.addrs, ["127.0.0.1:2379"]);
+        assert_eq!((e.namespace.as_str(), e.retry_times), ("services", 3));
+        assert_eq!(
+            (e.dial_timeout, e.timeout, e.retry_interval, e.lease_ttl()),
+            (5 * S, 3 * S, 10 * S, 11)
+        );
 
         // An empty section selects the backend with due's defaults.
         let c = from_toml("[locate.redis]\n[registry.consul]\n").unwrap();
@@ -2589,8 +2694,123 @@ log:
     }
 
     #[test]
+    fn etcd_section() {
+        let c = from_toml(
+            r#"
+            [registry.etcd]
+            addrs = ["10.0.0.1:2379", "http://etcd.local:2379/", "[fd00::5]:2379"]
+            dialTimeout = "2s"
+            namespace = "svc"
+            timeout = "1500ms"
+            retryTimes = 0
+            retryInterval = "4.9s"
+            username = "gate"
+            password = "secret"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.registry,
+            RegistryConfig::Etcd(EtcdConfig {
+                addrs: vec![
+                    "10.0.0.1:2379".into(),
+                    "etcd.local:2379".into(),
+                    "[fd00::5]:2379".into()
+                ],
+                dial_timeout: 2 * S,
+                namespace: "svc".into(),
+                timeout: Duration::from_millis(1500),
+                retry_times: 0,
+                retry_interval: Duration::from_millis(4900),
+                username: "gate".into(),
+                password: "secret".into(),
+            })
+        );
+        // etcd-registry.md E6: "4.9s" → TTL 5; below 1 s → TTL 1 (etcd grants its minimum).
+        let RegistryConfig::Etcd(e) = c.registry else {
+            unreachable!()
+        };
+        assert_eq!(e.lease_ttl(), 5);
+        let e = EtcdConfig {
+            retry_interval: Duration::from_millis(300),
+            ..EtcdConfig::default()
+        };
+        assert_eq!(e.lease_ttl(), 1);
+    }
+
+    #[test]
+    fn registry_selection() {
+        let both = "[registry.consul]\n[registry.etcd]\n";
+        let e = from_toml(both).unwrap_err();
+        assert_eq!(e.key(), Some("etc.gatehouse.registry"));
+        assert!(e.to_string().contains("both"), "{e}");
+        for (choice, want) in [
+            ("consul", RegistryConfig::Consul(ConsulConfig::default())),
+            ("etcd", RegistryConfig::Etcd(EtcdConfig::default())),
+            ("static", RegistryConfig::Static),
+        ] {
+            let with_both = format!("[gatehouse]\nregistry = \"{choice}\"\n{both}");
+            assert_eq!(from_toml(&with_both).unwrap().registry, want, "{choice}");
+            // A named backend without its section runs on due's defaults.
+            let alone = format!("[gatehouse]\nregistry = \"{choice}\"\n");
+            assert_eq!(from_toml(&alone).unwrap().registry, want, "{choice}");
+        }
+        assert_eq!(
+            err_key(from_toml("[gatehouse]\nregistry = \"nacos\"")),
+            "etc.gatehouse.registry"
+        );
+        // The chosen section is checked; the other one is not read.
+        assert_eq!(
+            err_key(from_toml(
+                "[gatehouse]\nregistry = \"etcd\"\n[registry.etcd]\nfoo = 1\n[registry.consul]\nbar = 2"
+            )),
+            "etc.registry.etcd.foo"
+        );
+        assert!(from_toml("[gatehouse]\nregistry = \"consul\"\n[registry.etcd]\nfoo = 1").is_ok());
+    }
+
+    #[test]
     fn control_plane_errors_name_the_key() {
         for (toml, key) in [
+            ("[registry.etcd]\naddr = \"x:1\"", "etc.registry.etcd.addr"),
+            // due: a plain string leaves the client without endpoints (etcd-registry.md E7).
+            (
+                "[registry.etcd]\naddrs = \"127.0.0.1:2379\"",
+                "etc.registry.etcd.addrs",
+            ),
+            ("[registry.etcd]\naddrs = []", "etc.registry.etcd.addrs"),
+            (
+                "[registry.etcd]\naddrs = [\"etcd\"]",
+                "etc.registry.etcd.addrs",
+            ),
+            (
+                "[registry.etcd]\naddrs = [\"https://etcd:2379\"]",
+                "etc.registry.etcd.addrs",
+            ),
+            (
+                "[registry.etcd]\ndialTimeout = \"0s\"",
+                "etc.registry.etcd.dialTimeout",
+            ),
+            (
+                "[registry.etcd]\ntimeout = \"-1s\"",
+                "etc.registry.etcd.timeout",
+            ),
+            (
+                "[registry.etcd]\nretryInterval = \"soon\"",
+                "etc.registry.etcd.retryInterval",
+            ),
+            (
+                "[registry.etcd]\nretryTimes = -1",
+                "etc.registry.etcd.retryTimes",
+            ),
+            (
+                "[registry.etcd]\nnamespace = \"a/b\"",
+                "etc.registry.etcd.namespace",
+            ),
+            (
+                "[registry.etcd]\nusername = []",
+                "etc.registry.etcd.username",
+            ),
             ("[locate.redis]\naddr = \"x:1\"", "etc.locate.redis.addr"),
             ("[locate.redis]\nPrefix = \"x\"", "etc.locate.redis.Prefix"),
             (

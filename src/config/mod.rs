@@ -121,6 +121,55 @@ pub enum RegistryConfig {
     Static,
     /// `[registry.consul]` (cluster-protocol.md §5.6); `gatehouse.nodes` is then ignored.
     Consul(ConsulConfig),
+    /// `[registry.etcd]` (etcd-registry.md §1); `gatehouse.nodes` is then ignored.
+    Etcd(EtcdConfig),
+}
+
+/// `[registry.etcd]`, due's keys and defaults (etcd-registry.md §1; `username`/`password` are
+/// v2.5.8's). Durations are due durations (`"10s"`; a bare integer is nanoseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `addrs`: the members' client `host:port`s (plain HTTP), default `["127.0.0.1:2379"]`.
+    pub addrs: Vec<String>,
+    /// `dialTimeout`, default 5 s: bounds connecting to a member.
+    pub dial_timeout: Duration,
+    /// `namespace`, default `services`: the first key segment (`/services/gate/<gid>`).
+    pub namespace: String,
+    /// `timeout`, default 3 s: bounds each call (grant, put, keep-alive, delete, range).
+    pub timeout: Duration,
+    /// `retryTimes`, default 3. due gives up re-registering after this many failed attempts;
+    /// gatehouse keeps trying (read for compatibility, only logged).
+    pub retry_times: i64,
+    /// `retryInterval`, default 10 s: the lease TTL is its whole seconds + 1 (11 s), and the
+    /// longest pause between two re-registration attempts.
+    pub retry_interval: Duration,
+    /// `username` / `password` (v2.5.8): authenticate only when both are set.
+    pub username: String,
+    pub password: String,
+}
+
+impl EtcdConfig {
+    /// The lease TTL in seconds: `⌊retryInterval⌋ + 1` (etcd-registry.md §5.1).
+    pub fn lease_ttl(&self) -> i64 {
+        i64::try_from(self.retry_interval.as_secs())
+            .unwrap_or(i64::MAX - 1)
+            .saturating_add(1)
+    }
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            addrs: vec!["127.0.0.1:2379".to_string()],
+            dial_timeout: Duration::from_secs(5),
+            namespace: "services".to_string(),
+            timeout: Duration::from_secs(3),
+            retry_times: 3,
+            retry_interval: Duration::from_secs(10),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
 }
 
 /// `[registry.consul]`, due's keys and defaults (cluster-protocol.md §5.6). Integers are seconds,

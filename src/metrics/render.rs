@@ -249,7 +249,7 @@ pub fn render(m: &GateMetrics) -> String {
     ));
     out.push(family(
         "gatehouse_registry_errors_total",
-        "Failed registry (Consul) calls after start-up: TTL check updates and node watch queries.",
+        "Failed registry (Consul, etcd) calls after start-up: TTL check updates or lease keep-alives, and node watch queries.",
         MetricType::COUNTER,
         vec![(vec![], m.control.registry_errors.get() as f64)],
     ));

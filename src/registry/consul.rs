@@ -13,20 +13,22 @@
 //! The agent accepts that body unchanged (verified against 1.8.7).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 
 use super::consul_meta::{decode_meta, encode_meta};
+use super::worker::{stopped_within, CallError, Stop, Threads};
 use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
 use crate::config::ConsulConfig;
 use crate::instance::StateCell;
 use crate::metrics::ControlMetrics;
 
+/// The backend's name in errors.
+const BACKEND: &str = "consul";
 /// Timeout of every non-blocking request (register, TTL update, deregister, first query).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Added to a blocking query's `wait` (plus Consul's jitter of up to wait/16) for its timeout.
@@ -37,8 +39,6 @@ const WATCH_RETRY: Duration = Duration::from_secs(1);
 /// ticker. It bounds the query rate if the index keeps changing, and does not delay the first
 /// notice of a change (a blocking query returns as soon as its index moves).
 const WATCH_PACE: Duration = Duration::from_secs(1);
-/// How long `stop` waits for each thread before detaching it (see [`Registrar::stop`]).
-const JOIN_BOUND: Duration = Duration::from_secs(1);
 /// Upper bound on a health response body (a few KiB per node; generous).
 const MAX_BODY: u64 = 64 << 20;
 /// The service the gate watches.
@@ -69,23 +69,7 @@ impl std::fmt::Debug for ConsulClient {
     }
 }
 
-/// Why a request failed: transport trouble, or an HTTP status other than 200 with its body.
-#[derive(Debug)]
-enum CallError {
-    Transport(String),
-    Status(u16, String),
-}
-
 impl CallError {
-    /// The error of call `what` (`register gate-1`).
-    fn describe(self, what: &str) -> RegistryError {
-        let call = what.to_string();
-        match self {
-            CallError::Transport(reason) => RegistryError::Transport { call, reason },
-            CallError::Status(status, body) => RegistryError::Status { call, status, body },
-        }
-    }
-
     /// The agent does not know the TTL check: it lost the service (it restarted, or someone
     /// deregistered it). 1.8.7 answers 500 "CheckID … does not have associated TTL"; newer
     /// agents 404 "Unknown check ID …".
@@ -111,6 +95,7 @@ impl ConsulClient {
             Some(("http", rest)) => rest,
             Some((scheme, _)) => {
                 return Err(RegistryError::Address {
+                    backend: BACKEND,
                     addr: addr.to_string(),
                     reason: format!("scheme {scheme:?} is not supported (plain HTTP only)"),
                 })
@@ -119,6 +104,7 @@ impl ConsulClient {
         let host_port = host_port.trim_end_matches('/');
         if host_port.is_empty() || host_port.contains(['/', '?', '#', ' ']) {
             return Err(RegistryError::Address {
+                backend: BACKEND,
                 addr: addr.to_string(),
                 reason: "not host:port".into(),
             });
@@ -150,13 +136,13 @@ impl ConsulClient {
         let body = registration_body(inst, settings)?;
         self.put("/v1/agent/service/register", Some(body))
             .map(drop)
-            .map_err(|e| e.describe(&format!("register {}", service_id(inst))))
+            .map_err(|e| e.describe(BACKEND, &format!("register {}", service_id(inst))))
     }
 
     /// Passes any TTL check by its CheckID (`service:<kind>-<id>` for due instances).
     pub fn pass_ttl_check(&self, check_id: &str) -> Result<(), RegistryError> {
         self.update_ttl(check_id)
-            .map_err(|e| e.describe(&format!("update check {check_id}")))
+            .map_err(|e| e.describe(BACKEND, &format!("update check {check_id}")))
     }
 
     /// Deregisters the gate: `PUT /v1/agent/service/deregister/gate-<gid>` (no body).
@@ -169,7 +155,7 @@ impl ConsulClient {
     pub fn deregister_service(&self, service_id: &str) -> Result<(), RegistryError> {
         self.put(&format!("/v1/agent/service/deregister/{service_id}"), None)
             .map(drop)
-            .map_err(|e| e.describe(&format!("deregister {service_id}")))
+            .map_err(|e| e.describe(BACKEND, &format!("deregister {service_id}")))
     }
 
     /// The passing instances of service `name`:
@@ -208,16 +194,16 @@ impl ConsulClient {
         }
         let mut response = request
             .call()
-            .map_err(|e| CallError::Transport(e.to_string()).describe(&what))?;
+            .map_err(|e| CallError::Transport(e.to_string()).describe(BACKEND, &what))?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .with_config()
             .limit(MAX_BODY)
             .read_to_string()
-            .map_err(|e| CallError::Transport(e.to_string()).describe(&what))?;
+            .map_err(|e| CallError::Transport(e.to_string()).describe(BACKEND, &what))?;
         if status != 200 {
-            return Err(CallError::Status(status, body).describe(&what));
+            return Err(CallError::Status(status, body).describe(BACKEND, &what));
         }
         let new_index = response
             .headers()
@@ -225,10 +211,12 @@ impl ConsulClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .ok_or_else(|| RegistryError::Decode {
+                backend: BACKEND,
                 call: what.clone(),
                 reason: "no valid X-Consul-Index header".into(),
             })?;
         let instances = decode_health(&body).map_err(|reason| RegistryError::Decode {
+            backend: BACKEND,
             call: what.clone(),
             reason,
         })?;
@@ -350,8 +338,9 @@ fn registration_body(
     inst: &ServiceInstance,
     settings: &ConsulConfig,
 ) -> Result<String, RegistryError> {
-    let address = endpoint_host_port(&inst.endpoint).ok_or_else(|| {
-        RegistryError::Record(format!("endpoint {:?} has no host:port", inst.endpoint))
+    let address = endpoint_host_port(&inst.endpoint).ok_or_else(|| RegistryError::Record {
+        backend: BACKEND,
+        reason: format!("endpoint {:?} has no host:port", inst.endpoint),
     })?;
     let host = address.host.to_string();
     let (host, port, host_port) = (host.as_str(), address.port, address.to_string());
@@ -392,8 +381,10 @@ fn registration_body(
         check: (),
         checks: (!checks.is_empty()).then_some(checks),
     };
-    let mut body =
-        serde_json::to_string(&registration).map_err(|e| RegistryError::Record(e.to_string()))?;
+    let mut body = serde_json::to_string(&registration).map_err(|e| RegistryError::Record {
+        backend: BACKEND,
+        reason: e.to_string(),
+    })?;
     body.push('\n');
     Ok(body)
 }
@@ -438,11 +429,8 @@ struct Shared {
     instance: Mutex<ServiceInstance>,
     /// The instance state, owned with the node API: every registration carries its value.
     state: StateCell,
-    /// Set first thing in `stop`; checked under `instance` before every registration and under
-    /// `deliver` before every node list is handed out.
-    stopped: AtomicBool,
-    /// Serialises node-list deliveries with `stop`: none starts after `stop` returned.
-    deliver: Mutex<()>,
+    /// The stop flag (checked under `instance` before every registration) and the delivery lock.
+    stop: Stop,
     /// Where failed calls are counted.
     metrics: Arc<ControlMetrics>,
 }
@@ -453,7 +441,7 @@ impl Shared {
     }
 
     fn stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
+        self.stop.stopped()
     }
 
     /// Registers `inst` and, with a heartbeat check, passes its TTL at once (as due does after
@@ -475,46 +463,8 @@ impl Shared {
 /// and deregisters on stop.
 pub struct Registrar {
     shared: Arc<Shared>,
-    /// Dropped by `stop`: wakes both threads at once.
-    stop_tx: Option<Sender<()>>,
-    ttl: Option<Worker>,
-    watch: Option<Worker>,
-}
-
-/// A thread and a channel that disconnects when it ends (for a bounded join).
-struct Worker {
-    handle: JoinHandle<()>,
-    done: Receiver<()>,
-}
-
-impl Worker {
-    fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<Worker, RegistryError> {
-        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let _done = done_tx;
-                body();
-            })
-            .map_err(|e| RegistryError::Thread {
-                name: name.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(Worker { handle, done })
-    }
-
-    /// Joins within `bound`, else detaches (the thread ends on its own; see `Registrar::stop`).
-    fn join_bounded(self, bound: Duration) {
-        match self.done.recv_timeout(bound) {
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = self.handle.join();
-            }
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {
-                let name = self.handle.thread().name().unwrap_or("?").to_string();
-                tracing::debug!(thread = %name, "consul: thread still busy at stop, detached");
-            }
-        }
-    }
+    /// `consul-ttl` (with a heartbeat check) and `consul-watch`.
+    threads: Threads,
 }
 
 impl Registrar {
@@ -555,8 +505,7 @@ impl Registrar {
             settings,
             instance: Mutex::new(instance),
             state,
-            stopped: AtomicBool::new(false),
-            deliver: Mutex::new(()),
+            stop: Stop::default(),
         });
         {
             let mut inst = shared.lock_instance();
@@ -572,23 +521,21 @@ impl Registrar {
         };
         on_nodes(nodes);
 
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let mut registrar = Registrar {
             shared: shared.clone(),
-            stop_tx: Some(stop_tx),
-            ttl: None,
-            watch: None,
+            threads: Threads::new(),
         };
         let spawned = (|| {
             if shared.settings.heartbeat_check {
-                let (s, rx) = (shared.clone(), stop_rx.clone());
-                registrar.ttl = Some(Worker::spawn("consul-ttl", move || ttl_loop(&s, &rx))?);
+                let s = shared.clone();
+                registrar
+                    .threads
+                    .spawn("consul-ttl", move |stop| ttl_loop(&s, &stop))?;
             }
-            let (s, rx) = (shared.clone(), stop_rx);
-            registrar.watch = Some(Worker::spawn("consul-watch", move || {
-                watch_loop(&s, &rx, index, on_nodes)
-            })?);
-            Ok::<(), RegistryError>(())
+            let s = shared.clone();
+            registrar.threads.spawn("consul-watch", move |stop| {
+                watch_loop(&s, &stop, index, on_nodes)
+            })
         })();
         match spawned {
             Ok(()) => Ok(registrar),
@@ -605,7 +552,7 @@ impl Registrar {
     pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
         let mut inst = self.shared.lock_instance();
         if self.shared.stopped() {
-            return Err(RegistryError::Stopped);
+            return Err(RegistryError::Stopped { backend: BACKEND });
         }
         self.shared.state.set(state);
         self.shared.register_locked(&mut inst)
@@ -638,21 +585,8 @@ impl Registrar {
     }
 
     fn halt(&mut self) {
-        self.shared.stopped.store(true, Ordering::SeqCst);
-        // Wait for a delivery in progress; later ones see the flag.
-        drop(
-            self.shared
-                .deliver
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        drop(self.stop_tx.take());
-        if let Some(ttl) = self.ttl.take() {
-            ttl.join_bounded(JOIN_BOUND);
-        }
-        if let Some(watch) = self.watch.take() {
-            watch.join_bounded(JOIN_BOUND);
-        }
+        self.shared.stop.stop();
+        self.threads.halt();
     }
 }
 
@@ -686,12 +620,12 @@ fn ttl_loop(shared: &Shared, stop: &Receiver<()>) {
                     return;
                 }
                 tracing::warn!(
-                    error = %e.describe("TTL update"),
+                    error = %e.describe(BACKEND, "TTL update"),
                     "consul: the agent lost the registration; registering again"
                 );
                 shared.register_locked(&mut inst)
             }
-            Err(e) => Err(e.describe(&format!("update check {check_id}"))),
+            Err(e) => Err(e.describe(BACKEND, &format!("update check {check_id}"))),
         };
         match result {
             Ok(()) if failing => {
@@ -739,11 +673,9 @@ fn watch_loop(
                     tracing::info!("consul: node watch recovered");
                 }
                 if new_index != delivered {
-                    let _guard = shared.deliver.lock().unwrap_or_else(|p| p.into_inner());
-                    if shared.stopped() {
+                    if !shared.stop.deliver(|| on_nodes(nodes)) {
                         return;
                     }
-                    on_nodes(nodes);
                     delivered = new_index;
                 }
                 index = new_index.max(1);
@@ -767,11 +699,6 @@ fn watch_loop(
             }
         }
     }
-}
-
-/// Sleeps `d` unless the stop channel fires first; true if it did.
-fn stopped_within(stop: &Receiver<()>, d: Duration) -> bool {
-    !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
 }
 
 #[cfg(test)]
@@ -1045,22 +972,11 @@ mod real_agent {
     fn work() -> StateCell {
         StateCell::new(InstanceState::Work)
     }
+    use crate::registry::real_server::{gate_record, server_addr, unique, wait_until};
     use std::net::TcpListener;
-    use std::sync::atomic::AtomicU32;
 
     fn agent_addr() -> Option<String> {
-        let addr = std::env::var("GATEHOUSE_CONSUL_ADDR").ok()?;
-        (!addr.is_empty()).then_some(addr)
-    }
-
-    /// A unique ID per test and run (tests share the agent).
-    fn unique(tag: &str) -> String {
-        static N: AtomicU32 = AtomicU32::new(0);
-        format!(
-            "ghtest-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        )
+        server_addr("GATEHOUSE_CONSUL_ADDR")
     }
 
     fn get_json(addr: &str, path: &str) -> Value {
@@ -1079,14 +995,6 @@ mod real_agent {
         serde_json::from_str(&body).unwrap()
     }
 
-    fn wait_until(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !cond() {
-            assert!(start.elapsed() < bound, "timed out after {bound:?}: {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// A link port the agent's TCP check can connect to (the backlog accepts without `accept`).
     fn link_listener() -> (TcpListener, u16) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1096,14 +1004,8 @@ mod real_agent {
 
     fn gate_instance(gid: &str, port: u16) -> ServiceInstance {
         ServiceInstance {
-            id: gid.into(),
-            name: "gate".into(),
-            kind: "gate".into(),
-            alias: "gate".into(),
-            state: InstanceState::Work,
-            endpoint: format!("drpc://127.0.0.1:{port}?is_secure=false"),
             metadata: BTreeMap::from([("region".to_string(), "eu".to_string())]),
-            ..ServiceInstance::default()
+            ..gate_record(gid, port)
         }
     }
 

@@ -1,10 +1,11 @@
 //! The registry as the gate uses it, behind one interface: register this gate, report the node
-//! list, re-register on a state change, leave. Two implementations: the static list and Consul.
+//! list, re-register on a state change, leave. Three implementations: static list, Consul, etcd.
 //!
 //! Whatever the backend, node lists reach the gate through one [`NodeSink`]; the wiring turns that
-//! into the one fan-out to the shards. Adding a backend (etcd, Nacos) means one more `start` arm.
+//! into the one fan-out to the shards. Adding a backend (Nacos) means one more `start` arm.
 
 use super::consul::{ConsulClient, Registrar};
+use super::etcd;
 use super::{endpoint_url, InstanceState, RegistryError, ServiceInstance};
 use crate::config::{RegistryConfig, StaticNode};
 use crate::instance::StateCell;
@@ -14,7 +15,7 @@ pub type NodeSink = Box<dyn Fn(Vec<ServiceInstance>) + Send + 'static>;
 
 /// A running registration and node discovery.
 pub trait Discovery: Send {
-    /// The backend's name for the banner (`static`, `consul`).
+    /// The backend's name for the banner (`static`, `consul`, `etcd`).
     fn name(&self) -> &'static str;
     /// Makes `state` the shared state and registers it (the gate does it once: `hang` when
     /// shutdown begins). A no-op where nothing is registered.
@@ -45,6 +46,10 @@ pub fn start(
             let client = ConsulClient::new(&c.addr)?;
             let registrar =
                 Registrar::start_counted(client, instance, state, c.clone(), nodes, metrics)?;
+            Ok(Box::new(registrar))
+        }
+        RegistryConfig::Etcd(e) => {
+            let registrar = etcd::Registrar::start(e.clone(), instance, state, nodes, metrics)?;
             Ok(Box::new(registrar))
         }
     }
@@ -82,6 +87,24 @@ impl Discovery for Registrar {
 
     fn abandon(self: Box<Self>) {
         Registrar::abandon(*self)
+    }
+}
+
+impl Discovery for etcd::Registrar {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
+        etcd::Registrar::set_state(self, state)
+    }
+
+    fn stop(self: Box<Self>) {
+        etcd::Registrar::stop(*self)
+    }
+
+    fn abandon(self: Box<Self>) {
+        etcd::Registrar::abandon(*self)
     }
 }
 

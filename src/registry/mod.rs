@@ -14,29 +14,51 @@ pub use crate::instance::{InstanceState, RouteInfo};
 pub mod consul;
 pub mod consul_meta;
 pub mod discovery;
+pub mod etcd;
+pub mod etcd_value;
+#[cfg(test)]
+mod real_server;
+mod worker;
 
 pub use discovery::{Discovery, NodeSink};
 
-/// Why a registry call failed, saying where: the agent address or the call (`register gate-1`,
-/// `update check service:gate-1`, `health of node`) and what went wrong.
+/// Why a registry call failed, saying where: the backend (`consul`, `etcd`), its address or
+/// the call (`register gate-1`, `update check service:gate-1`, `keep-alive of lease 7`) and what
+/// went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryError {
-    /// `[registry.consul] addr` cannot be used.
-    Address { addr: String, reason: String },
+    /// `[registry.<backend>]`'s address cannot be used.
+    Address {
+        backend: &'static str,
+        addr: String,
+        reason: String,
+    },
     /// The request did not complete: connect, send, read or timeout.
-    Transport { call: String, reason: String },
-    /// The agent answered with an HTTP status other than 200; `body` is its explanation.
+    Transport {
+        backend: &'static str,
+        call: String,
+        reason: String,
+    },
+    /// The server answered with an HTTP status other than 200; `body` is its explanation.
     Status {
+        backend: &'static str,
         call: String,
         status: u16,
         body: String,
     },
     /// The answer could not be decoded.
-    Decode { call: String, reason: String },
+    Decode {
+        backend: &'static str,
+        call: String,
+        reason: String,
+    },
     /// The instance record cannot be registered (an endpoint without a host:port).
-    Record(String),
+    Record {
+        backend: &'static str,
+        reason: String,
+    },
     /// The registrar was stopped.
-    Stopped,
+    Stopped { backend: &'static str },
     /// A registrar thread could not be started.
     Thread { name: String, reason: String },
 }
@@ -44,16 +66,31 @@ pub enum RegistryError {
 impl std::fmt::Display for RegistryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RegistryError::Address { addr, reason } => {
-                write!(f, "consul address {addr:?}: {reason}")
+            RegistryError::Address {
+                backend,
+                addr,
+                reason,
+            } => write!(f, "{backend} address {addr:?}: {reason}"),
+            RegistryError::Transport {
+                backend,
+                call,
+                reason,
+            } => write!(f, "{backend} {call}: {reason}"),
+            RegistryError::Status {
+                backend,
+                call,
+                status,
+                body,
+            } => write!(f, "{backend} {call}: HTTP {status}: {}", body.trim()),
+            RegistryError::Decode {
+                backend,
+                call,
+                reason,
+            } => write!(f, "{backend} {call}: {reason}"),
+            RegistryError::Record { backend, reason } => {
+                write!(f, "{backend} registration: {reason}")
             }
-            RegistryError::Transport { call, reason } => write!(f, "consul {call}: {reason}"),
-            RegistryError::Status { call, status, body } => {
-                write!(f, "consul {call}: HTTP {status}: {}", body.trim())
-            }
-            RegistryError::Decode { call, reason } => write!(f, "consul {call}: {reason}"),
-            RegistryError::Record(reason) => write!(f, "consul registration: {reason}"),
-            RegistryError::Stopped => f.write_str("consul registrar is stopped"),
+            RegistryError::Stopped { backend } => write!(f, "{backend} registrar is stopped"),
             RegistryError::Thread { name, reason } => {
                 write!(f, "cannot start thread {name}: {reason}")
             }

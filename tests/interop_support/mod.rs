@@ -113,10 +113,25 @@ fn consul_bin() -> Option<PathBuf> {
     })
 }
 
+fn etcd_bin() -> Option<PathBuf> {
+    if let Some(c) = std::env::var_os("ETCD").filter(|c| !c.is_empty()) {
+        return Some(PathBuf::from(c));
+    }
+    on_path("etcd").or_else(|| {
+        let p = Path::new(REPO).join(".tools/etcd/usr/bin/etcd");
+        p.is_file().then_some(p)
+    })
+}
+
 /// True when the Go peers, redis-server and consul are all present. Otherwise prints why the
 /// suite is skipped — or panics when `GATEHOUSE_REQUIRE_SERVICES` is set (CI builds the peers
 /// and sets it, so the suite can never pass vacuously there).
 pub fn available() -> bool {
+    available_with(RegistryKind::Consul)
+}
+
+/// [`available`] for a cluster on the given registry (etcd instead of consul).
+pub fn available_with(registry: RegistryKind) -> bool {
     let mut missing = Vec::new();
     for b in ["node", "gate", "client"] {
         if !go_bin(b).is_file() {
@@ -126,8 +141,14 @@ pub fn available() -> bool {
     if on_path("redis-server").is_none() {
         missing.push("redis-server (scripts/install-redis.sh)".into());
     }
-    if consul_bin().is_none() {
-        missing.push("consul (scripts/install-consul.sh)".into());
+    match registry {
+        RegistryKind::Consul if consul_bin().is_none() => {
+            missing.push("consul (scripts/install-consul.sh)".into())
+        }
+        RegistryKind::Etcd if etcd_bin().is_none() => {
+            missing.push("etcd (scripts/install-etcd.sh)".into())
+        }
+        _ => {}
     }
     if missing.is_empty() {
         return true;
@@ -878,6 +899,320 @@ impl Consul {
 }
 
 // ---------------------------------------------------------------------------------------------
+// etcd
+
+/// A single-member etcd on loopback (Debian's etcd-server, scripts/install-etcd.sh), its data in
+/// the test's temp dir. Read through its v3 JSON gateway.
+pub struct Etcd {
+    pub port: u16,
+    data: PathBuf,
+    dir: PathBuf,
+    /// `None` while stopped ([`Etcd::stop`]).
+    proc: Option<Proc>,
+}
+
+/// One key as etcd holds it.
+#[derive(Debug, Clone)]
+pub struct EtcdKv {
+    pub key: String,
+    pub value: String,
+    pub lease: i64,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(v: &Value) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or(""))
+        .expect("base64 from etcd");
+    String::from_utf8(bytes).expect("utf-8 from etcd")
+}
+
+/// An int64 of the JSON gateway (a string); absent is 0.
+pub fn gw_int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Etcd {
+        let mut e = Etcd {
+            port: free_port(false),
+            data: dir.join("etcd-data"),
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        e.spawn();
+        e
+    }
+
+    /// Starts the member on `self.port` (a new peer port each time) with the data directory as
+    /// it is; returns once `/health` says true.
+    fn spawn(&mut self) {
+        let bin = etcd_bin().expect("etcd binary");
+        let (port, peer) = (self.port, free_port(false));
+        let client_url = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let name = format!("test-{port}");
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(&self.dir).args([
+            "--name",
+            &name,
+            "--data-dir",
+            self.data.to_str().unwrap(),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("{name}={peer_url}"),
+        ]);
+        self.proc = Some(Proc::spawn("etcd", cmd, false));
+        wait_until("etcd healthy", Duration::from_secs(15), || {
+            http_get(&format!("{client_url}/health"))
+                .is_some_and(|(status, body)| status == 200 && body.contains("\"true\""))
+        });
+    }
+
+    /// Stops the member (SIGTERM, bounded, then SIGKILL); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            stop_proc(&mut p);
+        }
+    }
+
+    /// Kills the member at once (SIGKILL), as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGKILL);
+            p.wait_exit(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts it again on the same client port with its data (keys and leases come back).
+    pub fn start_again(&mut self) {
+        assert!(self.proc.is_none(), "etcd is running");
+        self.spawn();
+    }
+
+    /// Starts it again on the same client port with its data wiped: every key and lease is lost
+    /// and the revision starts over (what a lost member or a rebuilt cluster looks like).
+    pub fn start_empty(&mut self) {
+        assert!(self.proc.is_none(), "etcd is running");
+        let _ = std::fs::remove_dir_all(&self.data);
+        self.spawn();
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `POST /v3/<path>` with a JSON body; the answer, or `None` on any failure.
+    pub fn post(&self, path: &str, body: &Value) -> Option<Value> {
+        let (status, text) = http_post(
+            &format!("http://127.0.0.1:{}/v3/{path}", self.port),
+            &body.to_string(),
+        )?;
+        (status == 200).then(|| serde_json::from_str(&text).ok())?
+    }
+
+    /// Every key starting with `prefix`.
+    pub fn list(&self, prefix: &str) -> Vec<EtcdKv> {
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        let answer = self
+            .post(
+                "kv/range",
+                &serde_json::json!({"key": b64(prefix.as_bytes()), "range_end": b64(&end)}),
+            )
+            .expect("etcd range");
+        answer["kvs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|kv| EtcdKv {
+                key: unb64(&kv["key"]),
+                value: unb64(&kv["value"]),
+                lease: gw_int(&kv["lease"]),
+            })
+            .collect()
+    }
+
+    /// One key, if present.
+    pub fn get(&self, key: &str) -> Option<EtcdKv> {
+        let answer = self
+            .post("kv/range", &serde_json::json!({"key": b64(key.as_bytes())}))
+            .expect("etcd range");
+        answer["kvs"].as_array()?.first().map(|kv| EtcdKv {
+            key: unb64(&kv["key"]),
+            value: unb64(&kv["value"]),
+            lease: gw_int(&kv["lease"]),
+        })
+    }
+
+    /// The value of `key` decoded as JSON, if present.
+    pub fn record(&self, key: &str) -> Option<Value> {
+        self.get(key)
+            .map(|kv| serde_json::from_str(&kv.value).expect("a JSON record"))
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.post(
+            "kv/put",
+            &serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())}),
+        )
+        .expect("etcd put");
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.post(
+            "kv/deleterange",
+            &serde_json::json!({"key": b64(key.as_bytes())}),
+        )
+        .expect("etcd delete");
+    }
+
+    /// `(remaining TTL, granted TTL, attached keys)` of a lease; TTL -1 when it is gone.
+    pub fn lease(&self, id: i64) -> (i64, i64, Vec<String>) {
+        let a = self
+            .post(
+                "lease/timetolive",
+                &serde_json::json!({"ID": id.to_string(), "keys": true}),
+            )
+            .expect("etcd timetolive");
+        let keys = a["keys"]
+            .as_array()
+            .map(|k| k.iter().map(unb64).collect())
+            .unwrap_or_default();
+        (gw_int(&a["TTL"]), gw_int(&a["grantedTTL"]), keys)
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let a = self
+            .post("kv/range", &serde_json::json!({"key": b64(b"/")}))
+            .expect("etcd range");
+        gw_int(&a["header"]["revision"])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry of a test: Consul or etcd
+
+/// Which registry a cluster uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryKind {
+    Consul,
+    Etcd,
+}
+
+pub enum Registry {
+    Consul(Consul),
+    Etcd(Etcd),
+}
+
+/// The registry section the samples carry, and where it ends (the next section's comment).
+const CONSUL_SECTION: &str = "[registry.consul]";
+
+/// Replaces the sample's `[registry.consul]` section (up to the next blank line) by `section`.
+fn swap_registry_section(text: &str, section: &str) -> String {
+    let start = text
+        .find(CONSUL_SECTION)
+        .expect("sample has [registry.consul]");
+    let end = text[start..]
+        .find("\n\n")
+        .map_or(text.len(), |i| start + i + 1);
+    format!("{}{section}{}", &text[..start], &text[end..])
+}
+
+impl Registry {
+    pub fn kind(&self) -> RegistryKind {
+        match self {
+            Registry::Consul(_) => RegistryKind::Consul,
+            Registry::Etcd(_) => RegistryKind::Etcd,
+        }
+    }
+
+    /// A sample configuration pointed at this registry: Consul's address substituted, or the
+    /// Consul section replaced by `[registry.etcd]` with this member.
+    fn configure(&self, text: &str) -> String {
+        match self {
+            // An edit put another address there already (a proxy in front of the agent).
+            Registry::Consul(_) if !text.contains(CONSUL_DEFAULT) => text.to_string(),
+            Registry::Consul(c) => subst(text, &[(CONSUL_DEFAULT, c.addr().as_str())]),
+            Registry::Etcd(e) => swap_registry_section(
+                text,
+                &format!("[registry.etcd]\naddrs = [\"{}\"]\n", e.addr()),
+            ),
+        }
+    }
+
+    /// Whether instance `id` of service `name` (`gate`, `node`) is listed for discovery:
+    /// passing in Consul, its key present in etcd.
+    pub fn is_listed(&self, name: &str, id: &str) -> bool {
+        match self {
+            Registry::Consul(c) => c.is_passing(name, &format!("{name}-{id}")),
+            Registry::Etcd(e) => e.get(&format!("/services/{name}/{id}")).is_some(),
+        }
+    }
+
+    /// The registered state of instance `id` of `name`, if it is listed.
+    pub fn listed_state(&self, name: &str, id: &str) -> Option<String> {
+        match self {
+            Registry::Consul(c) => c.passing_state(name, &format!("{name}-{id}")),
+            Registry::Etcd(e) => e
+                .record(&format!("/services/{name}/{id}"))
+                .and_then(|v| v["state"].as_str().map(str::to_string)),
+        }
+    }
+
+    /// Whether instance `id` of `name` is registered at all (Consul: known to the agent, passing
+    /// or not; etcd: its key exists).
+    pub fn is_registered(&self, name: &str, id: &str) -> bool {
+        self.registered_state(name, id).is_some()
+    }
+
+    /// The state instance `id` of `name` is registered with, passing or not.
+    pub fn registered_state(&self, name: &str, id: &str) -> Option<String> {
+        match self {
+            Registry::Consul(c) => c
+                .agent_service(&format!("{name}-{id}"))
+                .and_then(|s| s["Meta"]["state"].as_str().map(str::to_string)),
+            Registry::Etcd(_) => self.listed_state(name, id),
+        }
+    }
+
+    /// The link address a registered gate advertises, once it is registered.
+    fn gate_link(&self, gid: &str) -> Option<SocketAddr> {
+        let text = match self {
+            Registry::Consul(c) => {
+                let s = c.agent_service(&format!("gate-{gid}"))?;
+                format!("{}:{}", s["Address"].as_str()?, s["Port"].as_u64()?)
+            }
+            Registry::Etcd(e) => {
+                let v = e.record(&format!("/services/gate/{gid}"))?;
+                let endpoint = v["endpoint"].as_str()?.to_string();
+                let rest = endpoint.strip_prefix("drpc://")?;
+                rest.split('?').next()?.to_string()
+            }
+        };
+        text.parse().ok()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Configuration files (the samples of tests/interop/etc with ports and ids substituted)
 
 fn sample(kind: &str) -> String {
@@ -924,7 +1259,7 @@ pub struct Gate {
     pub ws: SocketAddr,
     /// For the reference gate: the one protocol it serves.
     pub only: Option<Proto>,
-    /// The link address as registered in Consul.
+    /// The link address as registered (Consul or etcd).
     pub link: SocketAddr,
     pub started: Instant,
 }
@@ -952,7 +1287,7 @@ impl Gate {
             .map(|_| free_port(false))
             .find(|p| *p != tcp_port)
             .expect("a second free port");
-        let (redis, consul) = (env.redis.addr(), env.consul.addr());
+        let redis = env.redis.addr();
         let (tcp, ws) = (
             format!("127.0.0.1:{tcp_port}"),
             format!("127.0.0.1:{ws_port}"),
@@ -963,7 +1298,6 @@ impl Gate {
         );
         let mut pairs = vec![
             ("127.0.0.1:6379", redis.as_str()),
-            ("127.0.0.1:8500", consul.as_str()),
             ("127.0.0.1:3553", tcp.as_str()),
             ("127.0.0.1:3554", ws.as_str()),
             ("id = \"\"", id.as_str()),
@@ -972,7 +1306,7 @@ impl Gate {
         // An edit of an address the defaults already substitute replaces that default.
         pairs.retain(|(from, _)| !edits.iter().any(|(f, _)| f == from));
         pairs.extend_from_slice(edits);
-        let text = subst(&sample("gate"), &pairs);
+        let text = configure_sample(env, "gate", &pairs);
         let dir = write_etc(&env.dir.0.join(format!("etc-gate-{gid}")), &text);
         let started = Instant::now();
         let (proc, only) = match kind {
@@ -992,19 +1326,11 @@ impl Gate {
                 (p, Some(proto))
             }
         };
-        let sid = format!("gate-{gid}");
         let mut proc = proc;
-        let service = wait_some(&format!("{sid} registered in consul"), START, || {
+        let link = wait_some(&format!("gate {gid} registered"), START, || {
             assert!(!proc.exited(), "{} exited:\n{}", proc.name, proc.tail(20));
-            env.consul.agent_service(&sid)
+            env.registry.gate_link(gid)
         });
-        let link: SocketAddr = format!(
-            "{}:{}",
-            service["Address"].as_str().unwrap(),
-            service["Port"].as_u64().unwrap()
-        )
-        .parse()
-        .unwrap();
         Gate {
             kind,
             gid: gid.to_string(),
@@ -1044,6 +1370,23 @@ pub struct Node {
     pub weight: u32,
 }
 
+/// The Consul agent address in the sample configs.
+const CONSUL_DEFAULT: &str = "127.0.0.1:8500";
+
+/// Sample config `name` for `env`: `pairs` substituted (each `from` must occur), an edit of the
+/// Consul default address before the registry's own substitution so that the edit wins (a
+/// proxy in front of the agent).
+fn configure_sample(env: &Env, name: &str, pairs: &[(&str, &str)]) -> String {
+    let (consul, rest): (Vec<_>, Vec<_>) = pairs
+        .iter()
+        .copied()
+        .partition(|(from, _)| *from == CONSUL_DEFAULT);
+    subst(
+        &env.registry.configure(&subst(&sample(name), &consul)),
+        &rest,
+    )
+}
+
 impl Node {
     pub fn start(env: &Env, weight: u32, index: usize) -> Node {
         Node::start_with(env, weight, index, &[], &[], &[])
@@ -1061,17 +1404,16 @@ impl Node {
         vars: &[(&str, &str)],
         prefix: &[&str],
     ) -> Node {
-        let (redis, consul) = (env.redis.addr(), env.consul.addr());
+        let redis = env.redis.addr();
         let weight_line = format!("weight = {weight}");
         let mut pairs = vec![
             ("127.0.0.1:6379", redis.as_str()),
-            ("127.0.0.1:8500", consul.as_str()),
             ("weight = 1", weight_line.as_str()),
         ];
         // An edit of an address the defaults already substitute replaces that default.
         pairs.retain(|(from, _)| !edits.iter().any(|(f, _)| f == from));
         pairs.extend_from_slice(edits);
-        let text = subst(&sample("node"), &pairs);
+        let text = configure_sample(env, "node", &pairs);
         let dir = write_etc(&env.dir.0.join(format!("etc-node-{index}")), &text);
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
@@ -1387,19 +1729,61 @@ pub fn established_to(pid: u32, remote_port: u16) -> BTreeSet<u16> {
 // ---------------------------------------------------------------------------------------------
 // Environment and cluster
 
-/// One Redis and one Consul agent of a test, in its own temp dir.
+/// One Redis and one registry (a Consul agent or an etcd member) of a test, in its own temp dir.
 pub struct Env {
-    pub consul: Consul,
+    pub registry: Registry,
     pub redis: Redis,
     pub dir: TempDir,
 }
 
 impl Env {
+    /// Redis and a Consul agent.
     pub fn start(tag: &str) -> Env {
+        Env::start_on(tag, RegistryKind::Consul)
+    }
+
+    pub fn start_on(tag: &str, kind: RegistryKind) -> Env {
         let dir = TempDir::new(tag);
         let redis = Redis::start(&dir.0);
-        let consul = Consul::start(&dir.0);
-        Env { consul, redis, dir }
+        let registry = match kind {
+            RegistryKind::Consul => Registry::Consul(Consul::start(&dir.0)),
+            RegistryKind::Etcd => Registry::Etcd(Etcd::start(&dir.0)),
+        };
+        Env {
+            registry,
+            redis,
+            dir,
+        }
+    }
+
+    /// The Consul agent (panics in an etcd test).
+    pub fn consul(&self) -> &Consul {
+        match &self.registry {
+            Registry::Consul(c) => c,
+            Registry::Etcd(_) => panic!("this test runs on etcd, not Consul"),
+        }
+    }
+
+    pub fn consul_mut(&mut self) -> &mut Consul {
+        match &mut self.registry {
+            Registry::Consul(c) => c,
+            Registry::Etcd(_) => panic!("this test runs on etcd, not Consul"),
+        }
+    }
+
+    /// The etcd member (panics in a Consul test).
+    pub fn etcd(&self) -> &Etcd {
+        match &self.registry {
+            Registry::Etcd(e) => e,
+            Registry::Consul(_) => panic!("this test runs on Consul, not etcd"),
+        }
+    }
+
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        match &mut self.registry {
+            Registry::Etcd(e) => e,
+            Registry::Consul(_) => panic!("this test runs on Consul, not etcd"),
+        }
     }
 }
 
@@ -1410,6 +1794,7 @@ pub struct Spec {
     /// Node weights; one node per entry.
     pub nodes: Vec<u32>,
     pub dispatch: &'static str,
+    pub registry: RegistryKind,
 }
 
 impl Spec {
@@ -1418,8 +1803,20 @@ impl Spec {
             gates: vec![(kind, proto)],
             nodes: vec![1],
             dispatch: "rr",
+            registry: current_registry(),
         }
     }
+}
+
+thread_local! {
+    /// The registry the running scenario uses ([`run_on`] sets it; Consul otherwise).
+    static REGISTRY: std::cell::Cell<RegistryKind> = const { std::cell::Cell::new(RegistryKind::Consul) };
+}
+
+/// The registry of the scenario running on this thread: the same scenario code runs on Consul
+/// and on etcd ([`run_on`], `per_gate!(@on …)`).
+pub fn current_registry() -> RegistryKind {
+    REGISTRY.with(|r| r.get())
 }
 
 /// Gates, nodes, Redis (with a subscriber on both event channels) and Consul of one test.
@@ -1445,7 +1842,7 @@ impl Cluster {
     /// [`Gate::start_with`]).
     pub fn start_with(tag: &str, spec: Spec, gate_edits: &[(&str, &str)]) -> Cluster {
         let t0 = Instant::now();
-        let env = Env::start(tag);
+        let env = Env::start_on(tag, spec.registry);
         let gates: Vec<Gate> = spec
             .gates
             .iter()
@@ -1512,19 +1909,15 @@ impl Cluster {
     pub fn wait_ready(&self) -> Vec<Duration> {
         let mut passing_after = Vec::new();
         for g in &self.gates {
-            wait_until(
-                &format!("{} passing in consul", g.service_id()),
-                START,
-                || self.env.consul.is_passing("gate", &g.service_id()),
-            );
+            wait_until(&format!("gate {} listed", g.gid), START, || {
+                self.env.registry.is_listed("gate", &g.gid)
+            });
             passing_after.push(g.started.elapsed());
         }
         for n in &self.nodes {
-            wait_until(
-                &format!("{} passing in consul", n.service_id()),
-                START,
-                || self.env.consul.is_passing("node", &n.service_id()),
-            );
+            wait_until(&format!("node {} listed", n.nid), START, || {
+                self.env.registry.is_listed("node", &n.nid)
+            });
             for g in &self.gates {
                 wait_until(
                     &format!("node {} sees gate {}", n.nid, g.gid),
@@ -1707,12 +2100,22 @@ impl Cluster {
 
 /// Runs one scenario for one gate (skipped when the interop prerequisites are missing).
 pub fn run(kind: GateKind, name: &str, scenario: fn(GateKind, &str)) {
-    if !available() {
+    run_on(RegistryKind::Consul, kind, name, scenario)
+}
+
+/// [`run`] for a scenario on the given registry (its prerequisites checked instead of Consul's).
+pub fn run_on(registry: RegistryKind, kind: GateKind, name: &str, scenario: fn(GateKind, &str)) {
+    if !available_with(registry) {
         return;
     }
+    REGISTRY.with(|r| r.set(registry));
     let t = Instant::now();
     // A short tag keeps gids and temp dirs readable: "item15-gh".
-    let tag = format!("{}-{}", name.split('_').next().unwrap(), kind.tag());
+    let item = name.split('_').next().unwrap();
+    let tag = match registry {
+        RegistryKind::Consul => format!("{item}-{}", kind.tag()),
+        RegistryKind::Etcd => format!("{item}-etcd-{}", kind.tag()),
+    };
     scenario(kind, &tag);
     eprintln!("[{name} {kind:?}] passed in {:.1?}", t.elapsed());
 }
@@ -1721,19 +2124,23 @@ pub fn run(kind: GateKind, name: &str, scenario: fn(GateKind, &str)) {
 /// `<item group>::due_reference`. Items 24 and 30 need two gates: they run one gatehouse and
 /// one reference gate together, the named one being gate A (item 30: the gate whose stale
 /// disconnect must not touch Redis; item 24: the first gate, on TCP).
+/// `per_gate!(@on RegistryKind::Etcd; …)` runs the scenarios on that registry instead of Consul.
 #[macro_export]
 macro_rules! per_gate {
-    ($($name:ident => $scenario:expr;)*) => {$(
+    (@on $registry:expr; $($name:ident => $scenario:expr;)*) => {$(
         mod $name {
             use super::*;
             #[test]
             fn gatehouse() {
-                run(GateKind::Gatehouse, stringify!($name), $scenario)
+                run_on($registry, GateKind::Gatehouse, stringify!($name), $scenario)
             }
             #[test]
             fn due_reference() {
-                run(GateKind::DueReference, stringify!($name), $scenario)
+                run_on($registry, GateKind::DueReference, stringify!($name), $scenario)
             }
         }
     )*};
+    ($($name:ident => $scenario:expr;)*) => {
+        per_gate!(@on RegistryKind::Consul; $($name => $scenario;)*);
+    };
 }

@@ -1,6 +1,6 @@
 // Command gate is due v2.4.1's own gate (cluster/gate): the reference the Rust gate is compared
-// against. Redis locator (due's locate/redis), Consul registry (internal/consulreg: due's module
-// is not served by the reachable proxy), configuration from etc.toml (--etc=PATH or DUE_ETC).
+// against. Redis locator (due's locate/redis), Consul or etcd registry (internal/regsel: due's
+// modules are not served by the reachable proxy), configuration from etc.toml (--etc=PATH or DUE_ETC).
 //
 // due v2.4.1 gives a gate exactly one client-facing server, so one process serves one protocol:
 //
@@ -24,8 +24,8 @@ import (
 	"github.com/dobyte/due/v2/network"
 	"github.com/dobyte/due/v2/utils/xuuid"
 
-	"gatehouse/interop/internal/consulreg"
 	"gatehouse/interop/internal/peer"
+	"gatehouse/interop/internal/regsel"
 	"gatehouse/interop/internal/tcpnet"
 )
 
@@ -50,11 +50,8 @@ func main() {
 		log.Fatalf("unknown --proto %q (ws or tcp)", proto)
 	}
 
-	reg, err := consulreg.New(consulreg.OptionsFromEtc())
-	if err != nil {
-		log.Fatalf("consul registry: %v", err)
-	}
-	defer reg.Close()
+	reg, closeRegistry := regsel.New()
+	defer closeRegistry()
 
 	// Decide the gid here (as due would: etc.cluster.gate.id or a new UUID) so we can print it.
 	gid := etc.Get("etc.cluster.gate.id").String()

@@ -1,5 +1,6 @@
 // Command node is a real due v2.4.1 node (cluster/node) for the interop suite: Redis locator
-// (due's locate/redis), Consul registry (internal/consulreg, see there why), configuration from
+// (due's locate/redis), Consul or etcd registry (internal/regsel, which picks internal/consulreg
+// or internal/etcdreg: see there why), configuration from
 // etc.toml (--etc=PATH or DUE_ETC, due's own lookup).
 //
 // Routes (payloads are raw bytes; every handled message is printed as a "message" line):
@@ -46,8 +47,8 @@ import (
 	"github.com/dobyte/due/v2/log"
 	"github.com/dobyte/due/v2/session"
 
-	"gatehouse/interop/internal/consulreg"
 	"gatehouse/interop/internal/peer"
+	"gatehouse/interop/internal/regsel"
 )
 
 const (
@@ -62,11 +63,8 @@ const (
 )
 
 func main() {
-	reg, err := consulreg.New(consulreg.OptionsFromEtc())
-	if err != nil {
-		log.Fatalf("consul registry: %v", err)
-	}
-	defer reg.Close()
+	reg, closeRegistry := regsel.New()
+	defer closeRegistry()
 
 	n := node.NewNode(
 		node.WithLocator(redis.NewLocator()),
