@@ -201,6 +201,11 @@ fn invalid_values_fail_start_naming_the_key() {
         // etc_toml ends inside [gatehouse]: no [locate.redis], so "cluster" cannot work.
         ("singleLogin = \"cluster\"\n", "etc.gatehouse.singleLogin"),
         ("singleLogin = \"on\"\n", "etc.gatehouse.singleLogin"),
+        // No KCP transport yet: a KCP-only gate would serve no client at all.
+        (
+            "[network.kcp.server]\naddr = \":3553\"\n",
+            "etc.network.kcp.server",
+        ),
     ] {
         let f = dir.0.join("etc.toml");
         std::fs::write(&f, etc_toml("bad", extra)).unwrap();

@@ -876,6 +876,15 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
     let network = root.table("network")?;
     let tcp = network.table("tcp")?.table("server")?;
     let ws = network.table("ws")?.table("server")?;
+    let kcp = network.table("kcp")?;
+    if kcp.table("server")?.exists() {
+        // Served by no transport yet: starting would leave its clients unanswered, silently.
+        return Err(ConfigError::invalid(
+            kcp.key("server"),
+            "the KCP client server is not supported yet (gatehouse serves TCP and WebSocket \
+             clients: use [network.tcp.server] or [network.ws.server])",
+        ));
+    }
     let locator = locator(&root.table("locate")?.table("redis")?)?;
 
     Ok(Config {
@@ -2041,6 +2050,19 @@ log:
         ] {
             assert_eq!(err_key(from_toml(toml)), key, "{toml}");
         }
+
+        // A client server no transport serves yet: refused, alone or beside TCP, rather than
+        // a gate that silently answers none of its clients. The client side is not ours.
+        for toml in [
+            "[network.kcp.server]\naddr = \":3553\"",
+            "[network.kcp.server]\n",
+            "[network.tcp.server]\n[network.kcp.server]\nmaxConnNum = 1",
+        ] {
+            let e = from_toml(toml).unwrap_err();
+            assert_eq!(e.key(), Some("etc.network.kcp.server"), "{toml}");
+            assert!(e.to_string().contains("KCP"), "{e}");
+        }
+        from_toml("[network.kcp.client]\naddr = \"127.0.0.1:3553\"").unwrap();
 
         // Sections of other components, and unknown top-level keys, are none of our business.
         from_toml(
