@@ -201,10 +201,10 @@ fn invalid_values_fail_start_naming_the_key() {
         // etc_toml ends inside [gatehouse]: no [locate.redis], so "cluster" cannot work.
         ("singleLogin = \"cluster\"\n", "etc.gatehouse.singleLogin"),
         ("singleLogin = \"on\"\n", "etc.gatehouse.singleLogin"),
-        // No KCP transport yet: a KCP-only gate would serve no client at all.
+        // due's KCP server would refuse every client.
         (
-            "[network.kcp.server]\naddr = \":3553\"\n",
-            "etc.network.kcp.server",
+            "[network.kcp.server]\nmaxConnNum = 0\n",
+            "etc.network.kcp.server.maxConnNum",
         ),
     ] {
         let f = dir.0.join("etc.toml");

@@ -48,6 +48,8 @@ pub struct Config {
     pub tcp: Option<ServerConfig>,
     /// `[network.ws.server]`; `None` when the section is absent.
     pub ws: Option<WsConfig>,
+    /// `[network.kcp.server]`; `None` when the section is absent.
+    pub kcp: Option<KcpConfig>,
     pub log: LogConfig,
     pub gatehouse: GatehouseConfig,
     /// Where user locations live: `[locate.redis]` when that section exists, else in memory.
@@ -230,6 +232,16 @@ impl ServerConfig {
     pub fn tls(&self) -> bool {
         !self.cert_file.is_empty() && !self.key_file.is_empty()
     }
+}
+
+/// `[network.kcp.server]` (spec kcp.md §1.1): the common server keys and the KCP session
+/// parameters (`mtu`, `noDelay`, `windowSize`, `ackNoDelay`, `writeDelay`) over kcp-go's defaults.
+/// `readBuffer`/`writeBuffer` are type-checked and ignored, as they are by due's server.
+#[derive(Debug, Clone)]
+pub struct KcpConfig {
+    /// `cert_file`/`key_file` stay empty; `write_queue_size` is v2.4.1's 4096.
+    pub server: ServerConfig,
+    pub params: crate::kcpnet::Params,
 }
 
 /// `[network.ws.server]`.
