@@ -198,6 +198,21 @@ fn heartbeats_data_and_pushes_plain_and_fec() {
         c.pump();
         c.send(&hex("0700000100016869"));
         assert_eq!(g.delivery().frame.to_vec(), hex("0000000700000100016869"));
+        // A burst from the client: every packet delivered once, in order.
+        for i in 0..60u16 {
+            c.data(2, i, format!("burst-{i}").as_bytes());
+        }
+        for i in 0..60 {
+            let deadline = Instant::now() + ms(5000);
+            let d = loop {
+                c.pump();
+                if let Ok(Observed::Delivery(d)) = g.observed.try_recv() {
+                    break d;
+                }
+                assert!(Instant::now() < deadline, "burst packet {i} not delivered");
+            };
+            assert_eq!((d.cid, d.route, d.seq), (cid, 2, i));
+        }
         // A long push leaves as MSS-sized segments and arrives as one frame (item 12).
         let big = g.packet.encode(3, 0, &vec![9u8; 3000]).unwrap();
         g.run(s.push(Kind::Conn, cid, big.clone())).unwrap();
