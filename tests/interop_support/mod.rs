@@ -77,6 +77,9 @@ impl GateKind {
 pub enum Proto {
     Tcp,
     Ws,
+    /// KCP over UDP (the client: kcp-go v5.6.20 with due's FEC 10+3; the reference gate:
+    /// tests/interop/internal/tcpnet over kcp-go's listener, see tests/interop/README.md).
+    Kcp,
 }
 
 impl Proto {
@@ -84,6 +87,7 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Ws => "ws",
+            Proto::Kcp => "kcp",
         }
     }
 }
@@ -905,6 +909,9 @@ pub struct Gate {
     pub proc: Proc,
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// The KCP server's UDP address (served only when the gate was started for [`Proto::Kcp`]).
+    pub kcp: SocketAddr,
+    pub with_kcp: bool,
     /// For the reference gate: the one protocol it serves.
     pub only: Option<Proto>,
     /// The link address as registered in Consul.
@@ -953,7 +960,16 @@ impl Gate {
             ("dispatch = \"rr\"", dispatch.as_str()),
         ];
         pairs.extend_from_slice(edits);
-        let text = subst(&sample("gate"), &pairs);
+        let mut text = subst(&sample("gate"), &pairs);
+        // KCP only where a scenario asks for it: a gatehouse with a KCP server refuses
+        // `--upgrade`, which other suites run on this sample.
+        let kcp_port = free_port(true);
+        if proto == Proto::Kcp {
+            text.push_str(&format!(
+                "\n[network.kcp.server]\naddr = \"127.0.0.1:{kcp_port}\"\nmaxConnNum = 5000\n\
+                 heartbeatInterval = \"10s\"\nheartbeatMechanism = \"resp\"\n"
+            ));
+        }
         let dir = write_etc(&env.dir.0.join(format!("etc-gate-{gid}")), &text);
         let started = Instant::now();
         let (proc, only) = match kind {
@@ -992,6 +1008,8 @@ impl Gate {
             proc,
             tcp: ([127, 0, 0, 1], tcp_port).into(),
             ws: ([127, 0, 0, 1], ws_port).into(),
+            kcp: ([127, 0, 0, 1], kcp_port).into(),
+            with_kcp: proto == Proto::Kcp,
             only,
             link,
             started,
@@ -1004,7 +1022,7 @@ impl Gate {
 
     pub fn serves(&self, p: Proto) -> bool {
         match self.only {
-            None => true,
+            None => p != Proto::Kcp || self.with_kcp,
             Some(o) => o == p,
         }
     }
@@ -1517,6 +1535,7 @@ impl Cluster {
         match proto {
             Proto::Tcp => cmd.arg(format!("--addr={}", g.tcp)),
             Proto::Ws => cmd.arg(format!("--url=ws://{}", g.ws)),
+            Proto::Kcp => cmd.arg(format!("--addr={}", g.kcp)),
         };
         let proc = Proc::spawn(&format!("client@{} {}", g.gid, proto.name()), cmd, true);
         proc.wait_event("connected", WAIT, |v| v["event"] == "connected");
