@@ -840,6 +840,8 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "ipAcceptRate",
     "ipAcceptBurst",
     "ipMaxConns",
+    "kcpLinger",
+    "kcpClosedMemory",
 ];
 
 /// `[[gatehouse.nodes]]` keys.
@@ -894,6 +896,7 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
     let ws = network.table("ws")?.table("server")?;
     let kcp = network.table("kcp")?.table("server")?;
     let locator = locator(&root.table("locate")?.table("redis")?)?;
+    let gatehouse = gatehouse_with(&root.table("gatehouse")?, &locator)?;
 
     Ok(Config {
         pid: (!pid.is_empty()).then(|| PathBuf::from(pid)),
@@ -917,12 +920,15 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
         },
         kcp: if kcp.exists() {
             kcp.deny_unknown(KCP_SERVER_KEYS)?;
-            Some(kcp_server(&kcp)?)
+            let mut k = kcp_server(&kcp)?;
+            k.params.linger_ms = gatehouse.kcp_linger.as_millis() as u64;
+            k.params.closed_ms = gatehouse.kcp_closed_memory.as_millis() as u64;
+            Some(k)
         } else {
             None
         },
         log: log(&root.table("log")?)?,
-        gatehouse: gatehouse_with(&root.table("gatehouse")?, &locator)?,
+        gatehouse,
         locator,
         registry: registry(&root.table("registry")?.table("consul")?)?,
     })
@@ -1516,6 +1522,8 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
             }
         },
         limits: limits(g)?,
+        kcp_linger: g.non_negative_duration("kcpLinger", 2 * SECOND)?,
+        kcp_closed_memory: g.non_negative_duration("kcpClosedMemory", 60 * SECOND)?,
     })
 }
 
@@ -2022,6 +2030,7 @@ log:
                 rcv_wnd: 64,
                 ack_nodelay: true,
                 write_delay: true,
+                ..Params::default()
             }
         );
         // kcp-go's rules: negative noDelay elements keep the default, the interval is clamped,
@@ -2058,6 +2067,18 @@ log:
                 "{toml}"
             );
         }
+        // gatehouse's own KCP knobs live in [gatehouse].
+        let k = from_toml(
+            "[network.kcp.server]\n[gatehouse]\nkcpLinger = \"0s\"\nkcpClosedMemory = \"5s\"",
+        )
+        .unwrap()
+        .kcp
+        .unwrap();
+        assert_eq!((k.params.linger_ms, k.params.closed_ms), (0, 5_000));
+        assert_eq!(
+            err_key(from_toml("[gatehouse]\nkcpLinger = \"-1s\"")),
+            "etc.gatehouse.kcpLinger"
+        );
         // The client side is not ours.
         from_toml("[network.kcp.client]\naddr = \"127.0.0.1:3553\"").unwrap();
     }

@@ -346,6 +346,12 @@ pub struct GatehouseConfig {
     /// `packetRate`, `packetBurst`, `packetRateAction`, `ipAcceptRate`, `ipAcceptBurst`,
     /// `ipMaxConns` (docs/ops/limits.md).
     pub limits: LimitsConfig,
+    /// `kcpLinger` (2s): how long a closed KCP connection's session keeps retransmitting what
+    /// its client has not acknowledged (0 = drop it at once, as due does).
+    pub kcp_linger: Duration,
+    /// `kcpClosedMemory` (60s): how long a closed KCP conversation's datagrams are dropped
+    /// instead of opening a new (zombie) connection (0 = never remembered, as due).
+    pub kcp_closed_memory: Duration,
 }
 
 /// What happens to a data packet over a connection's rate (`packetRateAction`).

@@ -27,12 +27,8 @@ use super::machine::Connection;
 use super::{client_ip, driver, Host, ServerCtx, Transferable};
 use crate::kcpnet::{self, Closed, Intake, Outbox, Params, Route, Session};
 
-/// How long a session whose connection ended keeps retransmitting what its client has not
-/// acknowledged yet (gatehouse: kcp-go drops it at once, V13).
-const LINGER_MS: u64 = 2_000;
-/// How long a closed conversation is remembered, so that its client's late datagrams do not
-/// open a zombie connection (§6.4), and how many at most.
-const CLOSED_TTL_MS: u64 = 60_000;
+/// How many closed conversations are remembered at most (each for `Params::closed_ms`, so that
+/// its client's late datagrams do not open a zombie connection, §6.4).
 const CLOSED_CAP: usize = 65_536;
 /// Receive buffer: a due Go client's datagram is at most 1400 + 8 bytes (mtu + FEC header);
 /// anything longer is truncated and fails the segment check, as in kcp-go.
@@ -322,6 +318,7 @@ impl Drop for KcpStream {
             return;
         };
         let now = hub.now_ms();
+        let linger = hub.params.linger_ms;
         let Some(slot) = hub.sessions.get_mut(&self.addr) else {
             return;
         };
@@ -329,10 +326,10 @@ impl Drop for KcpStream {
             return;
         }
         slot.waker = None;
-        if slot.session.unacked() == 0 {
+        if slot.session.unacked() == 0 || linger == 0 {
             hub.remove(self.addr, now);
         } else {
-            slot.linger_until = Some(now + LINGER_MS);
+            slot.linger_until = Some(now + linger);
             hub.reschedule(self.addr, now);
         }
     }
@@ -361,7 +358,7 @@ pub async fn serve<H: Host + 'static>(
         epoch: Instant::now(),
         out: Outbox::default(),
         sessions: HashMap::new(),
-        closed: Closed::new(CLOSED_TTL_MS, CLOSED_CAP),
+        closed: Closed::new(params.closed_ms, CLOSED_CAP),
         schedule: BTreeSet::new(),
         updater: None,
         armed: None,

@@ -32,6 +32,12 @@ pub struct Params {
     pub ack_nodelay: bool,
     /// Writes wait for the next periodic flush instead of flushing at once.
     pub write_delay: bool,
+    /// gatehouse (`[gatehouse] kcpLinger`, ms): a closed connection's session keeps
+    /// retransmitting what its client has not acknowledged this long.
+    pub linger_ms: u64,
+    /// gatehouse (`[gatehouse] kcpClosedMemory`, ms): a closed conversation's datagrams are
+    /// dropped this long instead of opening a zombie connection.
+    pub closed_ms: u64,
 }
 
 impl Default for Params {
@@ -46,6 +52,8 @@ impl Default for Params {
             rcv_wnd: 32,
             ack_nodelay: false,
             write_delay: false,
+            linger_ms: 2_000,
+            closed_ms: 60_000,
         }
     }
 }
