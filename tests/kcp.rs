@@ -392,3 +392,24 @@ fn tcp_and_kcp_in_one_gate() {
     k.data(1, 1, b"k");
     assert_eq!(g.delivery().frame.to_vec(), hex("0000000600000100016b"));
 }
+
+/// Items 19, 20, 28: a size-0 frame before a heartbeat is ignored (V7); getIP is the client's
+/// dotted IPv4 address; a declared size over the inbound cap closes the connection (the
+/// reference's reader dies or allocates, V8).
+#[test]
+fn empty_frames_ip_and_oversized_frames() {
+    let g = kcp_gate("");
+    let (mut c, cid) = connect(&g, 0x1313_1313, false);
+    c.send(&hex("000000000000000180"));
+    assert_eq!(c.frame(), hex("0000000180"));
+    let s = g.sessions();
+    assert_eq!(
+        g.run(s.get_ip(Kind::Conn, cid)),
+        Ok("127.0.0.1".parse().unwrap())
+    );
+    c.send(&hex("ffffffff"));
+    g.event_of(EventKind::Disconnect, cid);
+    // Closed means closed: nothing answers the client's next heartbeat.
+    c.heartbeat();
+    c.silent_for(ms(300));
+}
