@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): hold N idle connections (TCP or WebSocket) on a 2-shard gatehouse with
-# heartbeats on, and print the gate's RSS per connection.
-# Usage: bench/idle.sh [N] [HOLD_SECONDS] [tcp|ws]
+# Benchmark (not a test): hold N idle connections (TCP, WebSocket or KCP sessions) on a 2-shard
+# gatehouse with heartbeats on, and print the gate's RSS per connection.
+# Usage: bench/idle.sh [N] [HOLD_SECONDS] [tcp|ws|kcp]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-19000}
@@ -9,6 +9,7 @@ HOLD=${2:-25}
 TRANSPORT=${3:-tcp}
 PORT=${PORT:-39553}
 cargo build --release -q -p gatehouse -p loadgen
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 trap 'kill $gate 2>/dev/null || true; rm -rf "$work"' EXIT
 cat > "$work/etc.toml" <<TOML
@@ -23,13 +24,15 @@ terminals = ["console"]
 [gatehouse]
 shards = 2
 TOML
-./target/release/gatehouse --etc "$work/etc.toml" > "$work/gate.out" 2>&1 &
+"$bin/gatehouse" --etc "$work/etc.toml" > "$work/gate.out" 2>&1 &
 gate=$!
 for _ in $(seq 100); do grep -q "Server: \[$TRANSPORT\]" "$work/gate.out" && break; sleep 0.05; done
 rss() { awk '/^VmRSS/ {print $2}' /proc/$gate/status; }
 base=$(rss)
 echo "gate pid $gate, RSS before: ${base} KiB"
-./target/release/loadgen idle --addr "127.0.0.1:$PORT" --conns "$N" --rate 4000 --heartbeat 5 --duration "$HOLD" --sources 16 $( [ "$TRANSPORT" = ws ] && echo --ws / ) > "$work/load.out" 2> "$work/load.err" &
+flag=()
+case "$TRANSPORT" in ws) flag=(--ws /) ;; kcp) flag=(--kcp) ;; esac
+"$bin/loadgen" idle --addr "127.0.0.1:$PORT" --conns "$N" --rate 4000 --heartbeat 5 --duration "$HOLD" --sources 16 "${flag[@]}" > "$work/load.out" 2> "$work/load.err" &
 load=$!
 sleep $(( HOLD - 3 ))
 peak=$(rss)

@@ -159,6 +159,13 @@ impl Gate {
     /// sockets, connections, node links and identity. Until the running gate has let go of
     /// them, nothing here runs; any failure before that leaves it serving as before.
     pub fn start_upgrade(cfg: &Config) -> Result<Gate, StartError> {
+        if cfg.kcp.is_some() {
+            // Refused before the running gate is asked: it keeps serving.
+            return Err(StartError::Upgrade(
+                "etc.network.kcp.server: KCP sessions cannot be handed over (restart instead)"
+                    .into(),
+            ));
+        }
         let socket = upgrade::socket_name(cfg)
             .ok_or_else(|| StartError::Upgrade(UpgradeError::NoSocket.to_string()))?;
         let taking = Taking::begin(&socket).map_err(|e| StartError::Upgrade(e.to_string()))?;
@@ -270,6 +277,11 @@ impl Gate {
                         .iter()
                         .map(|w| (addr_key(Some(Transport::Ws)), w.server.addr.as_str())),
                 )
+                .chain(
+                    cfg.kcp
+                        .iter()
+                        .map(|k| (addr_key(Some(Transport::Kcp)), k.server.addr.as_str())),
+                )
                 .chain([(addr_key(None), link_cfg)])
                 // The metrics port too: two gates answering one scrape address in turns would
                 // each report half the truth.
@@ -342,6 +354,7 @@ impl Gate {
         }
         let mut link_fds: Vec<Vec<OwnedFd>> = (0..shard_count).map(|_| Vec::new()).collect();
         let mut link_bound = None;
+        let mut kcp_bound = None;
         if let Sockets::Bind = sockets {
             for (server, ws_rules) in unbound {
                 let key = addr_key(Some(server.transport));
@@ -352,10 +365,31 @@ impl Gate {
                     per_shard[i].push(ClientListener {
                         server: server.clone(),
                         ws: ws_rules.clone(),
+                        kcp: None,
                         fd,
                     });
                 }
                 servers.push((server, bound));
+            }
+            // KCP: one UDP socket per shard. Its port is apart from the TCP ports (due's TCP
+            // and KCP servers both default to 3553), so it is not in the one-port check below.
+            if let Some(k) = &cfg.kcp {
+                let key = addr_key(Some(Transport::Kcp));
+                let (fds, bound) = net::bind_udp_shared(&k.server.addr, shard_count)
+                    .map_err(|e| StartError::Listen(format!("{key}: {e}")))?;
+                let server = Arc::new(
+                    ServerCtx::new(Transport::Kcp, k.server.clone(), cap, None)
+                        .with_limits(&cfg.gatehouse.limits, ip_limits.clone()),
+                );
+                for (i, fd) in fds.into_iter().enumerate() {
+                    per_shard[i].push(ClientListener {
+                        server: server.clone(),
+                        ws: None,
+                        kcp: Some(k.params),
+                        fd,
+                    });
+                }
+                kcp_bound = Some((server, bound));
             }
             // The link listener: one socket per shard on the gate's `addr` (":0" = a free port).
             let (fds, bound) = net::bind_shared(link_cfg, shard_count, backlog)
@@ -371,6 +405,7 @@ impl Gate {
                 .collect();
             addrs.push((addr_key(None), bound));
             shared_port(&addrs).map_err(StartError::Listen)?;
+            servers.extend(kcp_bound.take());
         } else {
             // The listeners come with the hand-off (`take_up`).
             pending = unbound;
@@ -498,6 +533,7 @@ impl Gate {
                     p.per_shard[i].clients.push(ClientListener {
                         server: server.clone(),
                         ws: ws_rules.clone(),
+                        kcp: None,
                         fd,
                     });
                 }
@@ -819,6 +855,7 @@ fn kind_of(transport: Transport) -> ListenerKind {
     match transport {
         Transport::Tcp => ListenerKind::Tcp,
         Transport::Ws => ListenerKind::Ws,
+        Transport::Kcp => ListenerKind::Kcp,
     }
 }
 
@@ -871,6 +908,7 @@ fn addr_key(transport: Option<Transport>) -> &'static str {
     match transport {
         Some(Transport::Tcp) => "etc.network.tcp.server.addr",
         Some(Transport::Ws) => "etc.network.ws.server.addr",
+        Some(Transport::Kcp) => "etc.network.kcp.server.addr",
         None => "etc.cluster.gate.addr",
     }
 }

@@ -45,6 +45,8 @@
 //!   peers and a sans-IO decision over the bytes read so far.
 //! - [`limits`]: the packet-rate bucket of a connection and the shared per-source-IP table
 //!   (accept rate, open connections), sans-IO.
+//! - [`kcpnet`]: KCP over UDP as due's KCP server speaks it, sans-IO: datagram intake (plain
+//!   and FEC-framed), which session a datagram belongs to, one session's KCP engine.
 //! - [`packet`]: the client packet codec, sans-IO. [`liveness`]: heartbeat and authorize rules,
 //!   clock-free. [`instance`]: instance states and route flags.
 //! - [`tls`], [`logging`], [`banner`], [`cli`]: TLS acceptor (its certificate reloaded on
@@ -63,6 +65,7 @@ pub mod drpc;
 pub mod gate;
 pub mod handoff;
 pub mod instance;
+pub mod kcpnet;
 pub mod limits;
 pub mod listener;
 pub mod liveness;

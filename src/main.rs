@@ -212,6 +212,7 @@ fn gate_info(cfg: &Config, gate: &Gate) -> banner::GateInfo {
             let name = match s.transport {
                 Transport::Tcp => "tcp",
                 Transport::Ws => "ws",
+                Transport::Kcp => "kcp",
             };
             // A configured port 0 is shown as the port actually bound.
             let addr = match s.config.addr.strip_suffix(":0") {

@@ -248,6 +248,47 @@ pub fn bind_shared(
     Ok((fds, bound))
 }
 
+fn bind_udp(addr: SocketAddr, dual: bool) -> std::io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if dual {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock)
+}
+
+/// Opens `count` UDP sockets on `addr` sharing one port (SO_REUSEPORT: the kernel hashes each
+/// client's address and port to one of them, so all of a client's datagrams reach one shard);
+/// returns them and the bound address. A wildcard address is dual-stack, as for TCP.
+pub fn bind_udp_shared(addr: &str, count: usize) -> Result<(Vec<OwnedFd>, SocketAddr), String> {
+    let (mut sa, dual) = HostPort::parse(addr)
+        .and_then(|hp| hp.listen_addr())
+        .map_err(|e| e.to_string())?;
+    let first = match bind_udp(sa, dual) {
+        Ok(s) => s,
+        Err(_) if dual => {
+            sa = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sa.port());
+            bind_udp(sa, false).map_err(|e| format!("listen on udp {addr}: {e}"))?
+        }
+        Err(e) => return Err(format!("listen on udp {addr}: {e}")),
+    };
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or("socket has no address")?;
+    let dual = dual && sa.is_ipv6();
+    let mut fds = vec![OwnedFd::from(first)];
+    for _ in 1..count {
+        let s = bind_udp(bound, dual).map_err(|e| format!("listen on udp {bound}: {e}"))?;
+        fds.push(OwnedFd::from(s));
+    }
+    Ok((fds, bound))
+}
+
 /// The address of a listening socket, e.g. one inherited from the previous process.
 pub fn listening_addr(fd: &OwnedFd) -> Result<SocketAddr, String> {
     socket2::SockRef::from(fd)
@@ -317,6 +358,13 @@ pub fn stream_from(fd: OwnedFd) -> glommio::net::TcpStream {
     // SAFETY: `fd` is an owned, open TCP socket; its ownership moves into the stream, which
     // closes it exactly once when dropped.
     unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// A glommio UDP socket over `fd` (one of `bind_udp_shared`'s sockets).
+pub fn udp_from(fd: OwnedFd) -> glommio::net::UdpSocket {
+    // SAFETY: `fd` is an owned, open UDP socket; its ownership moves into the glommio socket,
+    // which closes it exactly once when dropped.
+    unsafe { glommio::net::UdpSocket::from_raw_fd(fd.into_raw_fd()) }
 }
 
 /// Accepts on `fd` until `stop` is dropped, handing each connection to `on_accept`. Accept

@@ -139,6 +139,8 @@ pub fn fan_out(inboxes: &[ShardInbox], msg: impl Fn() -> ShardMsg) {
 pub struct ClientListener {
     pub server: Arc<ServerCtx>,
     pub ws: Option<Arc<WsRules>>,
+    /// A KCP server's session parameters; its `fd` is then this shard's UDP socket.
+    pub kcp: Option<crate::kcpnet::Params>,
     pub fd: OwnedFd,
 }
 
@@ -186,6 +188,8 @@ pub struct Shard {
     link_accepting: RefCell<Option<Accepting>>,
     /// Whether the shard should accept clients (false after `StopAccepting`).
     accept_wanted: std::cell::Cell<bool>,
+    /// The KCP servers' tasks (receive and update loops), dropped when the shard exits.
+    kcp_serving: RefCell<Vec<glommio::Task<()>>>,
     /// Link connections end when this is dropped (the shard exits).
     link_closing: RefCell<Option<flume::Sender<()>>>,
     link_closing_rx: flume::Receiver<()>,
@@ -247,6 +251,7 @@ impl Shard {
             accepting: RefCell::new(None),
             link_accepting: RefCell::new(None),
             accept_wanted: std::cell::Cell::new(true),
+            kcp_serving: RefCell::default(),
             link_closing: RefCell::new(Some(link_closing)),
             link_closing_rx,
             clients_stage: Rc::default(),
@@ -265,6 +270,7 @@ impl Shard {
                 }
             }
             shard.take_over(inherited).await;
+            shard.start_kcp();
             shard.start_accepting();
             shard.start_link_accepting();
             while let Ok(msg) = inbox.recv_async().await {
@@ -283,6 +289,8 @@ impl Shard {
                 Ok(())
             })
             .await;
+            // KCP sessions end with the shard: nothing is sent to their clients (as in due).
+            shard.kcp_serving.borrow_mut().clear();
             // Let queued events and packets reach the nodes, then stop the node links.
             while !shard.upstream.idle() && !left().is_zero() {
                 glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -371,7 +379,8 @@ impl Shard {
         }
         let (stop, accepting) = flume::bounded::<()>(1);
         let mut loops = Vec::new();
-        for l in &self.listeners {
+        // KCP's UDP sockets are served for the shard's whole life (`start_kcp`).
+        for l in self.listeners.iter().filter(|l| l.kcp.is_none()) {
             match l.fd.try_clone() {
                 Ok(fd) => loops.push(self.spawn_control(listener::accept_loop(
                     self.clone(),
@@ -384,6 +393,29 @@ impl Shard {
             }
         }
         *self.accepting.borrow_mut() = Some(Accepting { stop, loops });
+    }
+
+    /// Starts serving this shard's KCP sockets: they carry the datagrams of open sessions as
+    /// well as new ones, so they run until the shard exits (new sessions only while
+    /// accepting, `Host::accepting`).
+    fn start_kcp(self: &Rc<Self>) {
+        for l in &self.listeners {
+            let Some(params) = l.kcp else {
+                continue;
+            };
+            match l.fd.try_clone() {
+                Ok(fd) => {
+                    let task =
+                        crate::connection::kcp::serve(self.clone(), l.server.clone(), params, fd);
+                    match glommio::spawn_local_into(task, glommio::executor().current_task_queue())
+                    {
+                        Ok(t) => self.kcp_serving.borrow_mut().push(t),
+                        Err(e) => tracing::error!(error = %e, "cannot start the KCP server"),
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start the KCP server"),
+            }
+        }
     }
 
     /// Starts the link accept loops on duplicates of the kept sockets.
@@ -713,6 +745,10 @@ impl Host for Shard {
 
     fn poll_ready(&self, cid: i64, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         self.upstream.poll_ready(cid, cx)
+    }
+
+    fn accepting(&self) -> bool {
+        self.accept_wanted.get()
     }
 
     /// Admits a new connection if `server` has room: allocates its cid, registers the session and

@@ -5,8 +5,9 @@
 //! both (e.g. `item15_18_21_bind::gatehouse`).
 //!
 //! The reference gate serves one client protocol per process: WS is due's own server; TCP is
-//! the spec-based server of tests/interop/internal/tcpnet, because due's network/tcp module is
-//! not downloadable here (and its Consul registry is tests/interop/internal/consulreg, for the
+//! the spec-based server of tests/interop/internal/tcpnet, and KCP the same over kcp-go
+//! v5.6.20's listener (the `_kcp` scenarios; the client is kcp-go with due's FEC 10+3), because
+//! due's network/tcp and network/kcp modules are not downloadable here (and its Consul registry is tests/interop/internal/consulreg, for the
 //! same reason). Scenarios therefore pick one protocol each; gatehouse serves TCP and WS from
 //! the same sample configuration (tests/interop/etc; only ports, gid, dispatch and node weight
 //! are substituted).
@@ -39,12 +40,14 @@ per_gate! {
     item07_08_34_raw_link => raw_link;
     item09_13_client_to_node_tcp => |k, t| client_to_node(k, t, Proto::Tcp);
     item09_13_client_to_node_ws => |k, t| client_to_node(k, t, Proto::Ws);
+    item09_13_client_to_node_kcp => |k, t| client_to_node(k, t, Proto::Kcp);
     item12_20_route_rules => route_rules;
     item14_dispatch_rr_states => dispatch_rr_states;
     item14_dispatch_wrr => dispatch_wrr;
     item15_18_21_bind => bind;
     item19_20_node_binding => node_binding;
-    item22_23_29_push => push;
+    item22_23_29_push => |k, t| push(k, t, Proto::Tcp);
+    item22_23_29_push_kcp => |k, t| push(k, t, Proto::Kcp);
     item24_broadcast_two_gates => broadcast_two_gates;
     item25_pubsub => pubsub;
     item26_27_query => query;
@@ -591,8 +594,9 @@ fn client_to_node(kind: GateKind, tag: &str, proto: Proto) {
     );
 
     // 11. 1000 back-to-back messages arrive in order (at the node and back at the client).
+    let count: i64 = 1000;
     let prefix = c.unique("ord");
-    let script: String = (1..=1000)
+    let script: String = (1..=count)
         .map(|i| format!("send 1 {i} {prefix}-{i}\n"))
         .collect();
     cl.send_script(&script);
@@ -601,8 +605,8 @@ fn client_to_node(kind: GateKind, tag: &str, proto: Proto) {
             .as_str()
             .is_some_and(|p| p.starts_with(&format!("{prefix}-")))
     };
-    wait_until("1000 messages at the node", Duration::from_secs(30), || {
-        c.node().messages(mine).len() == 1000
+    wait_until("all messages at the node", Duration::from_secs(30), || {
+        c.node().messages(mine).len() == count as usize
     });
     let at_node: Vec<i64> = c
         .node()
@@ -610,9 +614,9 @@ fn client_to_node(kind: GateKind, tag: &str, proto: Proto) {
         .iter()
         .map(|v| v["seq"].as_i64().unwrap())
         .collect();
-    assert_eq!(at_node, (1..=1000).collect::<Vec<i64>>(), "node order");
-    wait_until("1000 echoes", Duration::from_secs(30), || {
-        cl.messages().iter().filter(|v| mine(v)).count() == 1000
+    assert_eq!(at_node, (1..=count).collect::<Vec<i64>>(), "node order");
+    wait_until("all echoes", Duration::from_secs(30), || {
+        cl.messages().iter().filter(|v| mine(v)).count() == count as usize
     });
     let back: Vec<String> = cl
         .messages()
@@ -620,7 +624,7 @@ fn client_to_node(kind: GateKind, tag: &str, proto: Proto) {
         .filter(|v| mine(v))
         .map(|v| v["payload"].as_str().unwrap().to_string())
         .collect();
-    let want: Vec<String> = (1..=1000).map(|i| format!("{prefix}-{i}")).collect();
+    let want: Vec<String> = (1..=count).map(|i| format!("{prefix}-{i}")).collect();
     assert_eq!(back, want, "client order");
 
     // 13. A route no node serves: dropped, the connection stays open.
@@ -1012,10 +1016,10 @@ fn node_binding(kind: GateKind, tag: &str) {
 // ---------------------------------------------------------------------------------------------
 // Items 22, 23, 29: push and multicast from the node, stale locations.
 
-fn push(kind: GateKind, tag: &str) {
-    let c = Cluster::start(tag, Spec::one(kind, Proto::Tcp));
+fn push(kind: GateKind, tag: &str, proto: Proto) {
+    let c = Cluster::start(tag, Spec::one(kind, proto));
     let (g, n, redis) = (c.gate(), c.node(), &c.env.redis);
-    let mut cls: Vec<Client> = (0..4).map(|_| c.connect(0, Proto::Tcp)).collect();
+    let mut cls: Vec<Client> = (0..4).map(|_| c.connect(0, proto)).collect();
     let uids = [2201i64, 2202, 2203];
     for (cl, uid) in cls.iter_mut().zip(uids) {
         c.bind(cl, uid);

@@ -51,6 +51,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "proxy_header",
             "metrics",
             "limits",
+            "kcpnet",
         ],
     ),
 ];

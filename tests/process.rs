@@ -201,6 +201,11 @@ fn invalid_values_fail_start_naming_the_key() {
         // etc_toml ends inside [gatehouse]: no [locate.redis], so "cluster" cannot work.
         ("singleLogin = \"cluster\"\n", "etc.gatehouse.singleLogin"),
         ("singleLogin = \"on\"\n", "etc.gatehouse.singleLogin"),
+        // due's KCP server would refuse every client.
+        (
+            "[network.kcp.server]\nmaxConnNum = 0\n",
+            "etc.network.kcp.server.maxConnNum",
+        ),
     ] {
         let f = dir.0.join("etc.toml");
         std::fs::write(&f, etc_toml("bad", extra)).unwrap();
@@ -322,7 +327,7 @@ fn a_second_gatehouse_on_the_same_ports_refuses_to_start() {
 fn banner_keys_and_pid_file() {
     let dir = TempDir::new("banner");
     let body = format!(
-        "pid = \"run/gate.pid\"\n{}[network.ws.server]\naddr = \"127.0.0.1:0\"\nhandshakeTimeout = \"10s\"\nwriteQueueSize = 1024\nwriteTimeout = \"0s\"\n",
+        "pid = \"run/gate.pid\"\n{}[network.ws.server]\naddr = \"127.0.0.1:0\"\nhandshakeTimeout = \"10s\"\nwriteQueueSize = 1024\nwriteTimeout = \"0s\"\n[network.kcp.server]\naddr = \"127.0.0.1:0\"\n",
         etc_toml("banner", "").replace(
             "[cluster.gate]\n",
             "[cluster.gate]\ntimeout = \"2s\"\ncallTimeout = \"2s\"\nconnNum = 5\ndialTimeout = \"3s\"\n",
@@ -340,6 +345,8 @@ fn banner_keys_and_pid_file() {
         "listener is up when the Gate box is printed"
     );
     p.line("Server: [ws] 127.0.0.1:");
+    // Checklist item 32 (kcp.md): the KCP server's row, its bound port for a configured 0.
+    p.line("Server: [kcp] 127.0.0.1:");
     p.line("Registry:");
     // The banner is stdout; log lines (stderr) may interleave with it in `seen`, as on a
     // machine without a private IPv4 address, where a warning about the link address comes

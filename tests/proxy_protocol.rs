@@ -120,6 +120,7 @@ impl Client {
         };
         match t {
             Transport::Tcp => Client::Tcp(stream),
+            Transport::Kcp => unreachable!("no PROXY header on UDP"),
             Transport::Ws => {
                 let url = format!("ws://{}/", g.addr(t));
                 let (ws, _) = tungstenite::client::client(url, stream).expect("ws upgrade");

@@ -1,4 +1,4 @@
-//! loadgen: drives many due-protocol connections (TCP or WebSocket) at a gate (gatehouse or due's
+//! loadgen: drives many due-protocol connections (TCP, WebSocket or KCP) at a gate (gatehouse or due's
 //! Go gate). Owns the client side of load: connection ramp, source addresses, traffic, reports.
 //!
 //! Modes:
@@ -55,6 +55,7 @@ use gatehouse::packet::{FrameDecoder, PacketConfig};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 
+mod kcp;
 mod soak;
 
 struct Args {
@@ -73,6 +74,8 @@ struct Args {
     seq_bytes: u8,
     /// Connect over WebSocket, upgrading on this path (None = plain TCP).
     ws: Option<String>,
+    /// Connect over KCP (UDP) instead of TCP; mode idle only.
+    kcp: bool,
     /// closed: pace requests to this many per second over all connections (0 = as fast as
     /// the in-flight window allows).
     target_rate: u64,
@@ -131,6 +134,7 @@ fn usage() -> ! {
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
          --seq-bytes N      [packet] seqBytes of the cluster (2)\n\
          --ws PATH          connect over WebSocket (upgrade on PATH) instead of plain TCP\n\
+         --kcp              connect over KCP (UDP; idle mode only)\n\
          --json             print the summary as one JSON object"
     );
     std::process::exit(2)
@@ -156,6 +160,7 @@ fn parse_args() -> Args {
         route_bytes: 2,
         seq_bytes: 2,
         ws: None,
+        kcp: false,
         target_rate: 0,
         tick: Duration::from_millis(1),
         rounds: 10,
@@ -176,6 +181,10 @@ fn parse_args() -> Args {
     while let Some(flag) = it.next() {
         if flag == "--json" {
             a.json = true;
+            continue;
+        }
+        if flag == "--kcp" {
+            a.kcp = true;
             continue;
         }
         let v = it.next().unwrap_or_else(|| usage());
@@ -1211,6 +1220,13 @@ impl Run {
 
 fn main() {
     let a = parse_args();
+    if a.kcp {
+        if a.mode != "idle" {
+            eprintln!("--kcp: only mode idle");
+            std::process::exit(2);
+        }
+        std::process::exit(if kcp::idle(&a) == 0 { 0 } else { 1 });
+    }
     if a.mode == "pingpong" {
         let failures = pingpong(Run::new(a));
         std::process::exit(if failures == 0 { 0 } else { 1 });

@@ -11,7 +11,7 @@ use super::convert::{
     value_to_string, value_to_string_list,
 };
 use super::{
-    Config, ConsulConfig, EtcdConfig, GateConfig, GatehouseConfig, HeartbeatMechanism,
+    Config, ConsulConfig, EtcdConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, KcpConfig,
     LimitsConfig, LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, RateAction, RedisConfig,
     RegistryConfig, Rotate, ServerConfig, SingleLogin, StaticNode, WsConfig,
 };
@@ -786,6 +786,22 @@ const TCP_SERVER_KEYS: &[&str] = &[
     "writeQueueSize",
 ];
 
+/// due v2.4.1's `network/kcp` server options (v2.5.8 has the same; no writeQueueSize there).
+const KCP_SERVER_KEYS: &[&str] = &[
+    "addr",
+    "maxConnNum",
+    "heartbeatInterval",
+    "heartbeatMechanism",
+    "authorizeTimeout",
+    "mtu",
+    "noDelay",
+    "ackNoDelay",
+    "writeDelay",
+    "windowSize",
+    "readBuffer",
+    "writeBuffer",
+];
+
 const WS_SERVER_KEYS: &[&str] = &[
     "addr",
     "path",
@@ -825,6 +841,8 @@ const GATEHOUSE_KEYS: &[&str] = &[
     "ipAcceptBurst",
     "ipMaxConns",
     "registry",
+    "kcpLinger",
+    "kcpClosedMemory",
 ];
 
 /// `[[gatehouse.nodes]]` keys.
@@ -889,7 +907,9 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
     let network = root.table("network")?;
     let tcp = network.table("tcp")?.table("server")?;
     let ws = network.table("ws")?.table("server")?;
+    let kcp = network.table("kcp")?.table("server")?;
     let locator = locator(&root.table("locate")?.table("redis")?)?;
+    let gatehouse = gatehouse_with(&root.table("gatehouse")?, &locator)?;
 
     Ok(Config {
         pid: (!pid.is_empty()).then(|| PathBuf::from(pid)),
@@ -898,8 +918,8 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
         shutdown_max_wait,
         gate: gate(&root.table("cluster")?.table("gate")?)?,
         packet: packet(&root.table("packet")?)?,
-        // A gate needs a client server: with neither section, due's default TCP server.
-        tcp: if tcp.exists() || !ws.exists() {
+        // A gate needs a client server: with none of the sections, due's default TCP server.
+        tcp: if tcp.exists() || !(ws.exists() || kcp.exists()) {
             tcp.deny_unknown(TCP_SERVER_KEYS)?;
             Some(server(&tcp)?)
         } else {
@@ -911,8 +931,17 @@ fn build(etc: Option<&Value>, xml: bool, mode_override: Option<&str>) -> Result<
         } else {
             None
         },
+        kcp: if kcp.exists() {
+            kcp.deny_unknown(KCP_SERVER_KEYS)?;
+            let mut k = kcp_server(&kcp)?;
+            k.params.linger_ms = gatehouse.kcp_linger.as_millis() as u64;
+            k.params.closed_ms = gatehouse.kcp_closed_memory.as_millis() as u64;
+            Some(k)
+        } else {
+            None
+        },
         log: log(&root.table("log")?)?,
-        gatehouse: gatehouse_with(&root.table("gatehouse")?, &locator)?,
+        gatehouse,
         locator,
         registry: registry(&root.table("registry")?, &root.table("gatehouse")?)?,
     })
@@ -1326,6 +1355,86 @@ fn server(s: &Section) -> Result<ServerConfig> {
     })
 }
 
+/// `[network.kcp.server]` (spec kcp.md §1.1). Where due would run a KCP server that serves
+/// nobody or ignores a setting silently, start-up stops naming the key: `maxConnNum` ≤ 0 (due's
+/// KCP server refuses every client then, also in v2.5.8), an `mtu` kcp-go ignores (outside
+/// 50..=1500), a `noDelay` that is not 4 integers, a `windowSize` that is not 2.
+fn kcp_server(s: &Section) -> Result<KcpConfig> {
+    use crate::kcpnet::Params;
+    if s.int("maxConnNum", 5000)? <= 0 {
+        return Err(ConfigError::invalid(
+            s.key("maxConnNum"),
+            "must be positive (due's KCP server refuses every client at 0 or below)",
+        ));
+    }
+    let server = server(s)?;
+    let mut p = Params::default();
+    match s.int("mtu", 0)? {
+        0 => {}
+        n @ 50..=1500 => p.mtu = n as usize,
+        n => {
+            return Err(ConfigError::invalid(
+                s.key("mtu"),
+                format!("{n} is out of range (50..=1500; kcp-go would ignore it)"),
+            ))
+        }
+    }
+    let ints = |name: &str| s.list_of(name, value_to_int);
+    let no_delay = ints("noDelay")?;
+    if s.raw("noDelay").is_some() {
+        let [nodelay, interval, resend, nc] = no_delay[..] else {
+            return Err(ConfigError::invalid(
+                s.key("noDelay"),
+                format!(
+                    "expected 4 integers [nodelay, interval, resend, nc], found {}",
+                    no_delay.len()
+                ),
+            ));
+        };
+        // kcp-go's SetNoDelay: a negative element leaves that parameter as it is.
+        if nodelay >= 0 {
+            p.nodelay = nodelay != 0;
+        }
+        if interval >= 0 {
+            p.interval = interval.clamp(10, 5000) as u32;
+        }
+        if resend >= 0 {
+            p.resend = u32::try_from(resend).unwrap_or(u32::MAX);
+        }
+        if nc >= 0 {
+            p.no_cwnd = nc != 0;
+        }
+    }
+    let window = ints("windowSize")?;
+    if s.raw("windowSize").is_some() {
+        let [snd, rcv] = window[..] else {
+            return Err(ConfigError::invalid(
+                s.key("windowSize"),
+                format!(
+                    "expected 2 integers [send, receive], found {}",
+                    window.len()
+                ),
+            ));
+        };
+        // Values ≤ 0 keep the default (kcp-go's SetWindowSize).
+        let segments = |n: i64, default: u16| {
+            if n <= 0 {
+                default
+            } else {
+                u16::try_from(n).unwrap_or(u16::MAX)
+            }
+        };
+        p.snd_wnd = segments(snd, p.snd_wnd);
+        p.rcv_wnd = segments(rcv, p.rcv_wnd);
+    }
+    p.ack_nodelay = s.bool("ackNoDelay", false)?;
+    p.write_delay = s.bool("writeDelay", false)?;
+    // No effect on due's server either (kcp-go refuses buffer sizes on a listener's sessions).
+    s.size("readBuffer", 0)?;
+    s.size("writeBuffer", 0)?;
+    Ok(KcpConfig { server, params: p })
+}
+
 /// `[network.ws.server]`.
 fn ws_server(s: &Section) -> Result<WsConfig> {
     let path = s.string("path", "/")?;
@@ -1507,6 +1616,8 @@ fn gatehouse(g: &Section) -> Result<GatehouseConfig> {
             }
         },
         limits: limits(g)?,
+        kcp_linger: g.non_negative_duration("kcpLinger", 2 * SECOND)?,
+        kcp_closed_memory: g.non_negative_duration("kcpClosedMemory", 60 * SECOND)?,
     })
 }
 
@@ -1972,6 +2083,98 @@ log:
     #[test]
     fn generated_ids_differ() {
         assert_ne!(generate_id(), generate_id());
+    }
+
+    #[test]
+    fn kcp_server_keys_defaults_and_refusals() {
+        use crate::kcpnet::Params;
+        // Alone, it is the gate's only client server (no default TCP server beside it).
+        let c = from_toml("[network.kcp.server]\n").unwrap();
+        assert!(c.tcp.is_none() && c.ws.is_none());
+        let k = c.kcp.unwrap();
+        assert_eq!(k.server.addr, ":3553");
+        assert_eq!(k.server.max_conn_num, 5000);
+        assert_eq!(k.server.heartbeat_interval, 10 * S);
+        assert_eq!(k.params, Params::default());
+        // The spec's example with everything set (§1.1).
+        let c = from_toml(
+            "[network.tcp.server]\n[network.kcp.server]\naddr = \":3554\"\nmaxConnNum = 7\n\
+             heartbeatMechanism = \"tick\"\nauthorizeTimeout = \"3s\"\nmtu = 500\n\
+             noDelay = [1, 10, 2, 1]\nackNoDelay = true\nwriteDelay = true\n\
+             windowSize = [128, 64]\nreadBuffer = \"4MB\"\nwriteBuffer = 4096",
+        )
+        .unwrap();
+        assert!(c.tcp.is_some());
+        let k = c.kcp.unwrap();
+        assert_eq!(
+            (k.server.addr.as_str(), k.server.max_conn_num),
+            (":3554", 7)
+        );
+        assert_eq!(k.server.heartbeat_mechanism, HeartbeatMechanism::Tick);
+        assert_eq!(k.server.authorize_timeout, 3 * S);
+        assert_eq!(
+            k.params,
+            Params {
+                mtu: 500,
+                nodelay: true,
+                interval: 10,
+                resend: 2,
+                no_cwnd: true,
+                snd_wnd: 128,
+                rcv_wnd: 64,
+                ack_nodelay: true,
+                write_delay: true,
+                ..Params::default()
+            }
+        );
+        // kcp-go's rules: negative noDelay elements keep the default, the interval is clamped,
+        // window sizes ≤ 0 keep the default.
+        let k = from_toml("[network.kcp.server]\nnoDelay = [-1, 1, -1, -1]\nwindowSize = [0, 256]")
+            .unwrap()
+            .kcp
+            .unwrap();
+        assert_eq!(
+            k.params,
+            Params {
+                interval: 10,
+                rcv_wnd: 256,
+                ..Params::default()
+            }
+        );
+        for (toml, key) in [
+            ("maxConnNum = 0", "maxConnNum"),
+            ("maxConnNum = -1", "maxConnNum"),
+            ("mtu = 1501", "mtu"),
+            ("mtu = 49", "mtu"),
+            ("noDelay = [1, 10, 2]", "noDelay"),
+            ("noDelay = \"1,10,2,1\"", "noDelay"),
+            ("windowSize = [128]", "windowSize"),
+            ("readBuffer = \"lots\"", "readBuffer"),
+            ("heartbeatMechanism = \"ping\"", "heartbeatMechanism"),
+            ("writeQueueSize = 10", "writeQueueSize"),
+            ("certFile = \"c\"", "certFile"),
+        ] {
+            let r = from_toml(&format!("[network.kcp.server]\n{toml}"));
+            assert_eq!(
+                err_key(r),
+                format!("etc.network.kcp.server.{key}"),
+                "{toml}"
+            );
+        }
+        // gatehouse's own KCP knobs live in [gatehouse].
+        let k = from_toml(
+            "[network.kcp.server]\n[gatehouse]\nkcpLinger = \"0s\"\nkcpClosedMemory = \"5s\"",
+        )
+        .unwrap()
+        .kcp
+        .unwrap();
+        assert_eq!((k.params.linger_ms, k.params.closed_ms), (0, 5_000));
+        assert_eq!(
+            err_key(from_toml("[gatehouse]\nkcpLinger = \"-1s\"")),
+            "etc.gatehouse.kcpLinger"
+        );
+        // The client side is not ours.
+        from_toml("[network.kcp.client]\naddr = \"127.0.0.1:3553\"").unwrap();
     }
 
     #[test]

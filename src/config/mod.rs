@@ -48,6 +48,8 @@ pub struct Config {
     pub tcp: Option<ServerConfig>,
     /// `[network.ws.server]`; `None` when the section is absent.
     pub ws: Option<WsConfig>,
+    /// `[network.kcp.server]`; `None` when the section is absent.
+    pub kcp: Option<KcpConfig>,
     pub log: LogConfig,
     pub gatehouse: GatehouseConfig,
     /// Where user locations live: `[locate.redis]` when that section exists, else in memory.
@@ -281,6 +283,16 @@ impl ServerConfig {
     }
 }
 
+/// `[network.kcp.server]` (spec kcp.md §1.1): the common server keys and the KCP session
+/// parameters (`mtu`, `noDelay`, `windowSize`, `ackNoDelay`, `writeDelay`) over kcp-go's defaults.
+/// `readBuffer`/`writeBuffer` are type-checked and ignored, as they are by due's server.
+#[derive(Debug, Clone)]
+pub struct KcpConfig {
+    /// `cert_file`/`key_file` stay empty; `write_queue_size` is v2.4.1's 4096.
+    pub server: ServerConfig,
+    pub params: crate::kcpnet::Params,
+}
+
 /// `[network.ws.server]`.
 #[derive(Debug, Clone)]
 pub struct WsConfig {
@@ -383,6 +395,12 @@ pub struct GatehouseConfig {
     /// `packetRate`, `packetBurst`, `packetRateAction`, `ipAcceptRate`, `ipAcceptBurst`,
     /// `ipMaxConns` (docs/ops/limits.md).
     pub limits: LimitsConfig,
+    /// `kcpLinger` (2s): how long a closed KCP connection's session keeps retransmitting what
+    /// its client has not acknowledged (0 = drop it at once, as due does).
+    pub kcp_linger: Duration,
+    /// `kcpClosedMemory` (60s): how long a closed KCP conversation's datagrams are dropped
+    /// instead of opening a new (zombie) connection (0 = never remembered, as due).
+    pub kcp_closed_memory: Duration,
 }
 
 /// What happens to a data packet over a connection's rate (`packetRateAction`).

@@ -1,5 +1,6 @@
 //! Client connections: the sans-IO connection machine (`machine`, over a transport's `framing`),
-//! its exportable `record`, the one IO `driver` for both transports, and the WS handshake.
+//! its exportable `record`, the one IO `driver` for every transport, the WS handshake and the
+//! KCP sessions of a shard (`kcp`).
 //!
 //! One task per connection does all of its IO: it reads, writes queued packets in batches and
 //! runs its heartbeat/authorization timer. Session operations reach it only through [`Conn`].
@@ -7,6 +8,7 @@
 
 pub mod driver;
 pub mod framing;
+pub mod kcp;
 pub mod machine;
 pub mod record;
 pub mod upgrade;
@@ -46,6 +48,11 @@ pub trait Host {
     /// that connection stops reading its client and is woken when the node catches up.
     fn poll_ready(&self, _cid: i64, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         std::task::Poll::Ready(())
+    }
+    /// Whether new clients are taken (false once the gate stops accepting). Connection-less
+    /// transports (KCP) ask before creating a session; stream listeners simply stop.
+    fn accepting(&self) -> bool {
+        true
     }
     /// Admits a new connection from `ip` if `server` has room (registers its session, emits
     /// Connect). `None` = the server is full.

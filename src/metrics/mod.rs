@@ -235,7 +235,7 @@ pub const PROXY_REFUSALS: [&str; 5] = [
 ];
 
 /// The client transports, as counted (`transport` label).
-pub const TRANSPORTS: [&str; 2] = ["tcp", "ws"];
+pub const TRANSPORTS: [&str; 3] = ["tcp", "ws", "kcp"];
 
 /// Write batch sizes in bytes (one write system call each).
 pub const BATCH_BOUNDS: [u64; 9] = [64, 256, 1024, 4096, 8192, 16384, 32768, 49152, 65536];
@@ -259,9 +259,9 @@ pub const DURATION_BOUNDS: [u64; 12] = [
 #[derive(Debug)]
 pub struct ShardMetrics {
     /// Connections accepted and admitted, by transport.
-    pub accepted: [Counter; 2],
+    pub accepted: [Counter; TRANSPORTS.len()],
     /// Connections open now, by transport (admitted or adopted, not yet released).
-    pub open: [Gauge; 2],
+    pub open: [Gauge; TRANSPORTS.len()],
     /// Closes by [`CloseLabel`] (index = position in `CloseLabel::ALL`).
     pub closed: [Counter; CloseLabel::ALL.len()],
     /// Refusals by [`RefuseLabel`].
@@ -302,8 +302,8 @@ pub struct ShardMetrics {
 impl ShardMetrics {
     pub const fn new() -> Self {
         ShardMetrics {
-            accepted: [const { Counter::new() }; 2],
-            open: [const { Gauge::new() }; 2],
+            accepted: [const { Counter::new() }; TRANSPORTS.len()],
+            open: [const { Gauge::new() }; TRANSPORTS.len()],
             closed: [const { Counter::new() }; CloseLabel::ALL.len()],
             refused: [const { Counter::new() }; 5],
             proxy_refused: [const { Counter::new() }; 5],

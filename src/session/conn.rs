@@ -30,6 +30,7 @@ pub enum ConnState {
 pub enum Transport {
     Tcp,
     Ws,
+    Kcp,
 }
 
 /// The driver's pending orders, set by session operations.

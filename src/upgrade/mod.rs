@@ -38,6 +38,9 @@ pub enum ListenerKind {
     Tcp,
     Ws,
     Link,
+    /// Never handed over: `--upgrade` is refused with a KCP server (its sessions live in this
+    /// process's memory, and its UDP socket would split their datagrams between two processes).
+    Kcp,
 }
 
 /// An outbound node link as sent: which node, which old shard and slot, its queued frames.

@@ -1,15 +1,21 @@
-// Command client is a due v2.4.1 client for the interop suite, over TCP or WebSocket.
+// Command client is a due v2.4.1 client for the interop suite, over TCP, WebSocket or KCP.
 //
 // Packets are built and parsed by due's own packet package (etc.packet.* settings from
 // etc.toml, --etc=PATH or DUE_ETC). WebSocket uses due's own client (network/ws). For TCP,
 // due's network/tcp module is not served by the reachable Go module proxy, so the TCP transport
 // here is a small one of ours: it writes packets as due packs them, reads them with due's
 // packet.ReadMessage, and sends a heartbeat packet every --heartbeat (default 10s, 0 = none).
+// For KCP, due's network/kcp module is not served either: the session is kcp-go v5.6.20's own
+// (the version due v2.4.1 and v2.5.8 require), dialled as due's KCP client dials it (no cipher,
+// FEC 10 data + 3 parity shards; --fec=0,0 for a plain session), carrying the same stream as
+// TCP; like due's KCP client it closes itself when no packet arrived for 2 heartbeat intervals
+// (a KCP server's close sends nothing).
 //
 // Flags (due style, --key=value):
 //
-//	--proto=tcp|ws    transport (default tcp)
-//	--addr=HOST:PORT  TCP gate address (default 127.0.0.1:3553)
+//	--proto=tcp|ws|kcp transport (default tcp)
+//	--addr=HOST:PORT  TCP or KCP gate address (default 127.0.0.1:3553)
+//	--fec=D,P         KCP FEC data and parity shards (default 10,3 as due's client; 0,0 = none)
 //	--url=ws://...    WebSocket URL (default etc.network.ws.client.url, else ws://127.0.0.1:3553)
 //	--heartbeat=10s   heartbeat interval (WS: etc.network.ws.client.heartbeatInterval if unset)
 //	--send="R S PAYLOAD;R S PAYLOAD"  scenario mode: send these, then wait for --expect
@@ -38,6 +44,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dobyte/due/network/ws/v2"
@@ -46,6 +53,7 @@ import (
 	"github.com/dobyte/due/v2/flag"
 	"github.com/dobyte/due/v2/network"
 	"github.com/dobyte/due/v2/packet"
+	kcp "github.com/xtaci/kcp-go/v5"
 
 	"gatehouse/interop/internal/peer"
 )
@@ -86,6 +94,9 @@ type tcpConn struct {
 	wmu    sync.Mutex
 	once   sync.Once
 	closed chan struct{}
+	// KCP: the server's close is silent; give up after 2 intervals without a packet (due).
+	silentClose bool
+	last        atomic.Int64 // unix ns of the last packet received
 }
 
 func dialTCP(addr string, interval time.Duration) (*tcpConn, error) {
@@ -109,6 +120,7 @@ func (t *tcpConn) read() {
 			t.close()
 			return
 		}
+		t.last.Store(time.Now().UnixNano())
 		if data == nil { // a zero-size frame carries nothing
 			continue
 		}
@@ -124,6 +136,10 @@ func (t *tcpConn) beat(interval time.Duration) {
 		case <-t.closed:
 			return
 		case <-ticker.C:
+			if t.silentClose && time.Since(time.Unix(0, t.last.Load())) > 2*interval {
+				t.close()
+				return
+			}
 			if t.heartbeat() != nil {
 				return
 			}
@@ -157,6 +173,26 @@ func (t *tcpConn) close() {
 }
 
 func (t *tcpConn) done() <-chan struct{} { return t.closed }
+
+// ---- KCP (kcp-go, dialled as due's KCP client dials) ----
+
+func dialKCP(addr string, interval time.Duration, fec string) (*tcpConn, error) {
+	var data, parity int
+	if _, err := fmt.Sscanf(fec, "%d,%d", &data, &parity); err != nil {
+		return nil, fmt.Errorf("bad --fec %q (D,P)", fec)
+	}
+	sess, err := kcp.DialWithOptions(addr, nil, data, parity)
+	if err != nil {
+		return nil, err
+	}
+	t := &tcpConn{c: sess, closed: make(chan struct{}), silentClose: true}
+	t.last.Store(time.Now().UnixNano())
+	go t.read()
+	if interval > 0 {
+		go t.beat(interval)
+	}
+	return t, nil
+}
 
 // ---- WebSocket (due's client) ----
 
@@ -273,8 +309,11 @@ func main() {
 	case "ws":
 		url := flag.String("url", etc.Get("etc.network.ws.client.url", "ws://127.0.0.1:3553").String())
 		c, err = dialWS(url, heartbeat)
+	case "kcp":
+		addr := flag.String("addr", "127.0.0.1:3553")
+		c, err = dialKCP(addr, heartbeat, flag.String("fec", "10,3"))
 	default:
-		err = fmt.Errorf("unknown --proto %q (tcp or ws)", proto)
+		err = fmt.Errorf("unknown --proto %q (tcp, ws or kcp)", proto)
 	}
 	if err != nil {
 		peer.Emit("error", map[string]any{"error": "connect: " + err.Error()})

@@ -6,6 +6,8 @@
 //
 //	--proto=ws   due's own WebSocket server (network/ws), etc.network.ws.server.*  (default)
 //	--proto=tcp  internal/tcpnet (due's network/tcp is not served), etc.network.tcp.server.*
+//	--proto=kcp  internal/tcpnet over kcp-go v5.6.20 (due's network/kcp is not served either),
+//	             etc.network.kcp.server.*
 //
 // (or etc.interop.gate.proto). Run two processes with distinct etc.cluster.gate.id for both.
 // Once started it prints {"event":"ready","kind":"gate","gid":"...","proto":"ws","addr":"..."};
@@ -46,8 +48,10 @@ func main() {
 		server = ws.NewServer()
 	case "tcp":
 		server = tcpnet.NewServer(tcpnet.OptionsFromEtc())
+	case "kcp":
+		server = tcpnet.NewServer(tcpnet.KCPOptionsFromEtc())
 	default:
-		log.Fatalf("unknown --proto %q (ws or tcp)", proto)
+		log.Fatalf("unknown --proto %q (ws, tcp or kcp)", proto)
 	}
 
 	reg, closeRegistry := regsel.New()

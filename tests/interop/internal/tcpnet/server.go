@@ -1,5 +1,5 @@
-// Package tcpnet is a TCP implementation of due v2.4.1's network.Server, for the reference Go
-// gate of the interop suite.
+// Package tcpnet is a TCP (and, in kcp.go, KCP) implementation of due v2.4.1's network.Server,
+// for the reference Go gate of the interop suite.
 //
 // Why it exists: due's module github.com/dobyte/due/network/tcp/v2 is not served by the Go
 // module proxy this project can reach, so the reference gate cannot import it. This is a small
@@ -49,12 +49,14 @@ import (
 
 // Options mirror due's etc.network.tcp.server.* keys that this server honours.
 type Options struct {
+	Proto              string // "tcp" (default) or "kcp"
 	Addr               string
 	MaxConnNum         int
 	HeartbeatInterval  time.Duration
 	HeartbeatMechanism string // "resp" or "tick"
 	AuthorizeTimeout   time.Duration
 	ByteOrder          binary.ByteOrder // of the size field: etc.packet.byteOrder
+	KCP                KCPParams        // Proto "kcp": session parameters
 }
 
 // OptionsFromEtc reads the options from the loaded due configuration (due's defaults).
@@ -98,11 +100,14 @@ func NewServer(opts Options) *Server {
 	if opts.ByteOrder == nil {
 		opts.ByteOrder = binary.BigEndian
 	}
+	if opts.Proto == "" {
+		opts.Proto = "tcp"
+	}
 	return &Server{opts: opts}
 }
 
 func (s *Server) Addr() string     { return s.opts.Addr }
-func (s *Server) Protocol() string { return "tcp" }
+func (s *Server) Protocol() string { return s.opts.Proto }
 
 func (s *Server) OnStart(h network.StartHandler)           { s.onStart = h }
 func (s *Server) OnStop(h network.CloseHandler)            { s.onStop = h }
@@ -112,7 +117,13 @@ func (s *Server) OnDisconnect(h network.DisconnectHandler) { s.onDisconnect = h 
 
 // Start listens and accepts in the background (due's gate calls Start and moves on).
 func (s *Server) Start() error {
-	ln, err := net.Listen("tcp", s.opts.Addr)
+	var ln net.Listener
+	var err error
+	if s.opts.Proto == "kcp" {
+		ln, err = listenKCP(s.opts.Addr)
+	} else {
+		ln, err = net.Listen("tcp", s.opts.Addr)
+	}
 	if err != nil {
 		return err
 	}
@@ -128,8 +139,8 @@ func (s *Server) accept() {
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+			if errors.Is(err, net.ErrClosed) || s.opts.Proto == "kcp" {
+				return // kcp-go's listener fails only once closed
 			}
 			// EMFILE and friends: back off briefly rather than spin.
 			log.Warnf("tcp accept failed: %v", err)
@@ -141,6 +152,9 @@ func (s *Server) accept() {
 			continue
 		}
 		s.count.Add(1)
+		if s.opts.Proto == "kcp" {
+			applyKCP(c, s.opts.KCP)
+		}
 		conn := &Conn{
 			srv:    s,
 			id:     s.ids.Add(1),
@@ -337,6 +351,9 @@ func (c *Conn) read() {
 			continue // graceful close in progress: read but ignored
 		case network.ConnClosed:
 			return
+		}
+		if size == 0 && c.srv.opts.Proto == "kcp" {
+			continue // due's KCP server ignores an empty frame (kcp.md V7)
 		}
 		if size == 0 {
 			// due v2.4.1: an empty frame kills the reader after it counted as liveness
