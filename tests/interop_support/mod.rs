@@ -781,10 +781,30 @@ impl Consul {
     }
 
     /// Starts a dev agent (in-memory state) with its HTTP API on `self.port`; the other ports
-    /// are new each time. Returns once it has a leader.
+    /// are new each time. Returns once it has a leader and answers as itself: a test running
+    /// beside this one can be handed the same free port and start its agent there first (then
+    /// this agent cannot bind and exits while the other one answers the leader check — seen in
+    /// CI as a gate refused by a stopped agent); then the agent starts again on another port.
     fn spawn(&mut self) {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                if let Some(mut p) = self.proc.take() {
+                    stop_proc(&mut p);
+                }
+                self.port = free_port(false);
+            }
+            if self.spawn_once() {
+                return;
+            }
+        }
+        panic!("consul: no agent of our own after 3 ports");
+    }
+
+    /// One start on `self.port`; whether the agent answering there is the one started.
+    fn spawn_once(&mut self) -> bool {
         let bin = consul_bin().expect("consul binary");
         let port = self.port;
+        let node = format!("test-{port}-{}-{}", std::process::id(), unique_n());
         // Distinct ports: two independent free_port() picks can return the same port (seen: the
         // WAN and RPC ports collided and the agent refused to start).
         let mut taken = vec![port];
@@ -824,7 +844,7 @@ impl Consul {
                 "-server-port",
                 &server.to_string(),
                 "-node",
-                &format!("test-{port}"),
+                &node,
                 "-hcl",
                 "disable_update_check = true",
             ]);
@@ -834,6 +854,10 @@ impl Consul {
             Duration::from_secs(15),
             || matches!(self.try_get("/v1/status/leader"), Some(Value::String(s)) if !s.is_empty()),
         );
+        let ours = self
+            .try_get("/v1/agent/self")
+            .is_some_and(|v| v["Config"]["NodeName"] == node.as_str());
+        ours && !self.proc.as_mut().is_some_and(|p| p.exited())
     }
 
     /// Stops the agent (SIGTERM, bounded, then SIGKILL); [`Consul::restart`] reuses
@@ -847,7 +871,12 @@ impl Consul {
     /// Starts a new, empty dev agent on the same HTTP port (stopping the running one first).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        // The same port, or the gate and nodes would lose the agent for good.
+        assert!(
+            self.spawn_once(),
+            "consul: another agent took port {}",
+            self.port
+        );
     }
 
     pub fn addr(&self) -> String {
