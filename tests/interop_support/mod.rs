@@ -1523,6 +1523,19 @@ impl Node {
             eprintln!("node {path}: the node lost the gate's answer (due node bug); once more");
             r = self.call(path, params, body);
         }
+        // An unbind whose answer the node lost has been carried out: a second one finds no
+        // session to unbind. Accepted only then; every caller checks the unbind's effects (the
+        // locator key, the event, the client's packets) right after (seen once in CI).
+        if path == "/unbindgate"
+            && r.as_ref()
+                .is_err_and(|e| node_call_timed_out(&format!("error: {e}")))
+        {
+            eprintln!("node {path}: the node lost the gate's answer (due node bug); once more");
+            if let Err(e) = self.call(path, params, body) {
+                eprintln!("node {path}: the second call answered {e:?}; the effects decide");
+            }
+            return Value::Null;
+        }
         r.unwrap_or_else(|e| panic!("node {path} {params:?}: {e}"))
     }
 
