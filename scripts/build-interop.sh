@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the interop suite's Go peers (due v2.4.1 node, client and reference gate) and the
-# benchmark's (benchnode, benchclient) into tests/interop/bin/. Modules come from the Go module
+# Builds the interop suite's Go peers (due v2.4.1 node, client and reference gate; the due
+# v2.5.8 node node25, from its own module tests/interop/due25) and the benchmark's (benchnode,
+# benchclient) into tests/interop/bin/. Modules come from the Go module
 # proxy and are checked against the committed tests/interop/go.sum (-mod=readonly: nothing is
 # re-resolved). Each step is time-bounded so a
 # stuck download fails the run instead of hanging it.
@@ -16,4 +17,7 @@ mkdir -p bin
 for cmd in node client gate benchnode benchclient; do
     timeout 300 go build -mod=readonly -o "bin/$cmd" "./cmd/$cmd"
 done
+# The v2.5.8 node: its own module (due v2.5.8 needs go 1.25 and would lift the whole suite to
+# due v2.5.8), sharing the suite's internal packages through a replace directive.
+(cd due25 && timeout 300 go mod download && timeout 300 go build -mod=readonly -o ../bin/node25 ./cmd/node25)
 echo "built: $(cd bin && ls | tr '\n' ' ')"

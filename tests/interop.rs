@@ -14,7 +14,8 @@
 //!
 //! Where the gates legitimately differ (cid values, number of gate→node connections), the
 //! assertions check the spec's rule, not equality. Not covered: items 31–33 (lifecycle: 31 and 33
-//! are in tests/interop_faults.rs, on the same harness), 35 (etcd) and 36 (v2.5.8). Item 34
+//! are in tests/interop_faults.rs, on the same harness) and 35 (etcd; `on_etcd` runs the registry
+//! items on etcd instead). Item 36 (a due v2.5.8 node) runs against gatehouse only. Item 34
 //! (mesh): the Go peers contain no mesh program, so a mesh is played by the test itself over a
 //! raw link connection (handshake kind 3, push frame built from cluster-protocol.md §2.6.7).
 //!
@@ -53,6 +54,15 @@ per_gate! {
     item26_27_query => query;
     item28_disconnect => disconnect;
     item30_rebind_across_gates => rebind_across_gates;
+}
+
+/// Item 36: a due v2.5.8 node (tests/interop/due25) beside a v2.4.1 node, gatehouse only (due's
+/// own gate is v2.4.1, which knows none of it).
+#[test]
+fn item36_due_v258_node() {
+    if available_program("node25") {
+        run(GateKind::Gatehouse, "item36_due_v258_node", due_v258_node);
+    }
 }
 
 /// The registry scenarios again with an etcd member in place of the Consul agent (etcd-registry.md
@@ -1433,4 +1443,240 @@ fn rebind_across_gates(kind: GateKind, tag: &str) {
         c.wait_message("message on B", |v| v["payload"] == p).1["uid"],
         uid
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 36: a due v2.5.8 node. cluster-protocol.md §9: acknowledged sends (seq ≠ 0) answered with
+// the delivered count, the 0x40 "disconnect after push" bit, disconnect as a call, publish
+// answered in v2.5.5's layout (`publishResponseV25`; a v2.4.1 node never asks for a publish
+// answer, so it is unaffected), and a v2.4.1 node in the same cluster still served.
+
+fn due_v258_node(kind: GateKind, tag: &str) {
+    let env = Env::start(tag);
+    let gate = Gate::start_with(
+        kind,
+        Proto::Tcp,
+        &format!("{}-{tag}-0", kind.tag()),
+        "rr",
+        &env,
+        &[(
+            "[interop.gate]",
+            "[gatehouse]\npublishResponseV25 = true\n\n[interop.gate]",
+        )],
+    );
+    let old = Node::start(&env, 1, 0);
+    let new = Node::start_v258(&env, 1, 1);
+    let c = Cluster::assemble(tag, env, vec![gate], vec![old, new]);
+    let gid = c.gate().gid.clone();
+    let (old, new) = (&c.nodes[0], &c.nodes[1]);
+    assert!(
+        new.proc
+            .events()
+            .iter()
+            .any(|v| v["event"] == "ready" && v["version"] == "v2.5.8"),
+        "the second node is the v2.5.8 one"
+    );
+    // The readiness probe's client has left the gate before anything is counted.
+    c.wait_node_event("the probe client's disconnect", |v| {
+        v["event"] == "disconnect" && v["gid"] == gid
+    });
+    let a = c.connect(0, Proto::Tcp);
+    let mut b = c.connect(0, Proto::Tcp);
+    let mut d = c.connect(0, Proto::Tcp);
+
+    // Acknowledged multicast: the count of targets present (an unknown cid is skipped).
+    let n = new.ok(
+        "/multicast",
+        &[
+            ("gid", &gid),
+            ("targets", &format!("{},{},999999", a.cid, b.cid)),
+            ("route", "140"),
+            ("ack", "true"),
+        ],
+        "m1",
+    );
+    assert_eq!(
+        n, 2,
+        "acknowledged multicast counts the two connections present"
+    );
+    a.expect(140, "m1");
+    b.expect(140, "m1");
+    d.barrier();
+    assert!(!d.got(140, "m1"), "not a target");
+
+    // Acknowledged broadcast: every connection of the gate.
+    let n = new.ok("/broadcast", &[("route", "141"), ("ack", "true")], "b1");
+    assert_eq!(n, 3, "acknowledged broadcast counts the three connections");
+    for cl in [&a, &b, &d] {
+        cl.expect(141, "b1");
+    }
+
+    // Acknowledged push by connection: done; to a cid that is not there: the gate's code 1
+    // surfaces as the node's error.
+    new.ok(
+        "/push",
+        &[
+            ("gid", &gid),
+            ("target", &s(d.cid)),
+            ("route", "142"),
+            ("ack", "true"),
+        ],
+        "p1",
+    )
+    .as_null()
+    .expect("push answers nothing but success");
+    d.expect(142, "p1");
+    let missing = new.call(
+        "/push",
+        &[
+            ("gid", &gid),
+            ("target", "999999"),
+            ("route", "142"),
+            ("ack", "true"),
+        ],
+        "p2",
+    );
+    assert!(
+        missing.is_err(),
+        "an acknowledged push to a missing cid fails: {missing:?}"
+    );
+
+    // Bound user: the v2.5.8 node binds d, then pushes by uid with an acknowledgement.
+    let uid = 3600 + (std::process::id() as i64 % 1000);
+    new.ok(
+        "/bindgate",
+        &[("gid", &gid), ("cid", &s(d.cid)), ("uid", &s(uid))],
+        "",
+    );
+    c.wait_node_event(&format!("reconnect of uid {uid}"), |v| {
+        v["event"] == "reconnect" && v["uid"] == uid && v["cid"] == d.cid
+    });
+    assert_eq!(
+        c.env.redis.get(&gate_key(uid)).as_deref(),
+        Some(gid.as_str())
+    );
+    new.ok(
+        "/push",
+        &[
+            ("kind", "user"),
+            ("target", &s(uid)),
+            ("route", "143"),
+            ("ack", "true"),
+        ],
+        "u1",
+    );
+    d.expect(143, "u1");
+
+    // Acknowledged publish: v2.5.5's answer, with and without subscribers (the latter is the
+    // 16-byte form the Go v2.5.8 gate gets wrong; the node decodes ours as 0, no error).
+    new.ok(
+        "/subscribe",
+        &[("gid", &gid), ("targets", &s(b.cid)), ("channel", "ch36")],
+        "",
+    );
+    let n = new.ok(
+        "/publish",
+        &[("channel", "ch36"), ("route", "144"), ("ack", "true")],
+        "pub1",
+    );
+    assert_eq!(n, 1, "acknowledged publish counts the one subscriber");
+    b.expect(144, "pub1");
+    let n = new.ok(
+        "/publish",
+        &[("channel", "nobody36"), ("route", "145"), ("ack", "true")],
+        "pub2",
+    );
+    assert_eq!(
+        n, 0,
+        "acknowledged publish to an empty channel: 0, no error"
+    );
+
+    // Disconnect after push (bit 0x40): a gets the message, then the gate closes it gracefully.
+    let n = new.ok(
+        "/multicast",
+        &[
+            ("gid", &gid),
+            ("targets", &s(a.cid)),
+            ("route", "146"),
+            ("ack", "true"),
+            ("disconnect", "true"),
+        ],
+        "last",
+    );
+    assert_eq!(n, 1);
+    a.wait_disconnected(WAIT);
+    assert!(a.got(146, "last"), "the message arrives before the close");
+    c.wait_node_event("a's disconnect", |v| {
+        v["event"] == "disconnect" && v["cid"] == a.cid && v["gid"] == gid
+    });
+    b.barrier();
+    d.barrier();
+
+    // Disconnect as a call (seq ≠ 0): answered, and b is closed.
+    new.ok("/disconnect", &[("gid", &gid), ("target", &s(b.cid))], "");
+    b.wait_disconnected(WAIT);
+
+    // The v2.4.1 node in the same cluster: its fire-and-forget push, multicast, broadcast and
+    // publish still reach d, and client messages reach both nodes (round robin).
+    old.ok(
+        "/push",
+        &[("gid", &gid), ("target", &s(d.cid)), ("route", "150")],
+        "o1",
+    );
+    old.ok(
+        "/multicast",
+        &[("gid", &gid), ("targets", &s(d.cid)), ("route", "151")],
+        "o2",
+    );
+    old.ok("/broadcast", &[("route", "152")], "o3");
+    old.ok(
+        "/subscribe",
+        &[("gid", &gid), ("targets", &s(d.cid)), ("channel", "old36")],
+        "",
+    );
+    old.ok("/publish", &[("channel", "old36"), ("route", "153")], "o4");
+    for (route, p) in [(150, "o1"), (151, "o2"), (152, "o3"), (153, "o4")] {
+        d.expect(route, p);
+    }
+    // Client messages reach both nodes (the gate routes round robin once it sees both).
+    until_all_nodes_seen(&c, &mut d);
+
+    // The disconnect bit on publish and on broadcast: each connection that got the message is
+    // closed behind it; the acknowledged counts are those connections.
+    let e = c.connect(0, Proto::Tcp);
+    new.ok(
+        "/subscribe",
+        &[("gid", &gid), ("targets", &s(e.cid)), ("channel", "bye36")],
+        "",
+    );
+    let n = new.ok(
+        "/publish",
+        &[
+            ("channel", "bye36"),
+            ("route", "160"),
+            ("ack", "true"),
+            ("disconnect", "true"),
+        ],
+        "bye",
+    );
+    assert_eq!(n, 1);
+    e.wait_disconnected(WAIT);
+    assert!(e.got(160, "bye"), "the published message arrives before the close");
+    d.barrier();
+    assert!(!d.got(160, "bye") && !d.disconnected(), "d is not a member");
+
+    let f = c.connect(0, Proto::Tcp);
+    c.wait_node_event("e's disconnect", |v| {
+        v["event"] == "disconnect" && v["cid"] == e.cid && v["gid"] == gid
+    });
+    let n = new.ok(
+        "/broadcast",
+        &[("route", "161"), ("ack", "true"), ("disconnect", "true")],
+        "all-bye",
+    );
+    assert_eq!(n, 2, "the two connections left");
+    for cl in [&d, &f] {
+        cl.wait_disconnected(WAIT);
+        assert!(cl.got(161, "all-bye"), "the broadcast arrives before the close");
+    }
 }

@@ -83,24 +83,25 @@ pub enum Effect {
         message: Bytes,
         close_after: bool,
     },
-    /// Multicast; with `close_after`, close every listed target gracefully afterwards.
+    /// Multicast; with `close_after`, close each target that got the message gracefully behind it.
     Multicast {
         kind: Kind,
         targets: Vec<i64>,
         message: Bytes,
         close_after: bool,
     },
-    /// Broadcast. `close_flag_ignored`: the request carried the disconnect bit, which the gate
-    /// does not honour for broadcast (closing every target is not supported).
+    /// Broadcast; `close_after` as for multicast.
     Broadcast {
         kind: Kind,
         message: Bytes,
-        close_flag_ignored: bool,
+        close_after: bool,
     },
-    /// Publish to a channel (its name as raw bytes; read as UTF-8, lossily, when run).
+    /// Publish to a channel (its name as raw bytes; read as UTF-8, lossily, when run);
+    /// `close_after` as for multicast.
     Publish {
         channel: Bytes,
         message: Bytes,
+        close_after: bool,
     },
     Subscribe {
         kind: Kind,
@@ -292,17 +293,21 @@ pub fn plan(peer: &mut Peer, rules: Rules, header: u8, seq: u64, req: Request) -
             let effect = with_kind(kind, |kind| Effect::Broadcast {
                 kind,
                 message,
-                close_flag_ignored: close_after,
+                close_after,
             });
             (effect, total(Cmd::Broadcast))
         }
-        // The disconnect bit is not honoured for publish (nor was it before this module).
         Request::Publish { channel, message } => {
             let reply = Reply::Publish {
                 seq,
                 v25: rules.publish_v25,
             };
-            (Effect::Publish { channel, message }, answer(reply))
+            let effect = Effect::Publish {
+                channel,
+                message,
+                close_after,
+            };
+            (effect, answer(reply))
         }
         Request::Subscribe {
             kind,
@@ -767,7 +772,7 @@ mod tests {
             Effect::Broadcast {
                 kind: Kind::Conn,
                 message: pk(),
-                close_flag_ignored: false
+                close_after: false
             }
         );
         assert_eq!(
@@ -780,7 +785,7 @@ mod tests {
             Effect::Broadcast {
                 kind: Kind::User,
                 message: pk(),
-                close_flag_ignored: true
+                close_after: true
             }
         );
         assert_eq!(p.reply, Reply::Silent);
@@ -793,7 +798,8 @@ mod tests {
             v24.effect,
             Effect::Publish {
                 channel: Bytes::from_static(b"room"),
-                message: pk()
+                message: pk(),
+                close_after: false
             }
         );
         assert_eq!(v24.reply, Reply::Publish { seq: 1, v25: false });
@@ -828,10 +834,17 @@ mod tests {
             Ok(code_res(1, 2))
         );
 
-        // The disconnect bit changes nothing for publish; seq 0 is not answered.
+        // The disconnect bit closes each member behind the message; seq 0 is not answered.
         let flagged =
             plan_of(|o| drpc::put_publish(o, drpc::HEADER_DISCONNECT, 0, b"room", &pk()).unwrap());
-        assert_eq!(flagged.effect, v24.effect);
+        assert_eq!(
+            flagged.effect,
+            Effect::Publish {
+                channel: Bytes::from_static(b"room"),
+                message: pk(),
+                close_after: true
+            }
+        );
         assert_eq!(flagged.reply, Reply::Silent);
     }
 

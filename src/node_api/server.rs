@@ -295,7 +295,7 @@ async fn run<L: LocalSessions>(
         } => {
             let r = s.push(kind, target, message).await;
             if r.is_ok() && close_after {
-                close_each(local, kind, &[target]);
+                close_later(local, kind, target);
             }
             Outcome::Unit(r)
         }
@@ -304,26 +304,19 @@ async fn run<L: LocalSessions>(
             targets,
             message,
             close_after,
-        } => {
-            let r = s.multicast(kind, &targets, message).await;
-            if close_after {
-                close_each(local, kind, &targets);
-            }
-            Outcome::Count(r)
-        }
+        } => Outcome::Count(s.multicast_with(kind, &targets, message, close_after).await),
         Effect::Broadcast {
             kind,
             message,
-            close_flag_ignored,
+            close_after,
+        } => Outcome::Count(s.broadcast_with(kind, message, close_after).await),
+        Effect::Publish {
+            channel,
+            message,
+            close_after,
         } => {
-            let r = s.broadcast(kind, message).await;
-            if close_flag_ignored {
-                tracing::warn!("broadcast with disconnect flag: closing every target is not supported, flag ignored");
-            }
-            Outcome::Count(r)
-        }
-        Effect::Publish { channel, message } => {
-            Outcome::Count(s.publish(&String::from_utf8_lossy(&channel), message).await)
+            let channel = String::from_utf8_lossy(&channel);
+            Outcome::Count(s.publish_with(&channel, message, close_after).await)
         }
         Effect::Subscribe {
             kind,
@@ -353,12 +346,11 @@ async fn run<L: LocalSessions>(
     }
 }
 
-/// v2.5.3+ "disconnect after push": close each target gracefully once its message is queued.
-fn close_each<L: LocalSessions>(local: &L, kind: Kind, targets: &[i64]) {
-    for &t in targets {
-        let s = local.sessions().clone();
-        local.spawn(async move {
-            let _ = s.disconnect(kind, t, false).await;
-        });
-    }
+/// v2.5.3+ "disconnect after push" for a single push: close the target gracefully once its
+/// message is queued (multicast, broadcast and publish close on the target's shard instead).
+fn close_later<L: LocalSessions>(local: &L, kind: Kind, target: i64) {
+    let s = local.sessions().clone();
+    local.spawn(async move {
+        let _ = s.disconnect(kind, target, false).await;
+    });
 }

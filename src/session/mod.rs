@@ -381,10 +381,23 @@ impl Sessions {
         targets: &[i64],
         bytes: Bytes,
     ) -> Result<usize, SessionError> {
+        self.multicast_with(kind, targets, bytes, false).await
+    }
+
+    /// [`Self::multicast`]; with `close_after` (v2.5.3's "disconnect after push") each target
+    /// that got the packet is then closed gracefully, the packet flushed first.
+    pub async fn multicast_with(
+        &self,
+        kind: Kind,
+        targets: &[i64],
+        bytes: Bytes,
+        close_after: bool,
+    ) -> Result<usize, SessionError> {
         let cids = self.resolve(kind, targets).await?;
         self.sum_over(self.by_shard(cids), |cids, r| Command::PushMany {
             cids,
             bytes: bytes.clone(),
+            close_after,
             reply: r,
         })
         .await
@@ -397,9 +410,20 @@ impl Sessions {
 
     /// Queues `bytes` for every connection (Conn) or every bound connection (User).
     pub async fn broadcast(&self, kind: Kind, bytes: Bytes) -> Result<usize, SessionError> {
+        self.broadcast_with(kind, bytes, false).await
+    }
+
+    /// [`Self::broadcast`]; `close_after` as in [`Self::multicast_with`].
+    pub async fn broadcast_with(
+        &self,
+        kind: Kind,
+        bytes: Bytes,
+        close_after: bool,
+    ) -> Result<usize, SessionError> {
         self.sum_all(|r| Command::Broadcast {
             users_only: kind == Kind::User,
             bytes: bytes.clone(),
+            close_after,
             reply: r,
         })
         .await
@@ -445,10 +469,21 @@ impl Sessions {
 
     /// Queues `bytes` for every member of `channel`; returns how many were queued.
     pub async fn publish(&self, channel: &str, bytes: Bytes) -> Result<usize, SessionError> {
+        self.publish_with(channel, bytes, false).await
+    }
+
+    /// [`Self::publish`]; `close_after` as in [`Self::multicast_with`].
+    pub async fn publish_with(
+        &self,
+        channel: &str,
+        bytes: Bytes,
+        close_after: bool,
+    ) -> Result<usize, SessionError> {
         let channel: std::sync::Arc<str> = channel.into();
         self.sum_all(|r| Command::Publish {
             channel: channel.clone(),
             bytes: bytes.clone(),
+            close_after,
             reply: r,
         })
         .await

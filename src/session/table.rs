@@ -25,14 +25,18 @@ pub enum Command {
         bytes: Bytes,
         reply: Option<Reply<Result<(), SessionError>>>,
     },
+    /// `close_after` (here and in Broadcast, Publish): v2.5.3's "disconnect after push", each
+    /// connection that got the packet is closed gracefully behind it.
     PushMany {
         cids: Vec<i64>,
         bytes: Bytes,
+        close_after: bool,
         reply: Reply<usize>,
     },
     Broadcast {
         users_only: bool,
         bytes: Bytes,
+        close_after: bool,
         reply: Reply<usize>,
     },
     /// Sets the uid of a local connection; answers the previous uid.
@@ -87,6 +91,7 @@ pub enum Command {
     Publish {
         channel: Arc<str>,
         bytes: Bytes,
+        close_after: bool,
         reply: Reply<usize>,
     },
     Stat {
@@ -138,6 +143,15 @@ pub struct Table {
     users: AHashMap<i64, i64>,
     /// Local members of each channel.
     channels: AHashMap<Box<str>, AHashSet<i64>>,
+}
+
+/// Queues `bytes` on `c`; with `close_after`, a graceful close follows (behind the packet).
+fn deliver(c: &Conn, bytes: &Bytes, close_after: bool) -> bool {
+    let ok = c.push(bytes.clone()).is_ok();
+    if ok && close_after {
+        c.close_graceful(None);
+    }
+    ok
 }
 
 impl Table {
@@ -234,10 +248,10 @@ impl Table {
         conn.uid()
     }
 
-    fn push_to(&self, cid: i64, bytes: &Bytes) -> bool {
+    fn push_to(&self, cid: i64, bytes: &Bytes, close_after: bool) -> bool {
         self.conns
             .get(&cid)
-            .is_some_and(|c| c.push(bytes.clone()).is_ok())
+            .is_some_and(|c| deliver(c, bytes, close_after))
     }
 
     /// Closes every local connection (shutdown's destroy phase): gracefully (queued packets
@@ -277,13 +291,22 @@ impl Table {
                     }
                 }
             },
-            Command::PushMany { cids, bytes, reply } => {
-                let n = cids.iter().filter(|c| self.push_to(**c, &bytes)).count();
+            Command::PushMany {
+                cids,
+                bytes,
+                close_after,
+                reply,
+            } => {
+                let n = cids
+                    .iter()
+                    .filter(|c| self.push_to(**c, &bytes, close_after))
+                    .count();
                 let _ = reply.send(n);
             }
             Command::Broadcast {
                 users_only,
                 bytes,
+                close_after,
                 reply,
             } => {
                 let started = std::time::Instant::now();
@@ -291,7 +314,7 @@ impl Table {
                     .conns
                     .values()
                     .filter(|c| !users_only || c.uid() != 0)
-                    .filter(|c| c.push(bytes.clone()).is_ok())
+                    .filter(|c| deliver(c, &bytes, close_after))
                     .count();
                 crate::metrics::shard().broadcast.observe_since(started);
                 let _ = reply.send(n);
@@ -385,12 +408,17 @@ impl Table {
             Command::Publish {
                 channel,
                 bytes,
+                close_after,
                 reply,
             } => {
                 let n = self
                     .channels
                     .get(&*channel)
-                    .map(|m| m.iter().filter(|c| self.push_to(**c, &bytes)).count())
+                    .map(|m| {
+                        m.iter()
+                            .filter(|c| self.push_to(**c, &bytes, close_after))
+                            .count()
+                    })
                     .unwrap_or(0);
                 let _ = reply.send(n);
             }

@@ -127,6 +127,22 @@ fn etcd_bin() -> Option<PathBuf> {
     })
 }
 
+/// True when the Go program `tests/interop/bin/<name>` is there; otherwise as [`available`]:
+/// a note and false, or a panic under `GATEHOUSE_REQUIRE_SERVICES`.
+pub fn available_program(name: &str) -> bool {
+    if go_bin(name).is_file() {
+        return true;
+    }
+    let required = std::env::var_os("GATEHOUSE_REQUIRE_SERVICES").is_some_and(|v| !v.is_empty());
+    assert!(
+        !required,
+        "GATEHOUSE_REQUIRE_SERVICES is set but tests/interop/bin/{name} is missing \
+         (scripts/build-interop.sh)"
+    );
+    eprintln!("SKIPPED: tests/interop/bin/{name} missing (scripts/build-interop.sh)");
+    false
+}
+
 /// True when the Go peers, redis-server and consul are all present. Otherwise prints why the
 /// suite is skipped — or panics when `GATEHOUSE_REQUIRE_SERVICES` is set (CI builds the peers
 /// and sets it, so the suite can never pass vacuously there).
@@ -1451,6 +1467,24 @@ impl Node {
         vars: &[(&str, &str)],
         prefix: &[&str],
     ) -> Node {
+        Node::start_program("node", env, weight, index, edits, vars, prefix)
+    }
+
+    /// The due v2.5.8 node (tests/interop/bin/node25, built from tests/interop/due25) with the
+    /// same sample config: a subset of the v2.4.1 node's routes and control endpoints.
+    pub fn start_v258(env: &Env, weight: u32, index: usize) -> Node {
+        Node::start_program("node25", env, weight, index, &[], &[], &[])
+    }
+
+    fn start_program(
+        program: &str,
+        env: &Env,
+        weight: u32,
+        index: usize,
+        edits: &[(&str, &str)],
+        vars: &[(&str, &str)],
+        prefix: &[&str],
+    ) -> Node {
         let redis = env.redis.addr();
         let weight_line = format!("weight = {weight}");
         let mut pairs = vec![
@@ -1465,15 +1499,15 @@ impl Node {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(go_bin("node"));
+                c.args(rest).arg(go_bin(program));
                 c
             }
-            None => Command::new(go_bin("node")),
+            None => Command::new(go_bin(program)),
         };
         cmd.arg(format!("--etc={}", dir.display()))
             .envs(vars.iter().copied())
             .current_dir(&env.dir.0);
-        let proc = Proc::spawn(&format!("node{index}"), cmd, false);
+        let proc = Proc::spawn(&format!("{program}{index}"), cmd, false);
         let ready = proc.wait_event("ready", START, |v| v["event"] == "ready");
         Node {
             nid: ready["nid"].as_str().unwrap().to_string(),

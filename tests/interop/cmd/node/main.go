@@ -27,16 +27,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/dobyte/due/locate/redis/v2"
 	"github.com/dobyte/due/v2"
@@ -45,8 +42,8 @@ import (
 	"github.com/dobyte/due/v2/etc"
 	"github.com/dobyte/due/v2/flag"
 	"github.com/dobyte/due/v2/log"
-	"github.com/dobyte/due/v2/session"
 
+	"gatehouse/interop/internal/ctl"
 	"gatehouse/interop/internal/peer"
 	"gatehouse/interop/internal/regsel"
 )
@@ -75,7 +72,7 @@ func main() {
 	proxy := n.Proxy()
 
 	echo := func(ctx node.Context) {
-		payload := messageLine(ctx)
+		payload := ctl.MessageLine(ctx)
 		if err := ctx.Response(payload); err != nil {
 			log.Errorf("response failed: %v", err)
 		}
@@ -88,7 +85,7 @@ func main() {
 	// Routes that act on the user; the uid comes from the payload, else from the bound session.
 	withUID := func(call func(ctx node.Context, uid []int64) error) node.RouteHandler {
 		return func(ctx node.Context) {
-			payload := messageLine(ctx)
+			payload := ctl.MessageLine(ctx)
 			var uid []int64
 			if s := strings.TrimSpace(string(payload)); s != "" {
 				v, err := strconv.ParseInt(s, 10, 64)
@@ -136,162 +133,73 @@ func main() {
 	container.Serve()
 }
 
-// messageLine prints the message a route handler got and returns its raw payload.
-func messageLine(ctx node.Context) []byte {
-	var payload []byte
-	if err := ctx.Parse(&payload); err != nil {
-		log.Errorf("parse failed: %v", err)
-	}
-	peer.Emit("message", map[string]any{
-		"route": ctx.Route(), "seq": ctx.Seq(), "gid": ctx.GID(), "cid": ctx.CID(), "uid": ctx.UID(),
-		"payload": string(payload),
-	})
-	return payload
-}
-
-type query struct {
-	r    *http.Request
-	body []byte
-	err  error
-}
-
-func (q *query) str(key string) string { return q.r.URL.Query().Get(key) }
-
-func (q *query) int64(key string) int64 {
-	s := q.str(key)
-	if s == "" {
-		return 0
-	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil && q.err == nil {
-		q.err = errors.New("bad " + key + ": " + s)
-	}
-	return v
-}
-
-func (q *query) int64s(key string) []int64 {
-	var out []int64
-	for _, s := range strings.Split(q.str(key), ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		v, err := strconv.ParseInt(s, 10, 64)
-		if err != nil && q.err == nil {
-			q.err = errors.New("bad " + key + ": " + s)
-		}
-		out = append(out, v)
-	}
-	return out
-}
-
-func (q *query) kind() session.Kind {
-	switch q.str("kind") {
-	case "user":
-		return session.User
-	case "", "conn":
-		return session.Conn
-	default:
-		if q.err == nil {
-			q.err = errors.New("kind must be conn or user")
-		}
-		return session.Conn
-	}
-}
-
-func (q *query) message() *cluster.Message {
-	return &cluster.Message{Route: int32(q.int64("route")), Seq: int32(q.int64("seq")), Data: q.body}
-}
-
 func controlMux(proxy *node.Proxy) *http.ServeMux {
-	mux := http.NewServeMux()
-	handle := func(path string, fn func(ctx context.Context, q *query) (any, error)) {
-		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-			q := &query{r: r, body: body, err: err}
-			ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-			defer cancel()
-			var result any
-			if q.err == nil {
-				result, err = fn(ctx, q)
-				if q.err != nil { // a parameter error found while building the call
-					err = q.err
-				}
-			} else {
-				err = q.err
-			}
-			w.Header().Set("Content-Type", "application/json")
-			if err != nil {
-				w.WriteHeader(http.StatusInternalServerError)
-				_ = json.NewEncoder(w).Encode(map[string]any{"ok": false, "error": err.Error()})
-				return
-			}
-			_ = json.NewEncoder(w).Encode(map[string]any{"ok": true, "result": result})
-		})
-	}
+	mux := ctl.NewMux()
+	handle := mux.Handle
 
-	handle("/push", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.Push(ctx, &cluster.PushArgs{GID: q.str("gid"), Kind: q.kind(), Target: q.int64("target"), Message: q.message()})
+	handle("/push", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.Push(ctx, &cluster.PushArgs{GID: q.Str("gid"), Kind: q.Kind(), Target: q.Int64("target"), Message: q.Message()})
 	})
-	handle("/multicast", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.Multicast(ctx, &cluster.MulticastArgs{GID: q.str("gid"), Kind: q.kind(), Targets: q.int64s("targets"), Message: q.message()})
+	handle("/multicast", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.Multicast(ctx, &cluster.MulticastArgs{GID: q.Str("gid"), Kind: q.Kind(), Targets: q.Int64s("targets"), Message: q.Message()})
 	})
-	handle("/broadcast", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.Broadcast(ctx, &cluster.BroadcastArgs{Kind: q.kind(), Message: q.message()})
+	handle("/broadcast", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.Broadcast(ctx, &cluster.BroadcastArgs{Kind: q.Kind(), Message: q.Message()})
 	})
-	handle("/publish", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.Publish(ctx, &cluster.PublishArgs{Channel: q.str("channel"), Message: q.message()})
+	handle("/publish", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.Publish(ctx, &cluster.PublishArgs{Channel: q.Str("channel"), Message: q.Message()})
 	})
-	handle("/subscribe", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.Subscribe(ctx, &cluster.SubscribeArgs{GID: q.str("gid"), Kind: q.kind(), Targets: q.int64s("targets"), Channel: q.str("channel")})
+	handle("/subscribe", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.Subscribe(ctx, &cluster.SubscribeArgs{GID: q.Str("gid"), Kind: q.Kind(), Targets: q.Int64s("targets"), Channel: q.Str("channel")})
 	})
-	handle("/unsubscribe", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.Unsubscribe(ctx, &cluster.UnsubscribeArgs{GID: q.str("gid"), Kind: q.kind(), Targets: q.int64s("targets"), Channel: q.str("channel")})
+	handle("/unsubscribe", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.Unsubscribe(ctx, &cluster.UnsubscribeArgs{GID: q.Str("gid"), Kind: q.Kind(), Targets: q.Int64s("targets"), Channel: q.Str("channel")})
 	})
-	handle("/getip", func(ctx context.Context, q *query) (any, error) {
-		return proxy.GetIP(ctx, &cluster.GetIPArgs{GID: q.str("gid"), Kind: q.kind(), Target: q.int64("target")})
+	handle("/getip", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return proxy.GetIP(ctx, &cluster.GetIPArgs{GID: q.Str("gid"), Kind: q.Kind(), Target: q.Int64("target")})
 	})
-	handle("/isonline", func(ctx context.Context, q *query) (any, error) {
-		return proxy.IsOnline(ctx, &cluster.IsOnlineArgs{GID: q.str("gid"), Kind: q.kind(), Target: q.int64("target")})
+	handle("/isonline", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return proxy.IsOnline(ctx, &cluster.IsOnlineArgs{GID: q.Str("gid"), Kind: q.Kind(), Target: q.Int64("target")})
 	})
-	handle("/stat", func(ctx context.Context, q *query) (any, error) {
-		return proxy.Stat(ctx, q.kind())
+	handle("/stat", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return proxy.Stat(ctx, q.Kind())
 	})
-	handle("/disconnect", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.Disconnect(ctx, &cluster.DisconnectArgs{GID: q.str("gid"), Kind: q.kind(), Target: q.int64("target"), Force: q.str("force") == "true"})
+	handle("/disconnect", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.Disconnect(ctx, &cluster.DisconnectArgs{GID: q.Str("gid"), Kind: q.Kind(), Target: q.Int64("target"), Force: q.Bool("force")})
 	})
-	handle("/bindgate", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.BindGate(ctx, q.str("gid"), q.int64("cid"), q.int64("uid"))
+	handle("/bindgate", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.BindGate(ctx, q.Str("gid"), q.Int64("cid"), q.Int64("uid"))
 	})
-	handle("/unbindgate", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.UnbindGate(ctx, q.int64("uid"))
+	handle("/unbindgate", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.UnbindGate(ctx, q.Int64("uid"))
 	})
-	handle("/bindnode", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.BindNode(ctx, q.int64("uid"))
+	handle("/bindnode", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.BindNode(ctx, q.Int64("uid"))
 	})
-	handle("/unbindnode", func(ctx context.Context, q *query) (any, error) {
-		return nil, proxy.UnbindNode(ctx, q.int64("uid"))
+	handle("/unbindnode", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return nil, proxy.UnbindNode(ctx, q.Int64("uid"))
 	})
-	handle("/locategate", func(ctx context.Context, q *query) (any, error) {
-		return proxy.LocateGate(ctx, q.int64("uid"))
+	handle("/locategate", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return proxy.LocateGate(ctx, q.Int64("uid"))
 	})
-	handle("/locatenode", func(ctx context.Context, q *query) (any, error) {
-		name := q.str("name")
+	handle("/locatenode", func(ctx context.Context, q *ctl.Query) (any, error) {
+		name := q.Str("name")
 		if name == "" {
 			name = proxy.GetName()
 		}
-		return proxy.LocateNode(ctx, q.int64("uid"), name)
+		return proxy.LocateNode(ctx, q.Int64("uid"), name)
 	})
-	handle("/hasgate", func(_ context.Context, q *query) (any, error) {
-		return proxy.HasGate(q.str("gid")), nil
+	handle("/hasgate", func(_ context.Context, q *ctl.Query) (any, error) {
+		return proxy.HasGate(q.Str("gid")), nil
 	})
-	handle("/fetchgatelist", func(ctx context.Context, q *query) (any, error) {
-		return proxy.FetchGateList(ctx, states(q)...)
+	handle("/fetchgatelist", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return proxy.FetchGateList(ctx, q.States()...)
 	})
-	handle("/fetchnodelist", func(ctx context.Context, q *query) (any, error) {
-		return proxy.FetchNodeList(ctx, states(q)...)
+	handle("/fetchnodelist", func(ctx context.Context, q *ctl.Query) (any, error) {
+		return proxy.FetchNodeList(ctx, q.States()...)
 	})
-	handle("/state", func(_ context.Context, q *query) (any, error) {
-		if set := q.str("set"); set != "" {
+	handle("/state", func(_ context.Context, q *ctl.Query) (any, error) {
+		if set := q.Str("set"); set != "" {
 			st, ok := map[string]cluster.State{"work": cluster.Work, "busy": cluster.Busy, "hang": cluster.Hang}[set]
 			if !ok {
 				return nil, errors.New("set must be work, busy or hang")
@@ -302,27 +210,9 @@ func controlMux(proxy *node.Proxy) *http.ServeMux {
 		}
 		return proxy.GetState().String(), nil
 	})
-	handle("/quit", func(_ context.Context, _ *query) (any, error) {
+	handle("/quit", func(_ context.Context, _ *ctl.Query) (any, error) {
 		// The container waits for SIGTERM; send it to ourselves for an orderly due shutdown.
 		return nil, syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	})
-	return mux
-}
-
-// states parses states=work,busy for the Fetch*List filters.
-func states(q *query) []cluster.State {
-	var out []cluster.State
-	for _, s := range strings.Split(q.str("states"), ",") {
-		switch strings.TrimSpace(s) {
-		case "work":
-			out = append(out, cluster.Work)
-		case "busy":
-			out = append(out, cluster.Busy)
-		case "hang":
-			out = append(out, cluster.Hang)
-		case "shut":
-			out = append(out, cluster.Shut)
-		}
-	}
-	return out
+	return mux.ServeMux
 }
