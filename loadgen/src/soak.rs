@@ -14,7 +14,11 @@
 //!   it again (route 22, `unbind`); each acknowledgement must come back;
 //! - one more connection (not churned) triggers a broadcast (route 20) every
 //!   `--broadcast-every` seconds; every connection counts the broadcasts it got, and a
-//!   connection open from 1 s before a broadcast until 2 s after it must have got it.
+//!   connection served from 1 s before a broadcast until 5 s after it must have got it.
+//!   "Served" starts at the gate's first answer (each connection sends a heartbeat as soon as
+//!   it is open): a client's connect can complete while the gate has not accepted it yet (a
+//!   full accept queue holds the handshake's last ACK), so the client's own open time is not
+//!   proof that the gate knew the connection when a broadcast passed.
 //!
 //! A connection the gate closes (EOF or an error while the client did not close it) is an
 //! unexpected close; the slot reconnects. Before a client closes (churn or the end of the run)
@@ -163,7 +167,8 @@ async fn conn(run: &Run, mut s: Stream, rng: &mut Rng) -> bool {
     }
     let (a, soak) = (&run.a, &run.soak);
     soak.open_now.set(soak.open_now.get() + 1);
-    let opened_ns = unix_nanos();
+    // Set at the gate's first answer: from then on the gate holds this connection's session.
+    let mut served_ns: Option<u64> = None;
     let now = Instant::now();
     let close_at = if a.churn > 0.0 {
         let mean = 100.0 / a.churn;
@@ -174,8 +179,10 @@ async fn conn(run: &Run, mut s: Stream, rng: &mut Rng) -> bool {
         run.end.get()
     }
     .min(run.end.get());
-    // Staggered: heartbeats, echoes and binds spread over their periods.
-    let mut next_heartbeat = now + a.heartbeat.mul_f64(rng.unit());
+    // The first heartbeat at once (its answer starts the broadcast window), then staggered:
+    // heartbeats, echoes and binds spread over their periods.
+    let mut next_heartbeat = now;
+    let mut heartbeat_gap = a.heartbeat.mul_f64(rng.unit());
     let mut next_echo = now + a.echo_every.mul_f64(rng.unit());
     let mut next_bind = now + a.bind_every.mul_f64(rng.unit());
     let uid = soak.next_uid.get() + 1;
@@ -219,6 +226,7 @@ async fn conn(run: &Run, mut s: Stream, rng: &mut Rng) -> bool {
                 break;
             }
             Event::Read(Ok(n)) => {
+                let served = *served_ns.get_or_insert_with(unix_nanos);
                 fr.take(n, |frame| {
                     if is_heartbeat(frame) {
                         Stats::bump(&run.stats.heartbeats);
@@ -234,7 +242,7 @@ async fn conn(run: &Run, mut s: Stream, rng: &mut Rng) -> bool {
                                 .payload
                                 .get(..8)
                                 .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8")));
-                            if stamp >= opened_ns + OPEN_MARGIN_NS {
+                            if stamp >= served + OPEN_MARGIN_NS {
                                 got += 1;
                                 tail.rotate_left(1);
                                 tail[3] = stamp;
@@ -272,7 +280,9 @@ async fn conn(run: &Run, mut s: Stream, rng: &mut Rng) -> bool {
                 out.clear();
                 if now >= next_heartbeat {
                     out.extend_from_slice(&hb);
-                    next_heartbeat = (next_heartbeat + a.heartbeat).max(now);
+                    // After the first one (sent at open) the next lands at the staggered phase.
+                    next_heartbeat = (next_heartbeat + heartbeat_gap).max(now);
+                    heartbeat_gap = a.heartbeat;
                 }
                 if now >= next_echo {
                     sent += 1;
@@ -310,13 +320,13 @@ async fn conn(run: &Run, mut s: Stream, rng: &mut Rng) -> bool {
         }
     }
     // Accounting: what is still due is unanswered; broadcasts due in the window
-    // [opened + 1 s, closed - 5 s] against those got in it.
+    // [served + 1 s, closed - 5 s] against those got in it.
     soak.echo_unanswered.set(soak.echo_unanswered.get() + due);
     soak.acks_unanswered
         .set(soak.acks_unanswered.get() + acks_due);
     let closed_ns = unix_nanos();
-    if let Some(last) = closed_ns.checked_sub(CLOSE_MARGIN_NS) {
-        let first = opened_ns + OPEN_MARGIN_NS;
+    if let (Some(last), Some(served)) = (closed_ns.checked_sub(CLOSE_MARGIN_NS), served_ns) {
+        let first = served + OPEN_MARGIN_NS;
         if first <= last {
             let expected = soak
                 .stamps
