@@ -67,7 +67,7 @@ GATE_NAMES = {"gatehouse": "gatehouse", "due": "due v2.4.1 gate", "floor": "floo
 NODE_KINDS = ("rust", "go")
 NODE_NAMES = {"rust": "Rust echo node", "go": "due Go bench node"}
 
-FIGURES = ("flood", "closed", "latency", "idle", "fanout", "shards", "benchclient", "metrics", "floor")
+FIGURES = ("flood", "closed", "latency", "idle", "fanout", "shards", "benchclient", "metrics", "kcp", "floor")
 # Figures with a floor variant (flood, closed, latency: behind the Rust echo node only).
 FLOOR_FIGURES = ("flood", "closed", "latency", "fanout")
 ALIASES = {"cpu": "flood", "tps": "flood", "rss": "idle", "broadcast": "fanout", "client": "benchclient",
@@ -81,12 +81,13 @@ TITLES = {
     "benchclient": "due's Go cluster client over WebSocket (figure 7)",
     "metrics": "gatehouse with /metrics served vs off (figure 8)",
     "latency": "Latency curve at 1/10/50/90 % of each gate's peak (figure 9)",
+    "kcp": "KCP clients: RSS per idle session and flood TPS (figure 10)",
     "floor": "Floors alone (`--only floor`)",
 }
 # Node blocks in run order: one node process per block, the figures that use it in order.
 # closed needs the flood peaks of the rust block, so flood comes first.
 BLOCKS = (
-    ("rust", ("flood", "closed", "latency", "shards", "metrics", "idle")),
+    ("rust", ("flood", "closed", "latency", "shards", "metrics", "idle", "kcp")),
     ("go", ("flood", "fanout", "benchclient")),
 )
 BROADCAST_ROUTE = 20
@@ -159,6 +160,10 @@ class Plan:
     latency_inflight: int = 64
     latency_duration_s: int = 10
     self_rate: int = 1000
+    # figure 10 (KCP, behind the Rust echo node): idle sessions held, flood sessions and requests.
+    kcp_idle_counts: tuple[int, ...] = (5000,)
+    kcp_flood_conns: tuple[int, ...] = (50, 100)
+    kcp_requests: int = 100_000
 
     @classmethod
     def make(cls, quick: bool, repeats: int) -> Plan:
@@ -178,6 +183,9 @@ class Plan:
             fanout_rounds=3,
             client_requests=20_000,
             latency_duration_s=3,
+            kcp_idle_counts=(1000,),
+            kcp_flood_conns=(50,),
+            kcp_requests=20_000,
         )
 
     def requests_for(self, conns: int) -> int:
@@ -504,8 +512,9 @@ def write_etc(directory: Path, text: str) -> Path:
 
 
 def gate_etc(env: Env, directory: Path, gid: str, tcp: int, ws: int, link: int, shards: int,
-             metrics: int | None = None) -> Path:  # fmt: skip
-    """One due gate etc.toml read by both gates (the Go gate ignores [gatehouse])."""
+             metrics: int | None = None, kcp: int | None = None) -> Path:  # fmt: skip
+    """One due gate etc.toml read by both gates (the Go gate ignores [gatehouse]); with `kcp`, a
+    KCP server on that UDP port (due's defaults, the TCP server's heartbeat settings)."""
     source = SAMPLE_ETC / "gate/etc.toml"
     text = substitute(
         source.read_text(),
@@ -521,6 +530,9 @@ def gate_etc(env: Env, directory: Path, gid: str, tcp: int, ws: int, link: int, 
         },
         source,
     )
+    if kcp:
+        text += (f'\n[network.kcp.server]\naddr = "127.0.0.1:{kcp}"\nmaxConnNum = 19900\n'
+                 'heartbeatInterval = "10s"\nheartbeatMechanism = "resp"\n')  # fmt: skip
     extra = f'metricsAddr = "127.0.0.1:{metrics}"\n' if metrics else ""
     return write_etc(directory, text + f"\n[gatehouse]\nshards = {shards}\n{extra}")
 
@@ -561,11 +573,13 @@ class Node:
 class Gate:
     kind: str  # "gatehouse" | "due"
     gid: str
-    proto: str  # what this run measures: "tcp" | "ws" (the Go gate serves only that one)
+    proto: str  # what this run measures: "tcp" | "ws" | "kcp" (the Go gate serves only that one)
     tcp: int
     ws: int
     proc: Proc
     spawned: float
+    # The KCP server's UDP port (kcp runs only).
+    kcp: int = 0
     # gatehouse's /metrics port when it serves one.
     metrics_port: int | None = None
 
@@ -578,6 +592,8 @@ class Gate:
         proto = proto or self.proto
         if proto == "ws":
             return ["--addr", f"127.0.0.1:{self.ws}", "--ws", "/"]
+        if proto == "kcp":
+            return ["--addr", f"127.0.0.1:{self.kcp}", "--kcp"]
         return ["--addr", f"127.0.0.1:{self.tcp}"]
 
 
@@ -715,14 +731,15 @@ def start_gate(b: Bench, kind: str, proto: str, shards: int, label: str, metrics
     gid = b.next_gid(kind)
     tcp, ws = free_port(), free_port()
     mport = free_port() if metrics else None
-    directory = gate_etc(b.env, b.run_dir / "etc" / f"gate-{gid}", gid, tcp, ws, b.link, shards, mport)
+    kcp = free_port() if proto == "kcp" else None
+    directory = gate_etc(b.env, b.run_dir / "etc" / f"gate-{gid}", gid, tcp, ws, b.link, shards, mport, kcp)
     if kind == "gatehouse":
         argv = [BIN["gatehouse"], "--etc", directory]
     else:
         argv = [BIN["gate"], f"--etc={directory}", f"--proto={proto}"]
     spawned = time.monotonic()
     proc = Proc(b.stem(f"gate-{gid}-{label}"), argv, b.logs, cwd=b.run_dir)
-    gate = Gate(kind, gid, proto, tcp, ws, proc, spawned)
+    gate = Gate(kind, gid, proto, tcp, ws, proc, spawned, kcp=kcp or 0)
     gate.metrics_port = mport
     try:
         wait_registered(b, gate)
@@ -774,8 +791,10 @@ def wait_routing(b: Bench, g: Gate) -> None:
     """Until a one-connection loadgen closed run gets a reply through the gate and the node."""
     stem = f"{g.proc.name}.probe"
     target = g.client_args("tcp" if g.kind == "gatehouse" else g.proto)
+    # loadgen --kcp has no closed mode: one request in a flood of one.
+    mode = ["flood", "--requests", 1] if "--kcp" in target else ["closed"]
     for _ in range(PROBE_TRIES):
-        probe = Proc(stem, [BIN["loadgen"], "closed", *target, "--conns", 1, "--duration", 1, "--json"], b.logs)
+        probe = Proc(stem, [BIN["loadgen"], *mode, *target, "--conns", 1, "--duration", 1, "--json"], b.logs)
         try:
             probe.wait(8)
         except BenchError:
@@ -1167,6 +1186,22 @@ def fig_idle(b: Bench) -> None:
     alternate(b, "idle", points, lambda pt, g: idle_body(b, g, pt["conns"]), proto=lambda pt: pt["transport"])
 
 
+def fig_kcp(b: Bench) -> None:
+    """Figure 10: KCP sessions (loadgen --kcp, due's kcp-go parameters) — idle RSS per session and
+    flood TPS; the Go gate serves KCP with the project's server on kcp-go (`--proto=kcp`)."""
+    p = b.plan
+    points = [{"role": "idle", "transport": "kcp", "conns": n} for n in p.kcp_idle_counts]
+    points += [{"role": "flood", "transport": "kcp", "node": b.node.kind, "conns": c, "requests": p.kcp_requests}
+               for c in p.kcp_flood_conns]  # fmt: skip
+
+    def body(pt: dict, g: Gate) -> dict:
+        if pt["role"] == "idle":
+            return idle_body(b, g, pt["conns"])
+        return flood_body(b, g, pt["conns"], pt["requests"])
+
+    alternate(b, "kcp", points, body, proto=lambda pt: "kcp")
+
+
 def fig_fanout(b: Bench) -> None:
     point = {"role": "fanout", "node": b.node.kind, "conns": b.plan.fanout_conns, "rounds": b.plan.fanout_rounds}
     alternate(b, "fanout", [point], lambda pt, g: fanout_body(b, g, pt["conns"]), variants=variants(b, "fanout"))
@@ -1233,6 +1268,7 @@ FIGURE_FUNCS = {
     "shards": fig_shards,
     "metrics": fig_metrics,
     "benchclient": fig_benchclient,
+    "kcp": fig_kcp,
 }
 
 
@@ -1455,6 +1491,30 @@ def section_idle(res: dict) -> str:
     )
 
 
+def section_kcp(res: dict) -> str:
+    runs = res["runs"]
+    idle = where(runs, role="idle")
+    groups = [([fmt(n)], {"conns": n}) for n in sorted({r["conns"] for r in idle})]
+    idle_rows = ab_rows(idle, groups, "kib_per_conn", False, ".2f")
+    flood = where(runs, role="flood")
+    groups = [([fmt(c)], {"conns": c}) for c in sorted({r["conns"] for r in flood})]
+    tps_rows = ab_rows(flood, groups, "tps", True, ",.0f")
+    cpu_rows = ab_rows(flood, groups, "cpu_s_per_1m", False, ".2f")
+    return (
+        "loadgen `--kcp`: one UDP socket per session from 127.0.0.x, kcp-go's defaults as due runs them "
+        "(windows 32/32, 100 ms interval, no nodelay) on both sides, the Rust echo node behind the gate. "
+        "The Go gate serves KCP with the project's server on kcp-go v5.6.20 (`--proto=kcp`; due's "
+        "`network/kcp` is not served here). Idle: as figure 4, heartbeats every 5 s. Flood: 16 requests "
+        "in flight per session, due's pacing on both sides (ACKs ride on the next flush), so a flood "
+        "TPS here says as much about KCP's pacing as about the gate; CPU per million is the gate's.\n\n"
+        + table(["idle sessions", "gatehouse KiB/session", "due KiB/session", "gatehouse/due"], idle_rows)
+        + "\n\n"
+        + table(["flood sessions", "gatehouse TPS", "due TPS", "gatehouse/due"], tps_rows)
+        + "\n\n"
+        + table(["flood sessions", "gatehouse CPU s/1M", "due CPU s/1M", "gatehouse/due"], cpu_rows)
+    )
+
+
 def section_fanout(res: dict) -> str:
     runs = res["runs"]
     if not runs:
@@ -1579,6 +1639,7 @@ SECTIONS = {
     "shards": section_shards,
     "benchclient": section_benchclient,
     "metrics": section_metrics,
+    "kcp": section_kcp,
 }
 
 

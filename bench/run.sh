@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark entry point: builds gatehouse, loadgen, echo-node, the floors (bench/floor) and the Go
 # peers, keeps bench/.venv (matplotlib for the chart), then runs bench/run.py with the same arguments.
-# Usage: bench/run.sh [--quick] [--only flood,closed,latency,idle,fanout,shards,benchclient,metrics]
+# Usage: bench/run.sh [--quick] [--only flood,closed,latency,idle,fanout,shards,benchclient,metrics,kcp]
 #                     [--only floor[,FIGURE…]] [--no-floor] [--repeats N]
 #                     [--out DIR] [--report-only] [--no-build]      (details: bench/run.sh --help)
 # Binaries come from $CARGO_TARGET_DIR/release (default target/release).

@@ -1661,7 +1661,10 @@ fn due_v258_node(kind: GateKind, tag: &str) {
     );
     assert_eq!(n, 1);
     e.wait_disconnected(WAIT);
-    assert!(e.got(160, "bye"), "the published message arrives before the close");
+    assert!(
+        e.got(160, "bye"),
+        "the published message arrives before the close"
+    );
     d.barrier();
     assert!(!d.got(160, "bye") && !d.disconnected(), "d is not a member");
 
@@ -1677,6 +1680,9 @@ fn due_v258_node(kind: GateKind, tag: &str) {
     assert_eq!(n, 2, "the two connections left");
     for cl in [&d, &f] {
         cl.wait_disconnected(WAIT);
-        assert!(cl.got(161, "all-bye"), "the broadcast arrives before the close");
+        assert!(
+            cl.got(161, "all-bye"),
+            "the broadcast arrives before the close"
+        );
     }
 }

@@ -1,14 +1,29 @@
-//! `--kcp`: KCP clients (mode idle), as due's KCP client speaks: one UDP socket per session from
-//! 127.0.0.x, a random-looking conv, kcp-go's default parameters, a due heartbeat every
-//! `--heartbeat`. One thread drives them all (non-blocking sockets swept every 10 ms: each
-//! session's ACKs, the gate's heartbeat replies and retransmissions), which is plenty for idle
-//! sessions and keeps one fd per session under the 20,000-fd limit.
+//! `--kcp`: KCP clients (modes idle and flood), as due's KCP client speaks: one UDP socket per
+//! session from 127.0.0.x, a random-looking conv, kcp-go's default parameters (windows 32/32,
+//! interval 100 ms, no nodelay: what due runs), the due packet stream on top. One thread drives
+//! them all (non-blocking sockets swept in turn: each session's input, ACKs, heartbeats,
+//! retransmissions and requests), which keeps one fd per session under the 20,000-fd limit.
+//!
+//! - idle: every session sends a heartbeat every `--heartbeat` and must get answers; held for
+//!   `--duration` after the ramp.
+//! - flood: `--requests` echo requests of `--size` bytes shared by the sessions, at most
+//!   [`FLOOD_WINDOW`] in flight per session; TPS from the first request to the last reply. With
+//!   due's KCP parameters a session's throughput is bound by its window and the gate's 100 ms
+//!   flush interval (ACKs wait for it), so TPS grows with the number of sessions.
+//!
+//! Progress lines go to stderr (`t=… open=… connect_errors=…`, scripts read them), the summary to
+//! stdout (one JSON object with `--json`).
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::Args;
+use bytes::BytesMut;
+
+use super::{is_heartbeat, Run};
+
+/// flood: requests in flight per session (as the TCP flood writes 16 per batch).
+const FLOOD_WINDOW: u32 = 16;
 
 /// Datagrams of a client's engine leave straight through its socket (a full socket buffer
 /// drops one; KCP retransmits).
@@ -31,9 +46,12 @@ struct Client {
     next_heartbeat: Instant,
     /// Received stream bytes not yet framed.
     stream: Vec<u8>,
+    /// flood: requests sent and not answered yet, and requests sent in all.
+    inflight: u32,
+    seq: u32,
+    /// Whether anything (a heartbeat answer, a reply) came back.
+    answered: bool,
 }
-
-const HEARTBEAT: [u8; 5] = [0, 0, 0, 1, 0x80];
 
 fn open(addr: SocketAddr, source: Ipv4Addr, conv: u32, now_ms: u32) -> std::io::Result<Client> {
     let sock = UdpSocket::bind((source, 0))?;
@@ -47,88 +65,154 @@ fn open(addr: SocketAddr, source: Ipv4Addr, conv: u32, now_ms: u32) -> std::io::
         kcp,
         next_heartbeat: Instant::now(),
         stream: Vec::new(),
+        inflight: 0,
+        seq: 0,
+        answered: false,
     })
 }
 
-/// Holds `--conns` idle KCP sessions for `--duration` after the ramp; prints a line per second
-/// and a summary. Returns the number of failures (sessions that got no heartbeat reply).
-pub fn idle(a: &Args) -> usize {
+impl Client {
+    /// Feeds what arrived into the engine; returns the non-heartbeat packets completed.
+    fn take_input(&mut self, buf: &mut [u8], msg: &mut [u8]) -> u64 {
+        while let Ok(n) = self.sock.recv(buf) {
+            let _ = self.kcp.input(&buf[..n]);
+        }
+        while let Ok(n) = self.kcp.recv(msg) {
+            self.stream.extend_from_slice(&msg[..n]);
+        }
+        let (mut at, mut replies) = (0, 0);
+        while self.stream.len() >= at + 4 {
+            let size = u32::from_be_bytes(self.stream[at..at + 4].try_into().expect("4")) as usize;
+            if self.stream.len() < at + 4 + size {
+                break;
+            }
+            self.answered = true;
+            if !is_heartbeat(&self.stream[at..at + 4 + size]) {
+                replies += 1;
+            }
+            at += 4 + size;
+        }
+        self.stream.drain(..at);
+        replies
+    }
+}
+
+/// Runs `--kcp` idle or flood; prints the summary and returns the number of failures.
+pub(crate) fn run(run: &Run) -> usize {
+    let a = &run.a;
+    let flood = a.mode == "flood";
     let start = Instant::now();
     let ms = || start.elapsed().as_millis() as u32;
     let gap = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
+    let mut heartbeat = BytesMut::new();
+    run.put_wire(&run.packet.heartbeat(0), &mut heartbeat);
     let mut clients: Vec<Client> = Vec::with_capacity(a.conns);
-    let mut replied = vec![false; a.conns];
-    let (mut sent, mut replies, mut errors) = (0u64, 0u64, 0usize);
+    let (mut heartbeats, mut connect_errors) = (0u64, 0usize);
+    let (mut budget, mut sent, mut received) = (a.requests, 0u64, 0u64);
+    let (mut first_send, mut last_reply): (Option<Instant>, Option<Instant>) = (None, None);
     let mut buf = vec![0u8; 2048];
     let mut msg = vec![0u8; 64 * 1024];
+    let mut request = BytesMut::new();
     let mut ramp_done: Option<Instant> = None;
     let mut last_report = Instant::now();
     loop {
         let now = Instant::now();
         // Ramp: open what is due by now.
-        while clients.len() + errors < a.conns
-            && start + gap * (clients.len() + errors) as u32 <= now
+        while clients.len() + connect_errors < a.conns
+            && start + gap * (clients.len() + connect_errors) as u32 <= now
         {
-            let i = clients.len() + errors;
+            let i = clients.len() + connect_errors;
             let source = Ipv4Addr::new(127, 0, 0, 1 + (i % a.sources.max(1) as usize) as u8);
             let conv = (i as u32 + 1).wrapping_mul(0x9E37_79B9);
             match open(a.addr, source, conv, ms()) {
                 Ok(c) => clients.push(c),
                 Err(e) => {
-                    if errors == 0 {
+                    if connect_errors == 0 {
                         eprintln!("kcp open error: {e}");
                     }
-                    errors += 1;
+                    connect_errors += 1;
                 }
             }
         }
-        if ramp_done.is_none() && clients.len() + errors == a.conns {
+        if ramp_done.is_none() && clients.len() + connect_errors == a.conns {
             ramp_done = Some(now);
         }
-        if ramp_done.is_some_and(|t| now >= t + a.duration) {
+        let done = match ramp_done {
+            Some(t) if flood => received >= a.requests || now >= t + a.duration,
+            Some(t) => now >= t + a.duration,
+            None => false,
+        };
+        if done {
             break;
         }
         let t = ms();
-        for (i, c) in clients.iter_mut().enumerate() {
-            while let Ok(n) = c.sock.recv(&mut buf) {
-                let _ = c.kcp.input(&buf[..n]);
+        let mut busy = false;
+        for c in clients.iter_mut() {
+            let replies = c.take_input(&mut buf, &mut msg);
+            if replies > 0 {
+                received += replies;
+                c.inflight = c.inflight.saturating_sub(replies as u32);
+                last_reply = Some(now);
             }
-            while let Ok(n) = c.kcp.recv(&mut msg) {
-                c.stream.extend_from_slice(&msg[..n]);
-            }
-            while c.stream.len() >= 4 {
-                let size = u32::from_be_bytes(c.stream[..4].try_into().unwrap()) as usize;
-                if c.stream.len() < 4 + size {
-                    break;
-                }
-                c.stream.drain(..4 + size);
-                replies += 1;
-                replied[i] = true;
-            }
+            let mut wrote = false;
             if now >= c.next_heartbeat {
-                let _ = c.kcp.send(&HEARTBEAT);
+                let _ = c.kcp.send(&heartbeat);
+                heartbeats += 1;
+                c.next_heartbeat = now + a.heartbeat;
+                wrote = true;
+            }
+            // flood: requests once every session is open, up to the window.
+            while flood && ramp_done.is_some() && budget > 0 && c.inflight < FLOOD_WINDOW {
+                c.seq = c.seq.wrapping_add(1);
+                request.clear();
+                run.put_request(c.seq, &mut request);
+                let _ = c.kcp.send(&request);
+                c.inflight += 1;
+                budget -= 1;
+                sent += 1;
+                first_send.get_or_insert(now);
+                wrote = true;
+            }
+            if wrote || c.kcp.check(t) == 0 {
                 let _ = c.kcp.update(t);
                 let _ = c.kcp.flush();
-                sent += 1;
-                c.next_heartbeat = now + a.heartbeat;
-            } else if c.kcp.check(t) == 0 {
-                let _ = c.kcp.update(t);
             }
+            busy |= wrote || replies > 0 || c.inflight > 0;
         }
         if now >= last_report + Duration::from_secs(1) {
             last_report = now;
-            println!(
-                "t={:.0}s open={} heartbeats={sent} replies={replies} errors={errors}",
+            eprintln!(
+                "t={:.0}s open={} connect_errors={connect_errors} heartbeats={heartbeats} sent={sent} received={received}",
                 start.elapsed().as_secs_f64(),
                 clients.len()
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // Idle sessions are swept every 10 ms; a flood sweeps again at once while work is due.
+        if !(flood && busy) {
+            std::thread::sleep(Duration::from_millis(if flood { 1 } else { 10 }));
+        }
     }
-    let silent = replied.iter().take(clients.len()).filter(|r| !**r).count();
-    println!(
-        "kcp idle: sessions={} heartbeats={sent} replies={replies} no_reply={silent} errors={errors}",
-        clients.len()
-    );
-    silent + errors
+    let silent = clients.iter().filter(|c| !c.answered).count();
+    let seconds = match (first_send, last_reply) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64().max(1e-9),
+        _ => 0.0,
+    };
+    let tps = if seconds > 0.0 {
+        received as f64 / seconds
+    } else {
+        0.0
+    };
+    let failures = silent + connect_errors + usize::from(flood && received < a.requests);
+    let summary = serde_json::json!({
+        "mode": a.mode, "transport": "kcp", "conns": a.conns, "size": a.size,
+        "requests": if flood { a.requests } else { 0 }, "sent": sent, "received": received,
+        "seconds": seconds, "tps": tps, "heartbeats": heartbeats,
+        "connect_errors": connect_errors, "no_answer": silent, "failures": failures,
+    });
+    if a.json {
+        println!("{summary}");
+    } else {
+        println!("kcp {}: {summary:#}", a.mode);
+    }
+    failures
 }

@@ -134,7 +134,7 @@ fn usage() -> ! {
          --route-bytes N    [packet] routeBytes of the cluster (2)\n\
          --seq-bytes N      [packet] seqBytes of the cluster (2)\n\
          --ws PATH          connect over WebSocket (upgrade on PATH) instead of plain TCP\n\
-         --kcp              connect over KCP (UDP; idle mode only)\n\
+         --kcp              connect over KCP (UDP; modes idle and flood)\n\
          --json             print the summary as one JSON object"
     );
     std::process::exit(2)
@@ -1221,11 +1221,11 @@ impl Run {
 fn main() {
     let a = parse_args();
     if a.kcp {
-        if a.mode != "idle" {
-            eprintln!("--kcp: only mode idle");
+        if a.mode != "idle" && a.mode != "flood" {
+            eprintln!("--kcp: modes idle and flood only");
             std::process::exit(2);
         }
-        std::process::exit(if kcp::idle(&a) == 0 { 0 } else { 1 });
+        std::process::exit(if kcp::run(&Run::new(a)) == 0 { 0 } else { 1 });
     }
     if a.mode == "pingpong" {
         let failures = pingpong(Run::new(a));
