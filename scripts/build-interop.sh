@@ -20,4 +20,6 @@ done
 # The v2.5.8 node: its own module (due v2.5.8 needs go 1.25 and would lift the whole suite to
 # due v2.5.8), sharing the suite's internal packages through a replace directive.
 (cd due25 && timeout 300 go mod download && timeout 300 go build -mod=readonly -o ../bin/node25 ./cmd/node25)
-echo "built: $(cd bin && ls | tr '\n' ' ')"
+# The Nacos probe (due's registry/nacos): its own module too, its binary beside it.
+(cd nacos && timeout 300 go mod download && timeout 300 go build -mod=readonly -o bin/nacosprobe .)
+echo "built: $(cd bin && ls | tr '\n' ' ') nacos/bin/nacosprobe"

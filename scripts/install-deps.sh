@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suites use, each step idempotent: Redis (Debian), Consul 1.8.7
-# (Debian bullseye, into .tools/), etcd 3.4 (Debian bookworm, into .tools/), Prometheus and
+# (Debian bullseye, into .tools/), etcd 3.4 (Debian bookworm, into .tools/), Nacos 2.3.1 (Maven
+# Central, into .tools/; needs java and mvn), Prometheus and
 # promtool (Debian), the due v2.4.1 Go peers (tests/interop/bin/) and Toxiproxy for the wire-fault
 # suite (tests/interop/bin/toxiproxy-server). scripts/test.sh runs it first; .ci/run too.
 # A step that fails is reported; with GATEHOUSE_REQUIRE_SERVICES=1 that fails the run, otherwise
@@ -10,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 failed=()
-for step in install-redis install-consul install-etcd install-prometheus build-interop install-toxiproxy; do
+for step in install-redis install-consul install-etcd install-nacos install-prometheus build-interop install-toxiproxy; do
     if ! "scripts/$step.sh"; then
         echo "scripts/$step.sh failed" >&2
         failed+=("$step")

@@ -35,7 +35,7 @@
 //! **Control plane** (std threads; shards reach them by channel)
 //! - [`control`]: the control thread that owns the locator.
 //! - [`locator`]: user → gate / node locations (memory or Redis).
-//! - [`registry`]: the instance record, Consul registration and node watch.
+//! - [`registry`]: the instance record; Consul, etcd and Nacos registration and node watch.
 //!
 //! **Configuration and leaves**
 //! - [`config`]: due's `etc` files into typed settings, with errors that name the key.

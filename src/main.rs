@@ -232,6 +232,7 @@ fn gate_info(cfg: &Config, gate: &Gate) -> banner::GateInfo {
             gatehouse::config::RegistryConfig::Static => "static".into(),
             gatehouse::config::RegistryConfig::Consul(_) => "consul".into(),
             gatehouse::config::RegistryConfig::Etcd(_) => "etcd".into(),
+            gatehouse::config::RegistryConfig::Nacos(_) => "nacos".into(),
         },
     }
 }

@@ -12,8 +12,8 @@ use super::convert::{
 };
 use super::{
     Config, ConsulConfig, EtcdConfig, GateConfig, GatehouseConfig, HeartbeatMechanism, KcpConfig,
-    LimitsConfig, LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, RateAction, RedisConfig,
-    RegistryConfig, Rotate, ServerConfig, SingleLogin, StaticNode, WsConfig,
+    LimitsConfig, LocatorConfig, LogConfig, LogFormat, LogLevel, Mode, NacosConfig, RateAction,
+    RedisConfig, RegistryConfig, Rotate, ServerConfig, SingleLogin, StaticNode, WsConfig,
 };
 use crate::instance::{InstanceState, RouteInfo};
 use crate::net::HostPort;
@@ -895,6 +895,25 @@ const ETCD_KEYS: &[&str] = &[
     "password",
 ];
 
+/// `[registry.nacos]` keys (due v2.4.1 `registry/nacos/options.go`).
+const NACOS_KEYS: &[&str] = &[
+    "urls",
+    "clusterName",
+    "groupName",
+    "timeout",
+    "namespaceId",
+    "endpoint",
+    "regionId",
+    "accessKey",
+    "secretKey",
+    "openKMS",
+    "cacheDir",
+    "username",
+    "password",
+    "logDir",
+    "logLevel",
+];
+
 const SECOND: Duration = Duration::from_secs(1);
 
 /// Builds the [`Config`] from the `etc` tree (`None` = no `etc` file: all defaults).
@@ -997,40 +1016,115 @@ fn locator(r: &Section) -> Result<LocatorConfig> {
     }))
 }
 
-/// The registry backend. due's gate program picks it in code (`consul.NewRegistry()` or
-/// `etcd.NewRegistry()`), and due's sample `etc.toml` carries both sections, so: the one of
-/// `[registry.consul]` / `[registry.etcd]` that is present selects its backend (neither: the
-/// static node list); with both, `[gatehouse] registry` (`consul`, `etcd` or `static`) must
-/// say which, and it may also name a backend whose section is absent (due's defaults).
-/// `[registry.nacos]` is not read.
+/// The registry backend. due's gate program picks it in code (`consul.NewRegistry()`,
+/// `etcd.NewRegistry()` or `nacos.NewRegistry()`), and due's sample `etc.toml` carries every
+/// section, so: the one of `[registry.consul]` / `[registry.etcd]` / `[registry.nacos]` that is
+/// present selects its backend (none: the static node list); with more than one,
+/// `[gatehouse] registry` (`consul`, `etcd`, `nacos` or `static`) must say which, and it may also
+/// name a backend whose section is absent (due's defaults).
 fn registry(r: &Section, gatehouse: &Section) -> Result<RegistryConfig> {
-    let (consul, etcd) = (r.table("consul")?, r.table("etcd")?);
+    let sections = [
+        ("consul", r.table("consul")?),
+        ("etcd", r.table("etcd")?),
+        ("nacos", r.table("nacos")?),
+    ];
     let choice = gatehouse.string("registry", "")?;
-    let chosen =
-        match choice.as_str() {
-            "" => match (consul.exists(), etcd.exists()) {
-                (true, true) => return Err(ConfigError::invalid(
-                    gatehouse.key("registry"),
-                    "both [registry.consul] and [registry.etcd] are present: due's gate program \
-                     picks one in code; say which with registry = \"consul\" or \"etcd\"",
-                )),
-                (true, false) => "consul",
-                (false, true) => "etcd",
-                (false, false) => "static",
-            },
-            "consul" | "etcd" | "static" => choice.as_str(),
-            other => {
+    let present: Vec<&str> = sections
+        .iter()
+        .filter(|(_, t)| t.exists())
+        .map(|(n, _)| *n)
+        .collect();
+    let chosen = match choice.as_str() {
+        "" => match present.as_slice() {
+            [] => "static",
+            [one] => one,
+            several => {
                 return Err(ConfigError::invalid(
                     gatehouse.key("registry"),
-                    format!("{other:?} is not a registry (consul, etcd or static)"),
+                    format!(
+                        "[registry.{}] are all present: due's gate program picks one in code; \
+                         say which with registry = \"consul\", \"etcd\" or \"nacos\"",
+                        several.join("], [registry.")
+                    ),
                 ))
             }
-        };
+        },
+        "consul" | "etcd" | "nacos" | "static" => choice.as_str(),
+        other => {
+            return Err(ConfigError::invalid(
+                gatehouse.key("registry"),
+                format!("{other:?} is not a registry (consul, etcd, nacos or static)"),
+            ))
+        }
+    };
+    let section = |name: &str| &sections.iter().find(|(n, _)| *n == name).expect("known").1;
     match chosen {
-        "consul" => consul_registry(&consul),
-        "etcd" => etcd_registry(&etcd),
+        "consul" => consul_registry(section("consul")),
+        "etcd" => etcd_registry(section("etcd")),
+        "nacos" => nacos_registry(section("nacos")),
         _ => Ok(RegistryConfig::Static),
     }
+}
+
+/// `[registry.nacos]` (docs/ops/nacos.md). `urls` must be a list of `http://host:port/path`
+/// URLs (no TLS, like the Consul and etcd clients); the Alibaba Cloud keys (address server, KMS, access keys) cannot be honoured over the
+/// open API and stop start-up when set.
+fn nacos_registry(n: &Section) -> Result<RegistryConfig> {
+    n.deny_unknown(NACOS_KEYS)?;
+    let default = NacosConfig::default();
+    let urls = if n.raw("urls").is_some() {
+        let urls = n.list_of("urls", |v| {
+            let url = value_to_string(v)?;
+            // Plain HTTP, as the Consul and etcd clients speak (no TLS in the HTTP client).
+            let rest = url
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("{url:?}: not an http:// URL (https is not supported)"))?;
+            let host_port = rest.split('/').next().unwrap_or_default();
+            check_host_port(host_port).map_err(|e| format!("{url:?}: {e}"))?;
+            Ok(url.trim_end_matches('/').to_string())
+        })?;
+        if urls.is_empty() {
+            return Err(ConfigError::invalid(
+                n.key("urls"),
+                "must name at least one Nacos server URL",
+            ));
+        }
+        urls
+    } else {
+        default.urls
+    };
+    for key in ["endpoint", "regionId", "accessKey", "secretKey"] {
+        if !n.string(key, "")?.is_empty() {
+            return Err(ConfigError::invalid(
+                n.key(key),
+                "Alibaba Cloud's address server, KMS and access keys are not supported; \
+                 name the servers in urls",
+            ));
+        }
+    }
+    if n.bool("openKMS", false)? {
+        return Err(ConfigError::invalid(
+            n.key("openKMS"),
+            "KMS encryption is not supported",
+        ));
+    }
+    // The Go SDK's local cache and log files: nothing of the kind here.
+    for key in ["cacheDir", "logDir", "logLevel"] {
+        n.string(key, "")?;
+    }
+    let timeout = n.non_negative_duration("timeout", default.timeout)?;
+    if timeout.is_zero() {
+        return Err(ConfigError::invalid(n.key("timeout"), "must be positive"));
+    }
+    Ok(RegistryConfig::Nacos(NacosConfig {
+        urls,
+        cluster_name: n.non_empty_string("clusterName", &default.cluster_name)?,
+        group_name: n.non_empty_string("groupName", &default.group_name)?,
+        timeout,
+        namespace_id: n.string("namespaceId", "")?,
+        username: n.string("username", "")?,
+        password: n.string("password", "")?,
+    }))
 }
 
 /// `[registry.etcd]` (etcd-registry.md §1). `addrs` must be a list, as in due (a plain string
@@ -2767,9 +2861,10 @@ log:
         assert_eq!((g.link_conns, g.publish_v25), (1, false));
 
         // Other backends' sections select nothing and are not checked.
-        let c =
-            from_toml("[locate.etcd]\naddrs = [\"x\"]\nwhatever = 1\n[registry.nacos]\nbar = 2")
-                .unwrap();
+        let c = from_toml(
+            "[locate.etcd]\naddrs = [\"x\"]\nwhatever = 1\n[registry.zookeeper]\nbar = 2",
+        )
+        .unwrap();
         assert_eq!(c.locator, LocatorConfig::Memory);
         assert_eq!(c.registry, RegistryConfig::Static);
         // An empty [registry.etcd] selects etcd with due's defaults.
@@ -2942,14 +3037,66 @@ log:
     }
 
     #[test]
+    fn nacos_section() {
+        let c = from_toml(
+            r#"
+            [registry.nacos]
+            urls = ["http://10.0.0.1:8848/nacos", "http://nacos.local:8849/ctx/"]
+            clusterName = "C1"
+            groupName = "G1"
+            timeout = "1500ms"
+            namespaceId = "ns"
+            cacheDir = "./run/nacos/naming/cache"
+            logDir = "./run/nacos/naming/log"
+            logLevel = "info"
+            username = "gate"
+            password = "secret"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.registry,
+            RegistryConfig::Nacos(NacosConfig {
+                urls: vec![
+                    "http://10.0.0.1:8848/nacos".into(),
+                    "http://nacos.local:8849/ctx".into()
+                ],
+                cluster_name: "C1".into(),
+                group_name: "G1".into(),
+                timeout: Duration::from_millis(1500),
+                namespace_id: "ns".into(),
+                username: "gate".into(),
+                password: "secret".into(),
+            })
+        );
+        for (extra, key) in [
+            ("urls = []", "etc.registry.nacos.urls"),
+            ("urls = [\"10.0.0.1:8848\"]", "etc.registry.nacos.urls"),
+            ("urls = [\"https://10.0.0.1:8848/nacos\"]", "etc.registry.nacos.urls"),
+            (
+                "endpoint = \"acm.aliyun.com\"",
+                "etc.registry.nacos.endpoint",
+            ),
+            ("accessKey = \"k\"", "etc.registry.nacos.accessKey"),
+            ("openKMS = true", "etc.registry.nacos.openKMS"),
+            ("timeout = 0", "etc.registry.nacos.timeout"),
+            ("weight = 1", "etc.registry.nacos.weight"),
+        ] {
+            let text = format!("[registry.nacos]\n{extra}\n");
+            assert_eq!(err_key(from_toml(&text)), key, "{extra}");
+        }
+    }
+
+    #[test]
     fn registry_selection() {
-        let both = "[registry.consul]\n[registry.etcd]\n";
+        let both = "[registry.consul]\n[registry.etcd]\n[registry.nacos]\n";
         let e = from_toml(both).unwrap_err();
         assert_eq!(e.key(), Some("etc.gatehouse.registry"));
-        assert!(e.to_string().contains("both"), "{e}");
+        assert!(e.to_string().contains("all present"), "{e}");
         for (choice, want) in [
             ("consul", RegistryConfig::Consul(ConsulConfig::default())),
             ("etcd", RegistryConfig::Etcd(EtcdConfig::default())),
+            ("nacos", RegistryConfig::Nacos(NacosConfig::default())),
             ("static", RegistryConfig::Static),
         ] {
             let with_both = format!("[gatehouse]\nregistry = \"{choice}\"\n{both}");
@@ -2959,8 +3106,12 @@ log:
             assert_eq!(from_toml(&alone).unwrap().registry, want, "{choice}");
         }
         assert_eq!(
-            err_key(from_toml("[gatehouse]\nregistry = \"nacos\"")),
+            err_key(from_toml("[gatehouse]\nregistry = \"zookeeper\"")),
             "etc.gatehouse.registry"
+        );
+        assert_eq!(
+            from_toml("[registry.nacos]\n").unwrap().registry,
+            RegistryConfig::Nacos(NacosConfig::default())
         );
         // The chosen section is checked; the other one is not read.
         assert_eq!(

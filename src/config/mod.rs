@@ -125,6 +125,45 @@ pub enum RegistryConfig {
     Consul(ConsulConfig),
     /// `[registry.etcd]` (etcd-registry.md §1); `gatehouse.nodes` is then ignored.
     Etcd(EtcdConfig),
+    /// `[registry.nacos]` (docs/ops/nacos.md); `gatehouse.nodes` is then ignored.
+    Nacos(NacosConfig),
+}
+
+/// `[registry.nacos]`, due's keys and defaults (docs/ops/nacos.md). Read: `urls`, `clusterName`,
+/// `groupName`, `timeout`, `namespaceId`, `username`, `password`. `cacheDir`, `logDir` and
+/// `logLevel` configure the Go SDK's own files and are accepted and unused; `endpoint`,
+/// `regionId`, `accessKey`, `secretKey` and `openKMS` (Alibaba Cloud's address server and KMS)
+/// stop start-up when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NacosConfig {
+    /// `urls`: `scheme://host:port/contextPath` of each server, default
+    /// `["http://127.0.0.1:8848/nacos"]`.
+    pub urls: Vec<String>,
+    /// `clusterName`, default `DEFAULT`.
+    pub cluster_name: String,
+    /// `groupName`, default `DEFAULT_GROUP`.
+    pub group_name: String,
+    /// `timeout`, default 3 s: bounds each call (due hands the SDK 1000× its value).
+    pub timeout: Duration,
+    /// `namespaceId`, default empty (Nacos's `public`).
+    pub namespace_id: String,
+    /// `username` / `password`: log in only when both are set.
+    pub username: String,
+    pub password: String,
+}
+
+impl Default for NacosConfig {
+    fn default() -> Self {
+        NacosConfig {
+            urls: vec!["http://127.0.0.1:8848/nacos".to_string()],
+            cluster_name: "DEFAULT".to_string(),
+            group_name: "DEFAULT_GROUP".to_string(),
+            timeout: Duration::from_secs(3),
+            namespace_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+        }
+    }
 }
 
 /// `[registry.etcd]`, due's keys and defaults (etcd-registry.md §1; `username`/`password` are

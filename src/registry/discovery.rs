@@ -1,12 +1,13 @@
 //! The registry as the gate uses it, behind one interface: register this gate, report the node
-//! list, re-register on a state change, leave. Three implementations: static list, Consul, etcd.
+//! list, re-register on a state change, leave. Four implementations: static list, Consul, etcd,
+//! Nacos.
 //!
 //! Whatever the backend, node lists reach the gate through one [`NodeSink`]; the wiring turns that
-//! into the one fan-out to the shards. Adding a backend (Nacos) means one more `start` arm.
+//! into the one fan-out to the shards. Adding a backend means one more `start` arm.
 
 use super::consul::{ConsulClient, Registrar};
-use super::etcd;
 use super::{endpoint_url, InstanceState, RegistryError, ServiceInstance};
+use super::{etcd, nacos};
 use crate::config::{RegistryConfig, StaticNode};
 use crate::instance::StateCell;
 
@@ -15,7 +16,7 @@ pub type NodeSink = Box<dyn Fn(Vec<ServiceInstance>) + Send + 'static>;
 
 /// A running registration and node discovery.
 pub trait Discovery: Send {
-    /// The backend's name for the banner (`static`, `consul`, `etcd`).
+    /// The backend's name for the banner (`static`, `consul`, `etcd`, `nacos`).
     fn name(&self) -> &'static str;
     /// Makes `state` the shared state and registers it (the gate does it once: `hang` when
     /// shutdown begins). A no-op where nothing is registered.
@@ -50,6 +51,10 @@ pub fn start(
         }
         RegistryConfig::Etcd(e) => {
             let registrar = etcd::Registrar::start(e.clone(), instance, state, nodes, metrics)?;
+            Ok(Box::new(registrar))
+        }
+        RegistryConfig::Nacos(n) => {
+            let registrar = nacos::Registrar::start(n.clone(), instance, state, nodes, metrics)?;
             Ok(Box::new(registrar))
         }
     }
@@ -105,6 +110,24 @@ impl Discovery for etcd::Registrar {
 
     fn abandon(self: Box<Self>) {
         etcd::Registrar::abandon(*self)
+    }
+}
+
+impl Discovery for nacos::Registrar {
+    fn name(&self) -> &'static str {
+        "nacos"
+    }
+
+    fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
+        nacos::Registrar::set_state(self, state)
+    }
+
+    fn stop(self: Box<Self>) {
+        nacos::Registrar::stop(*self)
+    }
+
+    fn abandon(self: Box<Self>) {
+        nacos::Registrar::abandon(*self)
     }
 }
 

@@ -79,12 +79,7 @@ pub fn decode(bytes: &[u8]) -> Result<ServiceInstance, String> {
             .routes
             .unwrap_or_default()
             .into_iter()
-            .map(|r| RouteInfo {
-                id: r.i,
-                internal: r.n,
-                stateful: r.s,
-                authorized: r.a,
-            })
+            .map(RouteInfo::from)
             .collect(),
         services: v.services.unwrap_or_default(),
         endpoint: v.endpoint,
@@ -142,6 +137,30 @@ impl From<&RouteInfo> for Route {
             a: r.authorized,
         }
     }
+}
+
+impl From<Route> for RouteInfo {
+    fn from(r: Route) -> RouteInfo {
+        RouteInfo {
+            id: r.i,
+            internal: r.n,
+            stateful: r.s,
+            authorized: r.a,
+        }
+    }
+}
+
+/// due's compact JSON of a route list, `[{"i":1},{"i":2,"s":true}]`: the `routes` member here,
+/// and the `routes` metadata value of due's Nacos registry (`nacos_meta`).
+pub(super) fn routes_json(routes: &[RouteInfo]) -> String {
+    let routes: Vec<Route> = routes.iter().map(Route::from).collect();
+    serde_json::to_string(&routes).unwrap_or_default()
+}
+
+/// Reads [`routes_json`]'s form back (lenient like [`decode`]).
+pub(super) fn routes_from_json(text: &str) -> Result<Vec<RouteInfo>, String> {
+    let routes: Vec<Route> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(routes.into_iter().map(RouteInfo::from).collect())
 }
 
 /// The lenient reading: every member optional; `null` reads as empty, as in Go.

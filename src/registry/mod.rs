@@ -1,7 +1,7 @@
 //! The registry's abstract instance record (due's `registry.ServiceInstance`), independent of backend.
 //! Owns the record and the `drpc://` endpoint string; states and route flags are `crate::instance`.
 //!
-//! Every backend (Consul, etcd) stores and returns this same record; the dispatcher builds its
+//! Every backend (Consul, etcd, Nacos) stores and returns this same record; the dispatcher builds its
 //! route table from a list of them (see [`crate::dispatch::routes`]). Keeping the record free of
 //! any backend detail lets the codecs and the dispatcher be tested without a registry running.
 
@@ -16,6 +16,8 @@ pub mod consul_meta;
 pub mod discovery;
 pub mod etcd;
 pub mod etcd_value;
+pub mod nacos;
+pub mod nacos_meta;
 #[cfg(test)]
 mod real_server;
 mod worker;

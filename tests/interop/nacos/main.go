@@ -3,6 +3,10 @@
 //
 //	nacosprobe -addr 127.0.0.1:8848 -dir DIR            register, watch, re-register, deregister: checks
 //	nacosprobe -addr 127.0.0.1:8848 -dir DIR -mode hold register one gate and block until killed
+//	nacosprobe -addr 127.0.0.1:8848 -dir DIR -mode node -id ID -endpoint drpc://HOST:PORT
+//	    register a node (route 1) as a due node does, then watch the gate service as a due node
+//	    does: one JSON line per list ({"event":"gates","gates":[{id,kind,alias,state,endpoint}]});
+//	    ends when stdin closes (deregistering the node) — tests/nacos.rs drives it
 //
 // Exits non-zero with a reason on the first mismatch; prints the open API records it saw.
 package main
@@ -40,7 +44,56 @@ type list struct {
 	Hosts []host `json:"hosts"`
 }
 
-var addr = flag.String("addr", "127.0.0.1:8848", "Nacos HTTP address")
+var (
+	addr     = flag.String("addr", "127.0.0.1:8848", "Nacos HTTP address")
+	nodeID   = flag.String("id", "node-1", "node mode: the node's ID")
+	endpoint = flag.String("endpoint", "drpc://127.0.0.1:40001?is_secure=false", "node mode: the node's link endpoint")
+)
+
+// emit prints one JSON line.
+func emit(v map[string]any) {
+	b, _ := json.Marshal(v)
+	fmt.Println(string(b))
+}
+
+// runNode registers a node serving route 1 and reports every list of gates its watch yields,
+// until stdin closes; then deregisters.
+func runNode(ctx context.Context, reg *nacos.Registry, id, endpoint string) {
+	node := &registry.ServiceInstance{
+		ID: id, Name: "node", Kind: "node", Alias: "node", State: "work",
+		Routes: []registry.Route{{ID: 1}}, Endpoint: endpoint, Weight: 1,
+	}
+	tries, err := registerRetry(ctx, reg, node)
+	if err != nil {
+		fail("register node: %v", err)
+	}
+	emit(map[string]any{"event": "registered", "tries": tries})
+	w, err := reg.Watch(ctx, "gate")
+	if err != nil {
+		fail("watch: %v", err)
+	}
+	go func() {
+		for {
+			s, err := w.Next()
+			if err != nil {
+				return
+			}
+			gates := make([]map[string]string, 0, len(s))
+			for _, g := range s {
+				gates = append(gates, map[string]string{
+					"id": g.ID, "kind": g.Kind, "alias": g.Alias, "state": g.State, "endpoint": g.Endpoint,
+				})
+			}
+			emit(map[string]any{"event": "gates", "gates": gates})
+		}
+	}()
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	_ = w.Stop()
+	if err := reg.Deregister(ctx, node); err != nil {
+		fail("deregister node: %v", err)
+	}
+	emit(map[string]any{"event": "deregistered"})
+}
 
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "FAIL: "+format+"\n", args...)
@@ -121,10 +174,15 @@ func expect(what string, got, want any) {
 
 func main() {
 	dir := flag.String("dir", os.TempDir(), "directory for the SDK's cache and log")
-	mode := flag.String("mode", "check", "check | hold")
+	mode := flag.String("mode", "check", "check | hold | node")
 	flag.Parse()
 	ctx := context.Background()
 	reg := newRegistry(*dir)
+
+	if *mode == "node" {
+		runNode(ctx, reg, *nodeID, *endpoint)
+		return
+	}
 
 	if *mode == "hold" {
 		if _, err := registerRetry(ctx, reg, gate("hold-1", "work")); err != nil {
