@@ -31,6 +31,7 @@ import platform
 import random
 import re
 import shlex
+import shutil
 import signal
 import threading
 import socket
@@ -843,17 +844,63 @@ def per_million(cpu: float, received: Any) -> float | None:
     return cpu / received * 1e6 if isinstance(received, (int, float)) and received > 0 else None
 
 
+SYSCALL_EVENTS = ("raw_syscalls:sys_enter", "io_uring:io_uring_submit_req")
+
+
+class SyscallCount:
+    """`perf stat` attached to a process for the length of a run: its system calls and io_uring
+    requests (the kernel's own count, all threads; counting, not sampling, so it costs the gate
+    little). Inert when perf is missing or may not attach."""
+
+    def __init__(self, b: Bench, pid: int, stem: str):
+        self.out = b.logs / f"{b.stem(stem)}.perf"
+        self.p: subprocess.Popen | None = None
+        if not shutil.which("perf"):
+            return
+        argv = ["perf", "stat", "-x", ",", "-o", str(self.out), "-p", str(pid)]
+        for e in SYSCALL_EVENTS:
+            argv += ["-e", e]
+        try:
+            self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            self.p = None
+        time.sleep(0.3)  # attached before the run starts
+
+    def stop(self) -> dict[str, int]:
+        """Counts by event name ({} without perf)."""
+        if self.p is None:
+            return {}
+        self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return {}
+        counts = {}
+        for line in self.out.read_text(errors="replace").splitlines():
+            f = line.split(",")
+            if len(f) > 2 and f[2] in SYSCALL_EVENTS and f[0].isdigit():
+                counts[f[2]] = int(f[0])
+        return counts
+
+
 def flood_body(b: Bench, g: Gate, conns: int, requests: int) -> dict:
-    """Warm-up, then one timed flood; gate (and node) CPU deltas over the timed run."""
+    """Warm-up, then one timed flood; gate (and node) CPU deltas over the timed run, and the
+    gate's system calls and io_uring requests per pair."""
     p = b.plan
     warm_tps = warm(b, g)
+    counter = SyscallCount(b, g.pid, f"perf-{g.gid}-c{conns}")
     cpu0, node0 = cpu_seconds(g.pid), cpu_seconds(b.node.pid)
     args = ["flood", *g.client_args(), "--conns", conns, "--requests", requests, "--size", p.size,
             "--duration", p.flood_give_up_s, "--json"]  # fmt: skip
     out = run_loadgen(b, f"flood-{g.gid}-c{conns}", args, p.flood_give_up_s + 30)
     cpu, node_cpu = cpu_seconds(g.pid) - cpu0, cpu_seconds(b.node.pid) - node0
+    counts = counter.stop()
     received = out.get("received")
+    per_pair = lambda n: round(n / received, 2) if n is not None and isinstance(received, int) and received > 0 else None  # noqa: E731
     return {
+        "syscalls_per_pair": per_pair(counts.get("raw_syscalls:sys_enter")),
+        "uring_reqs_per_pair": per_pair(counts.get("io_uring:io_uring_submit_req")),
         "tps": out.get("tps"),
         "received": received,
         "seconds": out.get("seconds"),
@@ -1397,6 +1444,19 @@ def section_flood(res: dict) -> str:
                 ab_rows(runs, groups, "tps", True, ",.0f", floor))  # fmt: skip
     cpu = table(heads + ["gatehouse CPU s/1M", "due CPU s/1M", "gatehouse/due", "floor CPU s/1M", "gatehouse/floor"],
                 ab_rows(runs, groups, "cpu_s_per_1m", False, ".2f", floor))  # fmt: skip
+    sys_rows = []
+    for labels, match in groups:
+        row = list(labels)
+        for kind, sub in (("gatehouse", where(runs, gate="gatehouse", **match)), ("due", where(runs, gate="due", **match)),
+                          ("floor", where(floor, **match))):  # fmt: skip
+            clean = [r for r in sub if r.get("ok") and r.get("syscalls_per_pair") is not None]
+            r = min(clean, key=lambda r: r.get("cpu_s_per_1m") or 1e9) if clean else None
+            row.append(fmt(dig(r, "syscalls_per_pair"), ".2f"))
+            if kind == "gatehouse":
+                row.append(fmt(dig(r, "uring_reqs_per_pair"), ".2f"))
+        sys_rows.append(row)
+    syscalls = table(heads + ["gatehouse syscalls/pair", "gatehouse io_uring reqs/pair", "due syscalls/pair",
+                              "floor syscalls/pair"], sys_rows)  # fmt: skip
     return (
         "### 1. Flood TPS, 1 KiB payload\n\nReplies per second over the timed flood (better of the runs "
         "per gate). The floor is `floor-forward` (bench/floor: client packets to the Rust echo node in "
@@ -1404,6 +1464,10 @@ def section_flood(res: dict) -> str:
         + "\n\n### 2. Gate CPU per 1M request/response pairs\n\n"
         "utime+stime of the gate process over the same timed floods / replies × 10⁶ (lower is better; "
         "better of the runs per gate).\n\n" + cpu
+        + "\n\n### System calls per pair\n\n`perf stat -e raw_syscalls:sys_enter,io_uring:io_uring_submit_req -p "
+        "PID` on the gate (every thread) over the same timed flood, / replies; the run with the lower CPU "
+        "per gate. gatehouse's sends and receives are io_uring requests, most submitted several to one "
+        "`io_uring_enter`; due's Go gate and the floor make one system call per read or write.\n\n" + syscalls
     )
 
 
