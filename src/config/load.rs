@@ -3072,7 +3072,10 @@ log:
         for (extra, key) in [
             ("urls = []", "etc.registry.nacos.urls"),
             ("urls = [\"10.0.0.1:8848\"]", "etc.registry.nacos.urls"),
-            ("urls = [\"https://10.0.0.1:8848/nacos\"]", "etc.registry.nacos.urls"),
+            (
+                "urls = [\"https://10.0.0.1:8848/nacos\"]",
+                "etc.registry.nacos.urls",
+            ),
             (
                 "endpoint = \"acm.aliyun.com\"",
                 "etc.registry.nacos.endpoint",
