@@ -4,7 +4,7 @@
 # port P: gRPC for clients P+1000 (what nacos-sdk-go v2 and due's registry use), gRPC between
 # servers P+1001, and JRaft P-1000; all four must be free. Data, logs and the pid file go into DIR.
 #   scripts/nacos.sh start HTTP_PORT DIR  -> returns once /nacos/v1/ns/operator/metrics says UP
-#                                            and the gRPC port accepts (<= 180 s); prints the pid
+#                                            and the gRPC port accepts (<= 180 s); pid in DIR/nacos.pid
 #   scripts/nacos.sh stop  HTTP_PORT DIR  -> stops it (bounded, then KILL)
 # NACOS_JAVA_OPTS adds JVM options; NACOS_ARGS adds Spring arguments (e.g.
 # --logging.level.com.alibaba.nacos.naming.push=debug).
@@ -19,14 +19,16 @@ pidfile="$dir/nacos.pid"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 home="$repo/.tools/nacos"
 
+# shellcheck source=lib/daemon.sh
+. "$repo/scripts/lib/daemon.sh"
+
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+# Ready: the naming module says UP and the clients' gRPC port accepts.
+ready() { [ "$(http_get "$port" /nacos/v1/ns/operator/metrics)" = '{"status":"UP"}' ] && port_open $((port + 1000)); }
 
 case "$cmd" in
 start)
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "nacos already running (pid $(cat "$pidfile"))" >&2
-        exit 1
-    fi
+    refuse_running nacos "$pidfile"
     [ -f "$home/nacos-standalone.jar" ] || { echo "no nacos: run scripts/install-nacos.sh" >&2; exit 1; }
     command -v java >/dev/null 2>&1 || { echo "java is not installed" >&2; exit 1; }
     for p in "$port" $((port + 1000)) $((port + 1001)) $((port - 1000)); do
@@ -44,37 +46,12 @@ start)
         >"$dir/nacos.log" 2>&1) &
     pid=$!
     echo "$pid" >"$pidfile"
-    for _ in $(seq 1 360); do # 360 x 0.5 s = 180 s bound (about 35 s on a loaded 2-core machine)
-        if [ "$(curl -fsS -m 2 "http://127.0.0.1:$port/nacos/v1/ns/operator/metrics" 2>/dev/null)" = '{"status":"UP"}' ] \
-            && port_open $((port + 1000)); then
-            echo "nacos started on 127.0.0.1:$port (gRPC $((port + 1000)), pid $pid)"
-            echo "$pid"
-            exit 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "nacos exited during start-up; log:" >&2
-            tail -30 "$dir/nacos.log" >&2 || true
-            rm -f "$pidfile"
-            exit 1
-        fi
-        sleep 0.5
-    done
-    echo "nacos not ready within 180 s; log:" >&2
-    tail -30 "$dir/nacos.log" >&2 || true
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    exit 1
+    # About 35 s on a loaded 2-core machine; 180 s bound.
+    START_BOUND_S=180 await_start nacos "$pid" "$pidfile" "$dir/nacos.log" \
+        "127.0.0.1:$port (gRPC $((port + 1000)))" ready
     ;;
 stop)
-    [ -f "$pidfile" ] || exit 0
-    pid=$(cat "$pidfile")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do # 10 s bound, then KILL
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
+    stop_pidfile "$pidfile" 10
     ;;
 *) usage ;;
 esac

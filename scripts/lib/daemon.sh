@@ -1,5 +1,5 @@
-# Shared by scripts/{redis,consul,etcd}.sh: the throw-away test servers' start check, stop and
-# loopback HTTP probe. Source it; it defines functions only.
+# Shared by scripts/{redis,consul,etcd,nacos}.sh: the throw-away test servers' start check, stop
+# and loopback HTTP probe. Source it; it defines functions only.
 
 # Plain HTTP GET on loopback; curl when present, else bash's /dev/tcp (a fresh machine may lack curl).
 http_get() { # PORT PATH -> body on stdout
@@ -20,12 +20,13 @@ refuse_running() { # NAME PIDFILE
     fi
 }
 
-# Waits up to 10 s (100 x 0.1 s) for CHECK... to succeed; prints the log tail and exits 1 when the
-# server dies or the time is up (killing it then). CHECK may set `ready_note` for the message.
+# Waits up to START_BOUND_S seconds (default 10; checks every 0.1 s) for CHECK... to succeed;
+# prints the log tail and exits 1 when the server dies or the time is up (killing it then). CHECK
+# may set `ready_note` for the message.
 await_start() { # NAME PID PIDFILE LOG WHAT CHECK...
-    local name=$1 pid=$2 pidfile=$3 log=$4 what=$5
+    local name=$1 pid=$2 pidfile=$3 log=$4 what=$5 bound=${START_BOUND_S:-10}
     shift 5
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 $((bound * 10))); do
         if "$@"; then
             echo "$name started on $what (pid $pid${ready_note:-})"
             exit 0
@@ -38,20 +39,20 @@ await_start() { # NAME PID PIDFILE LOG WHAT CHECK...
         fi
         sleep 0.1
     done
-    echo "$name not ready within 10 s; log:" >&2
+    echo "$name not ready within $bound s; log:" >&2
     tail -20 "$log" >&2 || true
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$pidfile"
     exit 1
 }
 
-# Stops the server of PIDFILE: TERM, up to 5 s, then KILL.
-stop_pidfile() { # PIDFILE
+# Stops the server of PIDFILE: TERM, up to SECONDS (default 5), then KILL.
+stop_pidfile() { # PIDFILE [SECONDS]
     [ -f "$1" ] || return 0
     local pid
     pid=$(cat "$1")
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
+    for _ in $(seq 1 $((${2:-5} * 10))); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
