@@ -644,6 +644,15 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A duration that must be above zero.
+    fn positive_duration(&self, name: &str, default: Duration) -> Result<Duration> {
+        let d = self.non_negative_duration(name, default)?;
+        if d.is_zero() {
+            return Err(ConfigError::invalid(self.key(name), "must be positive"));
+        }
+        Ok(d)
+    }
+
     /// Converts every element of the list `name`, naming the key and the element in errors.
     fn list_of<T>(
         &self,
@@ -1112,15 +1121,11 @@ fn nacos_registry(n: &Section) -> Result<RegistryConfig> {
     for key in ["cacheDir", "logDir", "logLevel"] {
         n.string(key, "")?;
     }
-    let timeout = n.non_negative_duration("timeout", default.timeout)?;
-    if timeout.is_zero() {
-        return Err(ConfigError::invalid(n.key("timeout"), "must be positive"));
-    }
     Ok(RegistryConfig::Nacos(NacosConfig {
         urls,
         cluster_name: n.non_empty_string("clusterName", &default.cluster_name)?,
         group_name: n.non_empty_string("groupName", &default.group_name)?,
-        timeout,
+        timeout: n.positive_duration("timeout", default.timeout)?,
         namespace_id: n.string("namespaceId", "")?,
         username: n.string("username", "")?,
         password: n.string("password", "")?,
@@ -1149,13 +1154,6 @@ fn etcd_registry(e: &Section) -> Result<RegistryConfig> {
     } else {
         default.addrs
     };
-    let positive = |name: &str, default: Duration| -> Result<Duration> {
-        let d = e.non_negative_duration(name, default)?;
-        if d.is_zero() {
-            return Err(ConfigError::invalid(e.key(name), "must be positive"));
-        }
-        Ok(d)
-    };
     let namespace = e.string("namespace", &default.namespace)?;
     if namespace.contains('/') {
         return Err(ConfigError::invalid(
@@ -1165,9 +1163,9 @@ fn etcd_registry(e: &Section) -> Result<RegistryConfig> {
     }
     Ok(RegistryConfig::Etcd(EtcdConfig {
         addrs,
-        dial_timeout: positive("dialTimeout", default.dial_timeout)?,
+        dial_timeout: e.positive_duration("dialTimeout", default.dial_timeout)?,
         namespace,
-        timeout: positive("timeout", default.timeout)?,
+        timeout: e.positive_duration("timeout", default.timeout)?,
         retry_times: e.bounded_int("retryTimes", default.retry_times, i32::MAX.into())?,
         // Below 1 s the TTL is 1 s (etcd then grants its minimum, 2 s), as in due.
         retry_interval: e.non_negative_duration("retryInterval", default.retry_interval)?,
