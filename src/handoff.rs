@@ -1,7 +1,10 @@
-//! The hand-off stage of one shard's tasks during `--upgrade`: serving, frozen (each task parked
-//! with its state exported) or committed (the next process owns their sockets now).
+//! The hand-off stage of one shard's tasks during `--upgrade`: serving, skimming (quiet tasks
+//! park early), frozen (each task parked with its state exported) or committed (the next process
+//! owns their sockets now).
 //!
 //! A shard keeps one [`Stage`] for its client connections and one for its inbound node links.
+//! Client connections are skimmed first: those quiet for a while park and go to the next process
+//! while the busy ones still serve, so only the busy ones wait through the freeze itself.
 //! The shard moves the stage (`set`); every task of that kind is a [`Member`] while it lives,
 //! and reports once it has parked, so the shard can await [`Stage::all_parked`]. A task that
 //! parks watches the stage with [`Stage::poll_leave`]: back to `Serving` (the upgrade failed, it
@@ -24,6 +27,8 @@ pub type Lent = std::os::fd::RawFd;
 pub enum Phase {
     #[default]
     Serving,
+    /// Quiet tasks park with their state exported; the others serve on (each decides once).
+    Skimming,
     /// Parked: read nothing, write nothing, the exported state stays true.
     Frozen,
     /// The next process took the exported sockets: parked tasks end without a byte.
@@ -40,9 +45,11 @@ pub struct Stage {
     epoch: Cell<u64>,
     /// Bumped by every `set`: a parked member registers its waker once per phase.
     generation: Cell<u64>,
-    /// Members alive, and those parked in the current freeze.
+    /// Members alive, those parked in the current hand-off, and those that chose to serve on
+    /// while skimming.
     live: Cell<usize>,
     parked: Cell<usize>,
+    declined: Cell<usize>,
     /// The shard awaiting `all_parked`.
     counting: RefCell<Option<Waker>>,
 }
@@ -52,14 +59,21 @@ impl Stage {
         self.phase.get()
     }
 
-    /// Moves every member to `phase` and wakes those parked.
+    /// Moves every member to `phase` and wakes those parked. Skimming → frozen is one hand-off:
+    /// the skimmed members stay parked (and counted) and are not woken.
     pub fn set(&self, phase: Phase) {
-        if phase == Phase::Frozen && self.phase.get() != Phase::Frozen {
+        let from = self.phase.get();
+        let hand_off = matches!(phase, Phase::Skimming | Phase::Frozen);
+        if hand_off && from == Phase::Serving {
             self.epoch.set(self.epoch.get() + 1);
             self.parked.set(0);
+            self.declined.set(0);
         }
         self.phase.set(phase);
         self.generation.set(self.generation.get() + 1);
+        if from == Phase::Skimming && phase == Phase::Frozen {
+            return;
+        }
         for w in self.waiters.borrow_mut().drain(..) {
             w.wake();
         }
@@ -71,6 +85,7 @@ impl Stage {
         Member {
             stage: self.clone(),
             parked_in: Cell::new(0),
+            declined_in: Cell::new(0),
             waiting_in: Cell::new(u64::MAX),
         }
     }
@@ -102,8 +117,18 @@ impl Stage {
 
     /// Resolves once every member has parked (or ended).
     pub async fn all_parked(&self) {
+        self.all_counted(false).await
+    }
+
+    /// Resolves once every member has parked or declined to (skimming), or ended.
+    pub async fn all_decided(&self) {
+        self.all_counted(true).await
+    }
+
+    async fn all_counted(&self, declined: bool) {
         std::future::poll_fn(|cx| {
-            if self.parked.get() >= self.live.get() {
+            let declined = if declined { self.declined.get() } else { 0 };
+            if self.parked.get() + declined >= self.live.get() {
                 Poll::Ready(())
             } else {
                 *self.counting.borrow_mut() = Some(cx.waker().clone());
@@ -118,9 +143,14 @@ impl Stage {
         self.live.get()
     }
 
-    /// Members parked in the current freeze.
+    /// Members parked in the current hand-off.
     pub fn parked(&self) -> usize {
         self.parked.get()
+    }
+
+    /// Members that chose to serve on while skimming.
+    pub fn declined(&self) -> usize {
+        self.declined.get()
     }
 
     /// Waits (at most `limit`) until every member parked; logs the stragglers of `what` if not.
@@ -152,8 +182,10 @@ impl Stage {
 /// A live task of a [`Stage`].
 pub struct Member {
     stage: Rc<Stage>,
-    /// The freeze (epoch) this task last parked in; 0 = never.
+    /// The hand-off (epoch) this task last parked in; 0 = never.
     parked_in: Cell<u64>,
+    /// The hand-off this task chose to serve on in while skimming; 0 = never.
+    declined_in: Cell<u64>,
     /// The stage generation this task registered its waker in.
     waiting_in: Cell<u64>,
 }
@@ -178,12 +210,33 @@ impl Member {
         Poll::Pending
     }
 
-    /// This task has parked for the current freeze (counted once per freeze).
+    /// This task has parked for the current hand-off (counted once per hand-off).
     pub fn park(&self) {
-        let epoch = self.stage.epoch.get();
+        let s = &self.stage;
+        let epoch = s.epoch.get();
         if self.parked_in.replace(epoch) != epoch {
-            self.stage.parked.set(self.stage.parked.get() + 1);
-            self.stage.count_changed();
+            s.parked.set(s.parked.get() + 1);
+            if self.declined_in.get() == epoch {
+                // Declined while skimming, parked in the freeze: counted once.
+                s.declined.set(s.declined.get() - 1);
+            }
+            s.count_changed();
+        }
+    }
+
+    /// Whether this task already decided in the current skim (parked or declined).
+    pub fn decided(&self) -> bool {
+        let epoch = self.stage.epoch.get();
+        self.parked_in.get() == epoch || self.declined_in.get() == epoch
+    }
+
+    /// This task serves on through the current skim (counted once).
+    pub fn decline(&self) {
+        let s = &self.stage;
+        let epoch = s.epoch.get();
+        if self.parked_in.get() != epoch && self.declined_in.replace(epoch) != epoch {
+            s.declined.set(s.declined.get() + 1);
+            s.count_changed();
         }
     }
 }
@@ -192,8 +245,11 @@ impl Drop for Member {
     fn drop(&mut self) {
         let s = &self.stage;
         s.live.set(s.live.get() - 1);
-        if self.parked_in.get() == s.epoch.get() && s.phase.get() == Phase::Frozen {
+        let in_hand_off = matches!(s.phase.get(), Phase::Skimming | Phase::Frozen);
+        if in_hand_off && self.parked_in.get() == s.epoch.get() {
             s.parked.set(s.parked.get() - 1);
+        } else if in_hand_off && self.declined_in.get() == s.epoch.get() {
+            s.declined.set(s.declined.get() - 1);
         }
         s.count_changed();
     }
@@ -273,6 +329,51 @@ mod tests {
         );
         drop(a);
         assert_eq!(stage.live(), 0);
+    }
+
+    #[test]
+    fn skimmed_members_stay_parked_and_counted_through_the_freeze() {
+        let stage = Rc::new(Stage::default());
+        let quiet = stage.enter();
+        let busy = stage.enter();
+        let woke = Arc::new(Count(Default::default()));
+        let waker = Waker::from(woke.clone());
+        let mut cx = Context::from_waker(&waker);
+        stage.set(Phase::Skimming);
+        quiet.park();
+        assert!(quiet.poll_leave(Phase::Skimming, &mut cx).is_pending());
+        busy.decline();
+        busy.decline();
+        assert!(quiet.decided() && busy.decided());
+        assert_eq!((stage.parked(), stage.declined()), (1, 1));
+        let mut decided = std::pin::pin!(stage.all_decided());
+        assert!(decided.as_mut().poll(&mut cx).is_ready());
+        // The freeze does not wake the skimmed member, and it stays counted.
+        let before = woke.0.load(std::sync::atomic::Ordering::SeqCst);
+        stage.set(Phase::Frozen);
+        assert_eq!(woke.0.load(std::sync::atomic::Ordering::SeqCst), before);
+        assert_eq!(stage.parked(), 1);
+        let mut all = std::pin::pin!(stage.all_parked());
+        assert!(
+            all.as_mut().poll(&mut cx).is_pending(),
+            "the busy one serves"
+        );
+        busy.park();
+        quiet.park();
+        assert_eq!((stage.parked(), stage.declined()), (2, 0));
+        assert!(all.as_mut().poll(&mut cx).is_ready());
+        // A thaw wakes the skimmed member; a new hand-off counts from zero.
+        stage.set(Phase::Serving);
+        assert!(woke.0.load(std::sync::atomic::Ordering::SeqCst) > before);
+        assert_eq!(
+            quiet.poll_leave(Phase::Skimming, &mut cx),
+            Poll::Ready(Phase::Serving)
+        );
+        stage.set(Phase::Skimming);
+        assert!(!quiet.decided() && !busy.decided());
+        busy.decline();
+        drop(busy);
+        assert_eq!((stage.parked(), stage.declined(), stage.live()), (0, 0, 1));
     }
 
     #[test]

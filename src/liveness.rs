@@ -41,6 +41,17 @@ pub struct LivenessRecord {
     pub until_authorize: Option<Duration>,
 }
 
+impl LivenessRecord {
+    /// The same state `dt` later (a record that waited `dt` before being taken up).
+    pub fn aged(&self, dt: Duration) -> LivenessRecord {
+        LivenessRecord {
+            since_last_receive: self.since_last_receive + dt,
+            until_next_tick: self.until_next_tick.map(|d| d.saturating_sub(dt)),
+            until_authorize: self.until_authorize.map(|d| d.saturating_sub(dt)),
+        }
+    }
+}
+
 /// The state of one connection.
 #[derive(Debug, Clone)]
 pub struct Liveness {
@@ -76,6 +87,11 @@ impl Liveness {
         if !self.rules.authorize.is_zero() {
             self.auth_deadline = Some(now + self.rules.authorize);
         }
+    }
+
+    /// When the client last sent a frame.
+    pub fn last_receive(&self) -> Instant {
+        self.last_receive
     }
 
     /// The state as durations relative to `now` (instants do not cross processes).

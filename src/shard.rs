@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
@@ -31,7 +32,7 @@ use crate::packet::PacketConfig;
 use crate::registry::ServiceInstance;
 use crate::session::{
     event, home_of_uid, shard_of_cid, Command, Conn, ConnState, Kind, Mailbox, SessionError,
-    Sessions, Table,
+    SessionRecord, Sessions, Table,
 };
 
 /// How long a stopping shard waits for its connection tasks and for queued frames to reach the
@@ -46,6 +47,10 @@ pub const CONTROL_LATENCY: Duration = Duration::from_millis(20);
 /// An inherited connection whose client sent a frame within this long is started before the
 /// idle ones.
 const BUSY_WITHIN: Duration = Duration::from_millis(500);
+
+/// How long skimming waits for every connection to decide whether it is quiet (the rest are
+/// frozen with the busy ones).
+const SKIM_LIMIT: Duration = Duration::from_millis(500);
 
 /// How long a freeze waits for the shard's connections to park (a WS handshake that finishes
 /// later stays here and is drained the old way).
@@ -64,6 +69,10 @@ pub enum ShardMsg {
     /// Stop: close the link listener and its connections, let queued frames reach the nodes
     /// (bounded), and end the shard.
     Exit,
+    /// Upgrade, step 0: every quiet client connection parks with its state exported while the
+    /// others serve on; answers their sockets and state. The freeze (steps 1 and 2) follows,
+    /// or a thaw.
+    Skim(flume::Sender<Vec<ConnParcel<Lent>>>),
     /// Upgrade, step 1: stop accepting node links and park the link connections between two
     /// frames; answers their sockets and state.
     FreezeLinks(flume::Sender<Vec<LinkParcel<Lent>>>),
@@ -85,6 +94,9 @@ pub enum ShardMsg {
 /// What one shard hands to the next process (sockets lent by its parked tasks).
 pub struct ShardParcel {
     pub conns: Vec<ConnParcel<Lent>>,
+    /// The session state of skimmed connections that changed since they were skimmed (a node
+    /// pushed, bound or closed meanwhile); it replaces the state sent with their parcels.
+    pub sessions: Vec<SessionRecord>,
     pub node_links: Vec<NodeLinkParcel<Lent>>,
     /// This shard's next cid sequence number (every cid it made is below it).
     pub next_seq: i64,
@@ -199,6 +211,8 @@ pub struct Shard {
     links_stage: Rc<Stage>,
     conn_parcels: Collector<ConnParcel<Lent>>,
     link_parcels: Collector<LinkParcel<Lent>>,
+    /// The session state of each connection skimmed in this hand-off, as it was sent.
+    skimmed: RefCell<HashMap<i64, SessionRecord>>,
 }
 
 /// A handed-over connection rebuilt and in the table, its driver not started yet.
@@ -258,6 +272,7 @@ impl Shard {
             links_stage: Rc::default(),
             conn_parcels: Collector::default(),
             link_parcels: Collector::default(),
+            skimmed: RefCell::default(),
         });
         let inbox = spec.inbox;
         let inherited = spec.inherited;
@@ -344,6 +359,13 @@ impl Shard {
             }
             ShardMsg::CloseAll { graceful } => self.table.borrow().close_all(graceful),
             ShardMsg::Exit => return false,
+            ShardMsg::Skim(reply) => {
+                let shard = self.clone();
+                self.spawn_control(async move {
+                    let _ = reply.send(shard.skim().await);
+                })
+                .detach();
+            }
             ShardMsg::FreezeLinks(reply) => {
                 let shard = self.clone();
                 self.spawn_control(async move {
@@ -363,6 +385,7 @@ impl Shard {
             }
             ShardMsg::Thaw => self.thaw(),
             ShardMsg::Commit(reply) => {
+                self.skimmed.borrow_mut().clear();
                 self.clients_stage.set(Phase::Committed);
                 self.links_stage.set(Phase::Committed);
                 self.upstream.commit();
@@ -452,6 +475,37 @@ impl Shard {
         }
     }
 
+    /// Upgrade step 0: every quiet connection parks and exports itself (each decides once;
+    /// bounded by [`SKIM_LIMIT`]); the busy ones serve on. New clients are still accepted.
+    async fn skim(self: Rc<Self>) -> Vec<ConnParcel<Lent>> {
+        let started = Instant::now();
+        self.conn_parcels.open(self.clients_stage.live());
+        self.clients_stage.set(Phase::Skimming);
+        for c in self.table.borrow().conns() {
+            c.wake();
+        }
+        let decided = glommio::timer::timeout(SKIM_LIMIT, async {
+            self.clients_stage.all_decided().await;
+            Ok(())
+        })
+        .await
+        .is_ok();
+        let conns = self.conn_parcels.close();
+        *self.skimmed.borrow_mut() = conns
+            .iter()
+            .map(|p| (p.record.session.cid, p.record.session.clone()))
+            .collect();
+        tracing::info!(
+            shard = self.index,
+            skimmed = conns.len(),
+            serving_on = self.clients_stage.declined(),
+            decided,
+            took = ?started.elapsed(),
+            "upgrade: quiet connections skimmed"
+        );
+        conns
+    }
+
     /// Upgrade step 1: no new node link; every link connection parks between two frames.
     async fn freeze_links(self: Rc<Self>) -> Vec<LinkParcel<Lent>> {
         Shard::stop_loops(&self.link_accepting).await;
@@ -470,8 +524,22 @@ impl Shard {
         let stopped = started.elapsed();
         self.conn_parcels.open(self.clients_stage.live());
         self.clients_stage.set(Phase::Frozen);
-        for c in self.table.borrow().conns() {
-            c.wake();
+        // Skimmed connections stay parked (not woken); what a node changed in their sessions
+        // since then goes along as an update.
+        let mut sessions = Vec::new();
+        {
+            let skimmed = self.skimmed.borrow();
+            for c in self.table.borrow().conns() {
+                match skimmed.get(&c.cid) {
+                    None => c.wake(),
+                    Some(sent) => {
+                        let now = c.export();
+                        if now != *sent {
+                            sessions.push(now);
+                        }
+                    }
+                }
+            }
         }
         self.clients_stage
             .await_parked(FREEZE_LIMIT, "client connection")
@@ -489,6 +557,7 @@ impl Shard {
         );
         ShardParcel {
             conns,
+            sessions,
             node_links,
             next_seq: self.table.borrow().next_seq(),
         }
@@ -498,6 +567,7 @@ impl Shard {
     /// carries on, and the listeners accept again.
     fn thaw(self: &Rc<Self>) {
         drop(self.conn_parcels.close());
+        self.skimmed.borrow_mut().clear();
         drop(self.link_parcels.close());
         self.clients_stage.set(Phase::Serving);
         self.links_stage.set(Phase::Serving);

@@ -1,7 +1,10 @@
 //! `gatehouse --upgrade` under load, with the real binary and two processes (the upgrade issue's
 //! Done-when): 2,000 TCP and 500 WebSocket clients each send a numbered request every 20 ms
-//! through the gate to the Rust echo node and check every reply; a node pushes numbered messages
-//! by uid to 200 of them; a heartbeat goes out from every client each second; mid-traffic the test
+//! through the gate to the Rust echo node and check every reply; 400 TCP and 100 WebSocket quiet
+//! clients send nothing but heartbeats (so the old gate skims most of them before its freeze); a
+//! node pushes numbered messages by uid to 200 active clients every 50 ms and to 100 quiet ones
+//! every 500 ms (a push to a skimmed client changes its session after it was sent); a heartbeat goes out from every client each
+//! second; mid-traffic the test
 //! runs `gatehouse --upgrade` with the same configuration. Afterwards: no client closed, no reply
 //! or push missing, duplicated or out of order, heartbeats answered throughout, the old pid gone
 //! (exit 0), the new pid serving and in the pid file, and the node saw no Disconnect.
@@ -52,9 +55,18 @@ const UPGRADE_IMPLEMENTED: bool = true;
 
 const TCP_CLIENTS: usize = 2000;
 const WS_CLIENTS: usize = 500;
-/// Clients bound to a uid (and pushed to): the first of each kind.
+/// Clients that only heartbeat, after the active ones (TCP, then WS).
+const QUIET_TCP: usize = 400;
+const QUIET_WS: usize = 100;
+/// Clients that send requests: indices below this.
+const ACTIVE: usize = TCP_CLIENTS + WS_CLIENTS;
+const CLIENTS: usize = ACTIVE + QUIET_TCP + QUIET_WS;
+/// Clients bound to a uid (and pushed to): the first of each kind, active and quiet.
 const BOUND_TCP: usize = 160;
 const BOUND_WS: usize = 40;
+const BOUND_QUIET_TCP: usize = 80;
+const BOUND_QUIET_WS: usize = 20;
+const BOUND: usize = BOUND_TCP + BOUND_WS + BOUND_QUIET_TCP + BOUND_QUIET_WS;
 const UID_BASE: i64 = 1_000_000;
 
 /// The echo node pushes route-1 packets back unchanged (`src/bin/echo-node.rs`).
@@ -66,6 +78,8 @@ const WS_PATH: &str = "/game";
 const REQUEST_EVERY: Duration = Duration::from_millis(20);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const PUSH_EVERY: Duration = Duration::from_millis(50);
+/// Quiet bound clients get a push every this many rounds (numbered by their own count).
+const QUIET_PUSH_ROUNDS: u32 = 10;
 /// Traffic before and after the upgrade step.
 const TRAFFIC: Duration = Duration::from_secs(3);
 
@@ -513,6 +527,15 @@ struct Shared {
     ready: flume::Sender<(usize, Result<(), String>)>,
 }
 
+/// How many pushes client `idx` (bound) gets in `rounds` push rounds.
+fn pushes_for(idx: usize, rounds: u32) -> u32 {
+    if idx < ACTIVE {
+        rounds
+    } else {
+        rounds / QUIET_PUSH_ROUNDS
+    }
+}
+
 /// One client's account, sent once: when drained after "stop", at the drain limit, or when the
 /// connection closed.
 #[derive(Debug)]
@@ -625,7 +648,8 @@ impl ClientState {
 
     fn drained(&self, sh: &Shared) -> bool {
         self.replies >= self.sent
-            && (self.uid.is_none() || self.pushes >= sh.pushes_expected.load(Ordering::Relaxed))
+            && (self.uid.is_none()
+                || self.pushes >= pushes_for(self.idx, sh.pushes_expected.load(Ordering::Relaxed)))
     }
 
     fn report(&self, kind: Kind, closed: Option<String>, now: Instant) -> Report {
@@ -854,7 +878,7 @@ async fn client(
             stopped_at = Some(now);
         }
         out.clear();
-        if stopped_at.is_none() && now >= next_request {
+        if stopped_at.is_none() && idx < ACTIVE && now >= next_request {
             st.sent += 1;
             payload[4..8].copy_from_slice(&st.sent.to_be_bytes());
             let p = packet
@@ -887,7 +911,7 @@ async fn client(
             }
         }
         let mut wake = next_heartbeat.min(now + Duration::from_millis(50));
-        if stopped_at.is_none() {
+        if stopped_at.is_none() && idx < ACTIVE {
             wake = wake.min(next_request);
         }
         enum Ev {
@@ -971,9 +995,7 @@ impl Pool {
             stop: AtomicBool::new(false),
             quit: AtomicBool::new(false),
             pushes_expected: AtomicU32::new(u32::MAX),
-            replies: (0..TCP_CLIENTS + WS_CLIENTS)
-                .map(|_| AtomicU32::new(0))
-                .collect(),
+            replies: (0..CLIENTS).map(|_| AtomicU32::new(0)).collect(),
             replies_total: AtomicU64::new(0),
             closed: AtomicUsize::new(0),
             faults: AtomicUsize::new(0),
@@ -1026,7 +1048,7 @@ impl Pool {
     }
 
     fn kind_of(idx: usize) -> Kind {
-        if idx < TCP_CLIENTS {
+        if idx < TCP_CLIENTS || (ACTIVE..ACTIVE + QUIET_TCP).contains(&idx) {
             Kind::Tcp
         } else {
             Kind::Ws
@@ -1068,7 +1090,7 @@ impl Pool {
             .pushes_expected
             .store(push_rounds, Ordering::Relaxed);
         self.sh.stop.store(true, Ordering::Relaxed);
-        let n = TCP_CLIENTS + WS_CLIENTS;
+        let n = CLIENTS;
         let deadline = Instant::now() + DRAIN_LIMIT + Duration::from_secs(5);
         let mut reports: Vec<Report> = vec![];
         while reports.len() < n {
@@ -1148,8 +1170,10 @@ impl Link {
         }
     }
 
-    /// From now on, every 50 ms: one push by uid to each of `uids`, numbered by round.
-    fn start_pushing(self, uids: Vec<i64>) -> Pusher {
+    /// From now on, every 50 ms: one push by uid to each of `uids` whose flag is false,
+    /// numbered by round; every [`QUIET_PUSH_ROUNDS`] rounds one to each flagged (quiet) one,
+    /// numbered by its own count.
+    fn start_pushing(self, uids: Vec<(i64, bool)>) -> Pusher {
         let stop = Arc::new(AtomicBool::new(false));
         let error = Arc::new(Mutex::new(None::<String>));
         // The gate answers nothing to seq-0 pushes; anything it sends (or its closing the
@@ -1180,10 +1204,15 @@ impl Link {
             while !stop3.load(Ordering::Relaxed) {
                 round += 1;
                 out.clear();
-                for uid in &uids {
+                for (uid, quiet) in &uids {
+                    let n = match quiet {
+                        false => round,
+                        true if round % QUIET_PUSH_ROUNDS == 0 => round / QUIET_PUSH_ROUNDS,
+                        true => continue,
+                    };
                     let mut payload = [0u8; 12];
                     payload[..8].copy_from_slice(&uid.to_be_bytes());
-                    payload[8..].copy_from_slice(&round.to_be_bytes());
+                    payload[8..].copy_from_slice(&n.to_be_bytes());
                     let m = packet.encode(PUSH_ROUTE, 0, &payload).unwrap();
                     drpc::put_push(&mut out, 0, 0, 2, *uid, &m);
                 }
@@ -1252,34 +1281,35 @@ impl Run {
         let started = Instant::now();
         let mut cluster = Cluster::start(tag);
         let pool = Pool::start(cluster.ports, 2);
+        let quiet_ws = ACTIVE + QUIET_TCP;
         let bound: Vec<usize> = (0..BOUND_TCP)
             .chain(TCP_CLIENTS..TCP_CLIENTS + BOUND_WS)
+            .chain(ACTIVE..ACTIVE + BOUND_QUIET_TCP)
+            .chain(quiet_ws..quiet_ws + BOUND_QUIET_WS)
             .collect();
         let mut binds = vec![];
+        let mut pushed = vec![];
         for &idx in &bound {
             let uid = UID_BASE + idx as i64;
             pool.connect(idx, Some(uid));
             pool.wait_ready(1, Duration::from_secs(10));
             // Nothing else connects meanwhile: the node's next connect event is this client's.
             binds.push((cluster.node.next_connect(), uid));
+            pushed.push((uid, idx >= ACTIVE));
         }
         let mut link = Link::open(cluster.ports.link);
         link.bind_all(&binds);
-        let rest: Vec<usize> = (0..TCP_CLIENTS + WS_CLIENTS)
-            .filter(|i| !bound.contains(i))
-            .collect();
+        let rest: Vec<usize> = (0..CLIENTS).filter(|i| !bound.contains(i)).collect();
         for &idx in &rest {
             pool.connect(idx, None);
         }
         pool.wait_ready(rest.len(), Duration::from_secs(30));
         // Every Connect reached the node (so the next one is a probe's).
-        cluster
-            .node
-            .wait_connects(TCP_CLIENTS + WS_CLIENTS, Duration::from_secs(10));
-        let pusher = link.start_pushing(binds.iter().map(|b| b.1).collect());
+        cluster.node.wait_connects(CLIENTS, Duration::from_secs(10));
+        let pusher = link.start_pushing(pushed);
         println!(
             "{tag}: {} clients connected ({} bound) in {:.1?}",
-            TCP_CLIENTS + WS_CLIENTS,
+            CLIENTS,
             bound.len(),
             started.elapsed()
         );
@@ -1316,15 +1346,19 @@ impl Run {
         }
     }
 
-    /// Checks every client keeps being served for `d`: nobody closes, and each one's in-order
-    /// replies advance by at least a quarter of the median client's advance (and by 5): a
+    /// Checks every client keeps being served for `d`: nobody closes, and each active one's
+    /// in-order replies advance by at least a quarter of the median client's advance (and by 5): a
     /// client stranded by a failed hand-off stops advancing. Relative, because how many requests
     /// a client gets out in `d` depends on how busy this machine is.
     fn served_for(&mut self, d: Duration) -> Result<(), String> {
         let before = self.pool.replies_snapshot();
         self.traffic(d);
         let after = self.pool.replies_snapshot();
-        let advance: Vec<u32> = before.iter().zip(&after).map(|(b, a)| a - b).collect();
+        let advance: Vec<u32> = before[..ACTIVE]
+            .iter()
+            .zip(&after[..ACTIVE])
+            .map(|(b, a)| a - b)
+            .collect();
         let mut sorted = advance.clone();
         sorted.sort_unstable();
         let median = sorted[sorted.len() / 2];
@@ -1407,6 +1441,10 @@ impl Run {
                     || l.contains("upgrade: shard frozen")
             }) {
                 println!("  gate {}: {}", g.pid(), l.trim_start_matches("[stderr] "));
+                // Most quiet clients are between two heartbeats: each hand-off skims some.
+                if l.contains("upgrade: frozen, sending") && l.contains(" skimmed=0 ") {
+                    failures.push(format!("no quiet client was skimmed: {l}"));
+                }
             }
         }
         let rounds = self.pusher.stop();
@@ -1418,7 +1456,7 @@ impl Run {
             .node
             .settle(Duration::from_millis(300), Duration::from_secs(3));
         let node = &self.cluster.node;
-        let n = TCP_CLIENTS + WS_CLIENTS;
+        let n = CLIENTS;
         if let Some(e) = self.pusher.error() {
             failures.push(format!("link connection: {e}"));
         }
@@ -1466,7 +1504,7 @@ impl Run {
         }
         let idle: Vec<usize> = reports
             .iter()
-            .filter(|r| r.sent < 50)
+            .filter(|r| r.idx < ACTIVE && r.sent < 50)
             .map(|r| r.idx)
             .collect();
         if !idle.is_empty() {
@@ -1478,8 +1516,8 @@ impl Run {
         }
         let pushes_short: Vec<String> = reports
             .iter()
-            .filter(|r| r.bound && r.pushes != rounds)
-            .map(|r| format!("{}: {} of {rounds}", r.idx, r.pushes))
+            .filter(|r| r.bound && r.pushes != pushes_for(r.idx, rounds))
+            .map(|r| format!("{}: {} of {}", r.idx, r.pushes, pushes_for(r.idx, rounds)))
             .collect();
         if !pushes_short.is_empty() {
             failures.push(format!(
@@ -1521,7 +1559,7 @@ impl Run {
                 node.disconnects[0]
             ));
         }
-        let binds = BOUND_TCP + BOUND_WS;
+        let binds = BOUND;
         if node.reconnects.len() != binds || !node.others.is_empty() {
             failures.push(format!(
                 "the node saw {} Reconnect events for {binds} binds, and {:?}",
@@ -1541,12 +1579,12 @@ impl Run {
         gaps.sort();
         let sent: u64 = reports.iter().map(|r| r.sent as u64).sum();
         println!(
-            "{tag}: {n} clients ({TCP_CLIENTS} tcp, {WS_CLIENTS} ws), {sent} requests ({:.0}/s, \
+            "{tag}: {n} clients ({TCP_CLIENTS} tcp, {WS_CLIENTS} ws, {QUIET_TCP} + {QUIET_WS} quiet), {sent} requests ({:.0}/s, \
              {:.1}/s per client of {:.0} nominal), {} replies, {} closed, {} faulty; reply gap max {:?} (client {} {:?}), median of per-client max {:?}; \
              heartbeat gap max {:?}; pushes {} uids x {rounds}; test-side send lag max {:?}; \
              node events: {} connect, {} reconnect, {} disconnect; wall {:.1?}",
             sent as f64 / traffic_secs,
-            sent as f64 / traffic_secs / n as f64,
+            sent as f64 / traffic_secs / ACTIVE as f64,
             1.0 / REQUEST_EVERY.as_secs_f64(),
             reports.iter().map(|r| r.replies as u64).sum::<u64>(),
             closed.len(),
@@ -1556,7 +1594,7 @@ impl Run {
             gap.kind,
             gaps[gaps.len() / 2],
             hb.max_heartbeat_gap,
-            BOUND_TCP + BOUND_WS,
+            BOUND,
             send_lag,
             node.connects.len(),
             node.reconnects.len(),

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::framing::Framing;
 use super::machine::{CloseStatus, Connection};
-use super::record::ConnParcel;
+use super::record::{ConnParcel, SKIM_QUIET};
 use super::{CloseReason, DeadlineTimer, Host, ServerCtx, Transferable, IO_BUDGET, SCRATCH};
 use crate::handoff::{Member, Phase};
 
@@ -48,6 +48,7 @@ where
         timer: DeadlineTimer::new(),
         member: host.stage().map(|s| s.enter()),
         parked: None,
+        last_out: Instant::now(),
     };
     async move {
         let end = std::future::poll_fn(|cx| d.poll(&*host, cx)).await;
@@ -81,6 +82,8 @@ struct Driver<F, S> {
     member: Option<Member>,
     /// Parked by a freeze: whether the parcel was taken (`true`) or stays here (`false`).
     parked: Option<bool>,
+    /// When bytes were last written to the client (a client that is pushed to is not quiet).
+    last_out: Instant,
 }
 
 impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> {
@@ -92,17 +95,20 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
         self.poll_serve(host, cx).map(End::Closed)
     }
 
-    /// Parks the connection while its shard is frozen for an upgrade: the first time, its socket
-    /// and state are offered to the hand-off; nothing is read or written until the freeze ends.
-    /// `None` = serve as usual (not frozen, or the freeze was called off, or the connection was
-    /// not taken and stays here).
+    /// Parks the connection while its shard hands its connections over (`--upgrade`): the
+    /// first time, its socket and state are offered to the hand-off; nothing is read or written
+    /// until the hand-off ends. While skimming, only a quiet connection parks (nothing in or out
+    /// for [`SKIM_QUIET`]), and only if its parcel is taken; the others serve on until the
+    /// freeze. `None` = serve as usual (not in a hand-off, or it was called off, or the
+    /// connection was not taken and stays here).
     fn poll_stage<H: Host + ?Sized>(
         &mut self,
         host: &H,
         cx: &mut Context<'_>,
     ) -> Option<Poll<End>> {
         let member = self.member.as_ref()?;
-        match member.stage().phase() {
+        let phase = member.stage().phase();
+        match phase {
             Phase::Serving => {
                 self.parked = None;
                 return None;
@@ -113,21 +119,45 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
                     _ => None,
                 };
             }
-            Phase::Frozen => {}
-        }
-        if self.parked.is_none() {
-            // The socket is lent: this task keeps it open while parked.
-            let taken = match self.stream.socket() {
-                Some(fd) => {
-                    let record = self.machine.export(Instant::now());
-                    host.hand_over(ConnParcel { record, fd })
+            Phase::Skimming if self.parked.is_none() => {
+                if member.decided() {
+                    return None;
                 }
-                None => false,
-            };
-            self.parked = Some(taken);
-            member.park();
+                let now = Instant::now();
+                let quiet = now.saturating_duration_since(self.last_out) >= SKIM_QUIET
+                    && self.machine.is_quiet(now, SKIM_QUIET);
+                let taken = quiet
+                    && match self.stream.socket() {
+                        Some(fd) => {
+                            let record = self.machine.export(now);
+                            host.hand_over(ConnParcel { record, fd })
+                        }
+                        None => false,
+                    };
+                if !taken {
+                    member.decline();
+                    return None;
+                }
+                self.parked = Some(true);
+                member.park();
+            }
+            Phase::Skimming => {}
+            Phase::Frozen => {
+                if self.parked.is_none() {
+                    // The socket is lent: this task keeps it open while parked.
+                    let taken = match self.stream.socket() {
+                        Some(fd) => {
+                            let record = self.machine.export(Instant::now());
+                            host.hand_over(ConnParcel { record, fd })
+                        }
+                        None => false,
+                    };
+                    self.parked = Some(taken);
+                }
+                member.park();
+            }
         }
-        match member.poll_leave(Phase::Frozen, cx) {
+        match member.poll_leave(phase, cx) {
             Poll::Pending => Some(Poll::Pending),
             // Re-enter: the phase decides again.
             Poll::Ready(_) => self.poll_stage(host, cx),
@@ -163,7 +193,12 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
             let mut progress = false;
             match self.poll_write(host, cx) {
                 Poll::Ready(Err(r)) => return Poll::Ready(r),
-                Poll::Ready(Ok(wrote)) => progress |= wrote,
+                Poll::Ready(Ok(wrote)) => {
+                    if wrote {
+                        self.last_out = now;
+                    }
+                    progress |= wrote;
+                }
                 Poll::Pending => {}
             }
             match self.machine.poll_close() {

@@ -88,6 +88,18 @@ impl<F: Framing> Connection<F> {
         }
     }
 
+    /// Whether the connection is quiet at `now`: open, nothing to write or ordered, and no frame
+    /// from the client within `within` (an upgrade hands quiet connections over first).
+    pub fn is_quiet(&self, now: Instant, within: std::time::Duration) -> bool {
+        let conn = &*self.conn;
+        self.transmit.is_none()
+            && self.tail.as_slice().is_empty()
+            && conn.nothing_queued()
+            && conn.state() == ConnState::Opened
+            && !conn.orders.borrow().forced_close
+            && now.saturating_duration_since(self.live.last_receive()) >= within
+    }
+
     /// The session half, shared with the shard's table.
     pub fn conn(&self) -> &Rc<Conn> {
         &self.conn

@@ -29,6 +29,11 @@ pub struct ConnRecord {
     pub framing: FramingRecord,
 }
 
+/// How long a client must have sent nothing for its connection to count as quiet: an upgrade
+/// hands quiet connections over first, while the busy ones still serve, and the next process
+/// starts the busy ones first.
+pub const SKIM_QUIET: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A frozen connection on its way to the next process: its state and its socket, lent by the
 /// parked driver in the old process ([`crate::handoff::Lent`]), owned in the new one.
 #[derive(Debug)]

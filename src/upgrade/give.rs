@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::wire::{Channel, MAX_FDS};
 use super::{ListenerKind, Msg, NodeLinkHead, PROTOCOL};
-use crate::connection::record::RECORD_VERSION;
+use crate::connection::record::{ConnParcel, RECORD_VERSION};
 use crate::handoff::Lent;
 use crate::node_api::LinkParcel;
 use crate::shard::{fan_out, ShardInbox, ShardMsg, ShardParcel};
@@ -20,6 +20,8 @@ use crate::shard::{fan_out, ShardInbox, ShardMsg, ShardParcel};
 const STEP: Duration = Duration::from_secs(10);
 /// How long a shard may take to freeze (its own limits are shorter).
 const FREEZE: Duration = Duration::from_secs(10);
+/// Session updates per message (they carry no sockets).
+const SESSIONS_PER_MESSAGE: usize = 1000;
 /// How long the new process may take to take everything up.
 const READY: Duration = Duration::from_secs(30);
 
@@ -143,6 +145,16 @@ impl Giver {
             other => return Err(format!("expected go, got {}", name(&other))),
         }
         let started = std::time::Instant::now();
+        // Quiet connections go first, while the busy ones serve on.
+        let skimmed = match self.skim(ch) {
+            Ok(n) => n,
+            Err(e) => {
+                self.thaw();
+                let _ = ch.send(&Msg::Refuse(e.clone()), &[]);
+                return Err(e);
+            }
+        };
+        let skim_took = started.elapsed();
         let frozen = match self.freeze() {
             Ok(f) => f,
             Err(e) => {
@@ -152,12 +164,16 @@ impl Giver {
             }
         };
         let counts = (
-            frozen.shards.iter().map(|s| s.conns.len()).sum::<usize>(),
+            skimmed + frozen.shards.iter().map(|s| s.conns.len()).sum::<usize>(),
             frozen.links.len(),
         );
+        let updated: usize = frozen.shards.iter().map(|s| s.sessions.len()).sum();
         tracing::info!(
+            skimmed,
+            updated,
             connections = counts.0,
             links = counts.1,
+            skimmed_in = ?skim_took,
             took = ?started.elapsed(),
             "upgrade: frozen, sending"
         );
@@ -227,6 +243,17 @@ impl Giver {
             .collect()
     }
 
+    /// Skims every shard (its quiet connections park) and sends what they gave up; the busy
+    /// connections, links and node links serve on meanwhile. Returns how many were sent.
+    fn skim(&self, ch: &Channel) -> Result<usize, String> {
+        let mut sent = 0;
+        for conns in self.ask_all(ShardMsg::Skim, "skim its connections")? {
+            sent += conns.len();
+            send_conns(ch, conns)?;
+        }
+        Ok(sent)
+    }
+
     /// Freezes the link connections of every shard, then (every node command having reached
     /// its shard) the client connections and node links.
     fn freeze(&self) -> Result<Frozen, String> {
@@ -271,22 +298,20 @@ impl Giver {
         let count = self.inboxes.len() as i64;
         let mut cid_bound = 1;
         let mut conns = Vec::new();
+        let mut sessions = Vec::new();
         let mut node_links = Vec::new();
         for (i, shard) in frozen.shards.into_iter().enumerate() {
             // Shard i made cids seq * count + i + 1 for every seq below its next one.
             cid_bound = cid_bound.max(shard.next_seq * count + i as i64 + 1);
             conns.extend(shard.conns);
+            sessions.extend(shard.sessions);
             node_links.extend(shard.node_links.into_iter().map(|l| (i as u32, l)));
         }
-        // Moved out batch by batch, not cloned: 19,000 records are a few megabytes.
-        let mut conns = conns.into_iter().peekable();
-        while conns.peek().is_some() {
-            let (records, fds): (Vec<_>, Vec<RawFd>) = conns
-                .by_ref()
-                .take(MAX_FDS)
-                .map(|p| (p.record, p.fd))
-                .unzip();
-            send(ch, &Msg::Conns(records), &fds)?;
+        send_conns(ch, conns)?;
+        let mut sessions = sessions.into_iter().peekable();
+        while sessions.peek().is_some() {
+            let batch = sessions.by_ref().take(SESSIONS_PER_MESSAGE).collect();
+            send(ch, &Msg::Sessions(batch), &[])?;
         }
         for chunk in frozen.links.chunks(MAX_FDS) {
             let records = chunk.iter().map(|p| p.record.clone()).collect();
@@ -308,6 +333,21 @@ impl Giver {
         }
         send(ch, &Msg::Done { cid_bound }, &[])
     }
+}
+
+/// Sends connection parcels, their records moved out batch by batch, not cloned (19,000
+/// records are a few megabytes).
+fn send_conns(ch: &Channel, conns: Vec<ConnParcel<Lent>>) -> Result<(), String> {
+    let mut conns = conns.into_iter().peekable();
+    while conns.peek().is_some() {
+        let (records, fds): (Vec<_>, Vec<RawFd>) = conns
+            .by_ref()
+            .take(MAX_FDS)
+            .map(|p| (p.record, p.fd))
+            .unzip();
+        send(ch, &Msg::Conns(records), &fds)?;
+    }
+    Ok(())
 }
 
 fn raw(fds: &[OwnedFd]) -> Vec<RawFd> {
@@ -343,5 +383,6 @@ pub(crate) fn name(m: &Msg) -> &'static str {
         Msg::Done { .. } => "done",
         Msg::Ready => "ready",
         Msg::Committed => "committed",
+        Msg::Sessions(_) => "sessions",
     }
 }

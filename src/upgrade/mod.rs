@@ -7,10 +7,12 @@
 //! 1. new → `Hello` (hand-off protocol and connection record versions it reads);
 //!    old → `Offer` (its versions, gid, link address) or `Refuse`.
 //! 2. new → `Go` (it has loaded its configuration and started its control plane).
-//!    The old gate freezes: node link connections park between two frames, then every client
-//!    connection parks with its state exported, then the outbound node links.
-//! 3. old → `Listeners`, `Claims`, `UpgradeSocket`, `Conns`, `Links`, `NodeLinks`, `Done`, the
-//!    sockets attached.
+//!    The old gate skims: every quiet client connection parks with its state exported, and old →
+//!    `Conns` carries them over while the busy ones serve on. Then it freezes: node link
+//!    connections park between two frames, then every other client connection parks with its
+//!    state exported, then the outbound node links.
+//! 3. old → `Listeners`, `Claims`, `UpgradeSocket`, `Conns`, `Sessions` (what changed in a
+//!    skimmed connection's session since), `Links`, `NodeLinks`, `Done`, the sockets attached.
 //! 4. new → `Ready` once everything is taken up (nothing runs yet); old → `Committed`: its parked
 //!    tasks end without a byte. Only then does the new process start serving.
 //!
@@ -27,10 +29,12 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::connection::record::ConnRecord;
 use crate::node_api::LinkRecord;
+use crate::session::SessionRecord;
 pub use wire::SocketName;
 
 /// The version of this conversation (message layout and order). Both sides must speak it.
-pub const PROTOCOL: u32 = 1;
+/// 2: quiet connections are skimmed before the freeze (`Sessions` updates them).
+pub const PROTOCOL: u32 = 2;
 
 /// Which listener a set of listening sockets is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +93,9 @@ pub enum Msg {
     },
     Ready,
     Committed,
+    /// The session state of skimmed connections that changed after they were sent: replaces
+    /// the state in their earlier `Conns` record (matched by cid).
+    Sessions(Vec<SessionRecord>),
 }
 
 /// Why an upgrade did not happen.

@@ -5,8 +5,9 @@
 //! committed, it may still resume, and two processes must never touch one socket.
 
 use socket2::Socket;
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::give::name;
 use super::wire::{Channel, SocketName};
@@ -14,6 +15,7 @@ use super::{ListenerKind, Msg, NodeLinkHead, UpgradeError, PROTOCOL};
 use crate::connection::record::{ConnParcel, RECORD_VERSION};
 use crate::dispatch::NodeLinkParcel;
 use crate::node_api::LinkParcel;
+use crate::session::SessionRecord;
 
 /// How long each message may take to arrive (the freeze is bounded well under it).
 const STEP: Duration = Duration::from_secs(20);
@@ -118,6 +120,10 @@ impl Taking {
     pub fn receive(&self) -> Result<Received, UpgradeError> {
         send(&self.ch, &Msg::Go)?;
         let mut got = Received::default();
+        // When each connection's record arrived: skimmed ones wait through the freeze, and
+        // their liveness is aged by that wait.
+        let mut arrived: Vec<(usize, Instant)> = Vec::new();
+        let mut sessions: Vec<SessionRecord> = Vec::new();
         loop {
             let (msg, fds) = recv(&self.ch)?;
             let mut fds = fds.into_iter();
@@ -146,6 +152,7 @@ impl Taking {
                 }
                 Msg::Conns(records) => {
                     let socks = take(records.len(), "connections")?;
+                    arrived.push((got.conns.len() + records.len(), Instant::now()));
                     got.conns.extend(
                         records
                             .into_iter()
@@ -167,8 +174,10 @@ impl Taking {
                     got.node_links
                         .extend(heads.into_iter().zip(socks).map(|(h, fd)| parcel(h, fd)));
                 }
+                Msg::Sessions(records) => sessions.extend(records),
                 Msg::Done { cid_bound } => {
                     got.cid_bound = cid_bound;
+                    update(&mut got.conns, sessions, &arrived)?;
                     return Ok(got);
                 }
                 Msg::Refuse(r) => return Err(UpgradeError::Refused(r)),
@@ -196,6 +205,42 @@ impl Taking {
     }
 }
 
+/// Ages every record by its wait since it arrived (`arrived`: the end of each batch and when it
+/// came) and puts each updated session in the record of its cid.
+fn update(
+    conns: &mut [ConnParcel],
+    sessions: Vec<SessionRecord>,
+    arrived: &[(usize, Instant)],
+) -> Result<(), UpgradeError> {
+    let now = Instant::now();
+    let mut start = 0;
+    for &(end, at) in arrived {
+        let waited = now.saturating_duration_since(at);
+        for c in &mut conns[start..end] {
+            c.record.liveness = c.record.liveness.aged(waited);
+        }
+        start = end;
+    }
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let by_cid: HashMap<i64, usize> = conns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.record.session.cid, i))
+        .collect();
+    for s in sessions {
+        let Some(&i) = by_cid.get(&s.cid) else {
+            return Err(UpgradeError::Broken(format!(
+                "a session update for connection {}, which was not sent",
+                s.cid
+            )));
+        };
+        conns[i].record.session = s;
+    }
+    Ok(())
+}
+
 fn parcel(h: NodeLinkHead, fd: OwnedFd) -> (usize, NodeLinkParcel) {
     (
         h.shard as usize,
@@ -220,4 +265,69 @@ fn recv(ch: &Channel) -> Result<(Msg, Vec<OwnedFd>), UpgradeError> {
         )),
         _ => UpgradeError::Broken(format!("receiving: {e}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::framing::FramingRecord;
+    use crate::connection::record::ConnRecord;
+    use crate::liveness::LivenessRecord;
+    use crate::session::{ConnState, Transport};
+
+    fn parcel(cid: i64) -> ConnParcel {
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        ConnParcel {
+            record: ConnRecord {
+                version: RECORD_VERSION,
+                session: SessionRecord {
+                    cid,
+                    uid: 0,
+                    ip: [127, 0, 0, 1].into(),
+                    transport: Transport::Tcp,
+                    state: ConnState::Opened,
+                    channels: vec![],
+                    outbox: vec![],
+                    heartbeats_owed: 0,
+                    forced_close: false,
+                    auth_changed: false,
+                },
+                transmit: vec![],
+                input_tail: vec![],
+                liveness: LivenessRecord {
+                    since_last_receive: Duration::from_millis(300),
+                    until_next_tick: Some(Duration::from_millis(50)),
+                    until_authorize: None,
+                },
+                framing: FramingRecord::Tcp,
+            },
+            fd,
+        }
+    }
+
+    #[test]
+    fn skimmed_records_are_aged_and_take_their_session_updates() {
+        let mut conns: Vec<ConnParcel> = (1..=3).map(parcel).collect();
+        let long_ago = Instant::now() - Duration::from_millis(100);
+        // Two came in the skim (long ago), one in the freeze (just now).
+        let arrived = [(2, long_ago), (3, Instant::now())];
+        let mut changed = conns[1].record.session.clone();
+        changed.uid = 42;
+        changed.outbox = vec![b"pushed".to_vec()];
+        update(&mut conns, vec![changed.clone()], &arrived).unwrap();
+        assert_eq!(conns[1].record.session, changed);
+        assert_eq!(conns[0].record.session.uid, 0);
+        let l = &conns[0].record.liveness;
+        assert!(l.since_last_receive >= Duration::from_millis(400));
+        assert_eq!(l.until_next_tick, Some(Duration::ZERO));
+        let fresh = &conns[2].record.liveness;
+        assert!(fresh.since_last_receive < Duration::from_millis(350));
+        // An update for a connection that was never sent breaks the hand-off.
+        let mut stray = changed;
+        stray.cid = 9;
+        assert!(matches!(
+            update(&mut conns, vec![stray], &arrived),
+            Err(UpgradeError::Broken(_))
+        ));
+    }
 }
