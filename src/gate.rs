@@ -31,9 +31,11 @@ use crate::node_api::LinkShared;
 use crate::registry::{
     self, endpoint_url, Discovery, InstanceState, RegistryError, ServiceInstance,
 };
-use crate::session::{bound_elsewhere, home_of_uid, shard_of_cid, Sessions, Transport};
-use crate::shard::{fan_out, ClientListener, Inherited, Shard, ShardInbox, ShardMsg, ShardSpec};
-use crate::upgrade::take::{Received, Taking};
+use crate::session::{bound_elsewhere, Sessions, Transport};
+use crate::shard::{
+    fan_out, ClientListener, Feed, Inheritance, Shard, ShardInbox, ShardMsg, ShardSpec,
+};
+use crate::upgrade::take::{Head, Parcels, Spreader, Taking};
 use crate::upgrade::{self, give, ListenerKind, UpgradeError};
 
 /// Why the gate could not start. Each says which part failed; the text is what `main` prints.
@@ -118,7 +120,7 @@ pub struct Gate {
 enum Sockets {
     /// Claim the ports and bind the configured addresses (a plain start).
     Bind,
-    /// Later, from the running gate (`--upgrade`, see `take_up`).
+    /// Later, from the running gate (`--upgrade`, see `take_listeners`).
     Inherit,
 }
 
@@ -138,7 +140,7 @@ struct ShardInputs {
     clients: Vec<ClientListener>,
     link_fds: Vec<OwnedFd>,
     inbox: flume::Receiver<ShardMsg>,
-    inherited: Inherited,
+    inherited: Inheritance,
 }
 
 impl Gate {
@@ -189,24 +191,45 @@ impl Gate {
             return Err(e);
         }
         let go = Instant::now();
-        let received = match taking.receive() {
-            Ok(r) => r,
-            Err(e) => {
-                taking.refuse(&e.to_string());
-                prepared.gate.abandon_registry();
-                return Err(StartError::Upgrade(e.to_string()));
-            }
+        // From here a failure refuses (the running gate thaws and serves on) and leaves the
+        // registration to the running gate.
+        let fail = |taking: &Taking, gate: &mut Gate, e: String| {
+            taking.refuse(&e);
+            gate.abandon_registry();
+            StartError::Upgrade(e)
         };
-        let conns = received.conns.len();
-        let upgrade_socket = received.upgrade_socket.is_some();
+        let head = match taking.receive_head() {
+            Ok(h) => h,
+            Err(e) => return Err(fail(&taking, &mut prepared.gate, e.to_string())),
+        };
+        let feeds = match Self::take_listeners(&cfg, &mut prepared, head) {
+            Ok(f) => f,
+            Err(e) => return Err(fail(&taking, &mut prepared.gate, e.to_string())),
+        };
+        let plain: Vec<Transport> = prepared
+            .gate
+            .servers
+            .iter()
+            .filter(|(s, _)| s.tls.is_none())
+            .map(|(s, _)| s.transport)
+            .collect();
+        // The shards start now and rebuild each connection as it arrives; none runs before
+        // the running gate has committed.
+        let mut gate = Self::run_shards(&cfg, prepared)?;
+        let mut spreader = Spreader::new(feeds, plain);
+        let mut conns = 0;
+        let got = taking.receive_parcels(|p| {
+            if let Parcels::Conns(c) = &p {
+                conns += c.len();
+            }
+            spreader.take(p)
+        });
         let received_in = go.elapsed();
-        let prepared = match Self::take_up(&cfg, prepared, received) {
-            Ok(p) => p,
-            Err(e) => {
-                taking.refuse(&e.to_string());
-                return Err(e);
-            }
+        let feeds = match got.and_then(|cid_bound| spreader.finish(cid_bound)) {
+            Ok(f) => f,
+            Err(e) => return Err(fail(&taking, &mut gate, e.to_string())),
         };
+        let upgrade_socket = gate.upgrade_socket.is_some();
         if std::env::var_os("GATEHOUSE_TEST_UPGRADE_PAUSE").is_some() {
             // Test hook: a window in which a test kills this process mid-hand-off.
             println!("upgrade: paused before ready");
@@ -217,8 +240,12 @@ impl Gate {
             return Err(StartError::Upgrade(e.to_string()));
         }
         let committed_in = go.elapsed();
-        prepared.gate._claims.take_holder();
-        let mut gate = Self::run_shards(&cfg, prepared)?;
+        for i in 0..feeds.len() {
+            if let Err(e) = upgrade::take::feed(&feeds, i, Feed::Commit) {
+                tracing::error!("upgrade: {e}");
+            }
+        }
+        gate._claims.take_holder();
         gate.serve_metrics()?;
         // From asking for the freeze to this process's shards starting: the hand-off time.
         tracing::info!(
@@ -407,7 +434,7 @@ impl Gate {
             shared_port(&addrs).map_err(StartError::Listen)?;
             servers.extend(kcp_bound.take());
         } else {
-            // The listeners come with the hand-off (`take_up`).
+            // The listeners come with the hand-off (`take_listeners`).
             pending = unbound;
         }
         let link_addr = match (link_addr, link_bound) {
@@ -477,7 +504,7 @@ impl Gate {
                 clients,
                 link_fds,
                 inbox,
-                inherited: Inherited::default(),
+                inherited: Inheritance::Fresh,
             })
             .collect();
         let gate = Gate {
@@ -512,10 +539,28 @@ impl Gate {
         })
     }
 
-    /// Spreads what the running gate handed over onto this gate's shards: listeners (more are
-    /// bound when this process has more shards), claims, connections by cid, node links and
-    /// home index entries. Refuses a hand-off this configuration cannot carry on.
-    fn take_up(cfg: &Config, mut p: Prepared, mut got: Received) -> Result<Prepared, StartError> {
+    /// Spreads the running gate's listening sockets onto this gate's shards (more are bound when
+    /// this process has more shards) and takes its claims and upgrade socket; each shard is
+    /// then fed by an upgrade (the senders returned). Refuses listeners this configuration
+    /// cannot carry on.
+    fn take_listeners(
+        cfg: &Config,
+        p: &mut Prepared,
+        mut got: Head,
+    ) -> Result<Vec<flume::Sender<Feed>>, StartError> {
+        Self::spread_listeners(cfg, p, &mut got)?;
+        p.gate._claims = PortClaims::inherit(std::mem::take(&mut got.claims));
+        p.gate.upgrade_socket = got.upgrade_socket.take();
+        let mut feeds = Vec::with_capacity(p.per_shard.len());
+        for s in &mut p.per_shard {
+            let (tx, rx) = flume::unbounded();
+            s.inherited = Inheritance::Upgrade(rx);
+            feeds.push(tx);
+        }
+        Ok(feeds)
+    }
+
+    fn spread_listeners(cfg: &Config, p: &mut Prepared, got: &mut Head) -> Result<(), StartError> {
         let count = p.gate.shard_count;
         let backlog = cfg.gatehouse.listen_backlog;
         let refuse = |reason: String| StartError::Upgrade(format!("refused: {reason}"));
@@ -562,46 +607,7 @@ impl Gate {
                 )));
             }
         }
-        p.gate._claims = PortClaims::inherit(std::mem::take(&mut got.claims));
-        p.gate.upgrade_socket = got.upgrade_socket.take();
-
-        // Connections go to the shard their cid names under this shard count, so every cid
-        // stays valid; new cids start above every old one.
-        let next_seq = got.cid_bound / count as i64 + 1;
-        for conn in got.conns {
-            let rec = &conn.record;
-            if !p
-                .gate
-                .servers
-                .iter()
-                .any(|(s, _)| s.transport == rec.session.transport && s.tls.is_none())
-            {
-                return Err(refuse(format!(
-                    "connection {} is {:?}, and this configuration has no such server without TLS",
-                    rec.session.cid, rec.session.transport
-                )));
-            }
-            if rec.session.uid != 0 {
-                p.per_shard[home_of_uid(rec.session.uid, count)]
-                    .inherited
-                    .users
-                    .push((rec.session.uid, rec.session.cid));
-            }
-            p.per_shard[shard_of_cid(rec.session.cid, count)]
-                .inherited
-                .conns
-                .push(conn);
-        }
-        for (i, link) in got.links.into_iter().enumerate() {
-            p.per_shard[i % count].inherited.links.push(link);
-        }
-        for (old_shard, l) in got.node_links {
-            p.per_shard[old_shard % count].inherited.node_links.push(l);
-        }
-        for s in &mut p.per_shard {
-            s.inherited.next_seq = next_seq;
-        }
-        Ok(p)
+        Ok(())
     }
 
     /// Starts the shards, then registers (a plain start).

@@ -48,6 +48,12 @@ pub const CONTROL_LATENCY: Duration = Duration::from_millis(20);
 /// idle ones.
 const BUSY_WITHIN: Duration = Duration::from_millis(500);
 
+/// After an upgrade, idle connections start this long after the busy ones, this many at a
+/// time with this pause between batches (9,500 take about 150 ms; their clients are quiet).
+const IDLE_START_AFTER: Duration = Duration::from_millis(30);
+const IDLE_START_BATCH: usize = 64;
+const IDLE_START_PAUSE: Duration = Duration::from_millis(1);
+
 /// How long skimming waits for every connection to decide whether it is quiet (the rest are
 /// frozen with the busy ones).
 const SKIM_LIMIT: Duration = Duration::from_millis(500);
@@ -100,6 +106,29 @@ pub struct ShardParcel {
     pub node_links: Vec<NodeLinkParcel<Lent>>,
     /// This shard's next cid sequence number (every cid it made is below it).
     pub next_seq: i64,
+}
+
+/// What a shard of the next process is handed during an upgrade, in this order: connections
+/// (as they arrive, skimmed ones first), session updates, the rest, then `Commit`. Nothing runs
+/// before `Commit`; a feed that closes first means the upgrade failed and the shard ends.
+pub enum Feed {
+    /// Connections whose cid maps to this shard: rebuilt and put in the table at once, their
+    /// drivers started after `Commit`.
+    Conns(Vec<ConnParcel>),
+    /// The session of a connection handed over earlier changed before the freeze.
+    Session(SessionRecord),
+    /// Links, node links, home index entries and the cid floor (`conns` is empty).
+    Rest(Inherited),
+    /// The running gate let go: start.
+    Commit,
+}
+
+/// How a shard starts: afresh, or fed by an upgrade.
+#[derive(Default)]
+pub enum Inheritance {
+    #[default]
+    Fresh,
+    Upgrade(flume::Receiver<Feed>),
 }
 
 /// What a shard of the next process starts with, from the previous one (`--upgrade`).
@@ -168,7 +197,7 @@ pub struct ShardSpec {
     /// inherited more listeners than this process has shards.
     pub link_fds: Vec<OwnedFd>,
     pub link: Arc<LinkShared>,
-    pub inherited: Inherited,
+    pub inherited: Inheritance,
     /// The gate's numbers; this shard counts into its own cells.
     pub metrics: Arc<crate::metrics::GateMetrics>,
 }
@@ -227,6 +256,23 @@ enum AdoptedConn {
     Ws(Arc<ServerCtx>, Connection<WsFraming>, OwnedFd),
 }
 
+impl AdoptedConn {
+    /// Back to a parcel (its driver never ran), with its server and session half.
+    fn into_parcel(self) -> (Arc<ServerCtx>, Rc<Conn>, ConnParcel) {
+        let now = Instant::now();
+        match self {
+            AdoptedConn::Tcp(server, machine, fd) => {
+                let record = machine.export(now);
+                (server, machine.conn().clone(), ConnParcel { record, fd })
+            }
+            AdoptedConn::Ws(server, machine, fd) => {
+                let record = machine.export(now);
+                (server, machine.conn().clone(), ConnParcel { record, fd })
+            }
+        }
+    }
+}
+
 /// The accept loops of one start: they stop when `stop` is dropped.
 struct Accepting {
     stop: flume::Sender<()>,
@@ -277,6 +323,14 @@ impl Shard {
         let inbox = spec.inbox;
         let inherited = spec.inherited;
         let life = async move {
+            let (adopted, rest) = match inherited {
+                Inheritance::Fresh => (Vec::new(), Inherited::default()),
+                Inheritance::Upgrade(feed) => match shard.receive(feed).await {
+                    Some(got) => got,
+                    // The upgrade failed: nothing ran, nothing is touched.
+                    None => return,
+                },
+            };
             // What reached the inbox before the start (the registry's first node list) is
             // applied before any inherited connection runs: its packets need the routes.
             while let Ok(msg) = inbox.try_recv() {
@@ -284,7 +338,7 @@ impl Shard {
                     return;
                 }
             }
-            shard.take_over(inherited).await;
+            shard.take_over(adopted, rest).await;
             shard.start_kcp();
             shard.start_accepting();
             shard.start_link_accepting();
@@ -576,52 +630,92 @@ impl Shard {
         self.start_link_accepting();
     }
 
-    /// Takes up what the previous process handed to this shard (`--upgrade`): home index entries,
-    /// node links, then the connections, each carrying on where it stopped.
-    async fn take_over(self: &Rc<Self>, inherited: Inherited) {
+    /// Takes up what the running gate hands this shard during an upgrade, until `Commit`:
+    /// each connection is rebuilt and put in the table as it arrives (the quiet ones while the
+    /// old process still serves the busy ones), a session update rebuilds its connection.
+    /// `None` = the feed closed first (the upgrade failed).
+    async fn receive(
+        self: &Rc<Self>,
+        feed: flume::Receiver<Feed>,
+    ) -> Option<(Vec<Adopted>, Inherited)> {
+        let started = Instant::now();
+        let mut adopted: Vec<Option<Adopted>> = Vec::new();
+        let mut at: HashMap<i64, usize> = HashMap::new();
+        let mut rest = Inherited::default();
+        let mut updated = 0;
+        loop {
+            match feed.recv_async().await.ok()? {
+                Feed::Conns(conns) => {
+                    self.table.borrow_mut().reserve(conns.len());
+                    for parcel in conns {
+                        let cid = parcel.record.session.cid;
+                        if let Some(a) = self.adopt(parcel) {
+                            at.insert(cid, adopted.len());
+                            adopted.push(Some(a));
+                        }
+                    }
+                }
+                Feed::Session(session) => {
+                    let Some(slot) = at.get(&session.cid).and_then(|&i| adopted.get_mut(i)) else {
+                        continue;
+                    };
+                    if let Some(a) = slot.take() {
+                        updated += 1;
+                        let (server, conn, mut parcel) = a.conn.into_parcel();
+                        Host::forget(&**self, &server, &conn);
+                        parcel.record.session = session;
+                        *slot = self.adopt(parcel);
+                    }
+                }
+                Feed::Rest(r) => rest = r,
+                Feed::Commit => break,
+            }
+        }
+        let adopted: Vec<Adopted> = adopted.into_iter().flatten().collect();
+        tracing::info!(
+            shard = self.index,
+            connections = adopted.len(),
+            updated,
+            took = ?started.elapsed(),
+            "upgrade: connections taken up"
+        );
+        Some((adopted, rest))
+    }
+
+    /// Rebuilds one connection; one that cannot be is logged and closed (its socket dropped).
+    fn adopt(&self, parcel: ConnParcel) -> Option<Adopted> {
+        let r = &parcel.record;
+        let cid = r.session.cid;
+        let busy = !r.transmit.is_empty()
+            || !r.session.outbox.is_empty()
+            || r.liveness.since_last_receive < BUSY_WITHIN;
+        match self.adopt_conn(parcel) {
+            Ok(conn) => Some(Adopted { conn, busy }),
+            Err(e) => {
+                tracing::error!(cid, error = %e, "upgrade: connection not taken up, closed");
+                None
+            }
+        }
+    }
+
+    /// Starts what the previous process handed to this shard (`--upgrade`), its connections
+    /// already in the table: home index entries, node links, link connections, then the
+    /// connections, busy ones first, each carrying on where it stopped.
+    async fn take_over(self: &Rc<Self>, adopted: Vec<Adopted>, rest: Inherited) {
         {
             let mut table = self.table.borrow_mut();
-            table.reserve_below(inherited.next_seq);
-            for (uid, cid) in inherited.users {
+            table.reserve_below(rest.next_seq);
+            for (uid, cid) in rest.users {
                 table.insert_user(uid, cid);
             }
         }
-        if !inherited.node_links.is_empty() {
-            self.upstream.adopt(inherited.node_links);
+        if !rest.node_links.is_empty() {
+            self.upstream.adopt(rest.node_links);
         }
         // Every connection is in the table before anything else runs: a node command arriving
         // on an inherited link finds its target, even if that target's driver has not started
         // (a push just waits in its queue).
-        let started = Instant::now();
-        let count = inherited.conns.len();
-        self.table.borrow_mut().reserve(count);
-        let mut adopted = Vec::with_capacity(count);
-        // Busy connections start first: those with bytes to write, then by how recently the
-        // client sent a frame. A client that only heartbeats every few seconds does not notice
-        // waiting for the rest of the take-over; one sending every 20 ms does.
-        let mut conns = inherited.conns;
-        conns.sort_by_key(|p| {
-            let r = &p.record;
-            let idle = r.transmit.is_empty() && r.session.outbox.is_empty();
-            (idle, r.liveness.since_last_receive)
-        });
-        let busy = |p: &ConnParcel| {
-            let r = &p.record;
-            !r.transmit.is_empty()
-                || !r.session.outbox.is_empty()
-                || r.liveness.since_last_receive < BUSY_WITHIN
-        };
-        for parcel in conns {
-            let cid = parcel.record.session.cid;
-            let busy = busy(&parcel);
-            match self.adopt_conn(parcel) {
-                Ok(conn) => adopted.push(Adopted { conn, busy }),
-                Err(e) => {
-                    tracing::error!(cid, error = %e, "upgrade: connection not taken up, closed")
-                }
-            }
-        }
-        for parcel in inherited.links {
+        for parcel in rest.links {
             node_api::adopt(
                 self,
                 self.link.clone(),
@@ -629,33 +723,48 @@ impl Shard {
                 self.link_closing_rx.clone(),
             );
         }
-        let imported = started.elapsed();
-        // Busy ones first (the order above); the connections started so far are served while
-        // the rest start (they run in the default queue).
-        let busy = adopted.iter().take_while(|a| a.busy).count();
-        for (i, a) in adopted.into_iter().enumerate() {
+        let started = Instant::now();
+        let count = adopted.len();
+        // Busy connections start first (bytes to write, or a frame within BUSY_WITHIN): a
+        // client that only heartbeats every few seconds does not notice waiting for the rest.
+        let (busy, idle): (Vec<Adopted>, Vec<Adopted>) = adopted.into_iter().partition(|a| a.busy);
+        let busy_count = busy.len();
+        for a in busy {
             self.start_adopted(a);
-            if i % 256 == 255 {
-                glommio::executor().yield_if_needed().await;
-            }
-            if i + 1 == busy {
-                tracing::info!(
-                    shard = self.index,
-                    busy,
-                    took = ?started.elapsed(),
-                    "upgrade: busy connections started"
-                );
-            }
         }
-        if count > 0 {
+        if busy_count > 0 {
             tracing::info!(
                 shard = self.index,
+                busy = busy_count,
+                took = ?started.elapsed(),
+                "upgrade: busy connections started"
+            );
+        }
+        // The idle ones in a task of their own, so that this shard's inbox (the second hop of
+        // node commands) is served from now on: after the busy ones have worked off what
+        // queued up during the hand-off, a batch at a time, with a pause between batches in
+        // which the busy ones, the links and IO run.
+        if idle.is_empty() {
+            return;
+        }
+        let shard = self.clone();
+        self.spawn_control(async move {
+            glommio::timer::sleep(IDLE_START_AFTER).await;
+            let mut idle = idle.into_iter().peekable();
+            while idle.peek().is_some() {
+                for a in idle.by_ref().take(IDLE_START_BATCH) {
+                    shard.start_adopted(a);
+                }
+                glommio::timer::sleep(IDLE_START_PAUSE).await;
+            }
+            tracing::info!(
+                shard = shard.index,
                 connections = count,
-                imported = ?imported,
                 took = ?started.elapsed(),
                 "upgrade: idle connections started"
             );
-        }
+        })
+        .detach();
     }
 
     /// Starts the driver of an adopted connection on its inherited socket.

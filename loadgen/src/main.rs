@@ -800,6 +800,11 @@ struct Gaps {
     /// progress line.
     max_us: Cell<u64>,
     window_us: Cell<u64>,
+    /// When the longest gap ended (ms since the Unix epoch), to line it up with a gate's log.
+    max_end_unix_ms: Cell<u64>,
+    max_end_bucket: Cell<usize>,
+    /// Replies per 5 ms since the start (where a stall shows as a run of low counts).
+    timeline: RefCell<Vec<u32>>,
 }
 
 impl Default for Gaps {
@@ -808,9 +813,15 @@ impl Default for Gaps {
             per_client: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("hist")),
             max_us: Cell::new(0),
             window_us: Cell::new(0),
+            max_end_unix_ms: Cell::new(0),
+            max_end_bucket: Cell::new(0),
+            timeline: RefCell::default(),
         }
     }
 }
+
+/// steady: the width of one bucket of the reply timeline.
+const TIMELINE_MS: usize = 5;
 
 /// steady: one active connection's view of its echoes.
 struct Echoes {
@@ -846,8 +857,23 @@ impl Echoes {
             self.max_gap = self.max_gap.max(gap);
             let us = gap.as_micros() as u64;
             let g = &run.gaps;
-            g.max_us.set(g.max_us.get().max(us));
+            if us > g.max_us.get() {
+                g.max_us.set(us);
+                let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                g.max_end_unix_ms
+                    .set(unix.map_or(0, |d| d.as_millis() as u64));
+                g.max_end_bucket
+                    .set((now - run.start.get()).as_millis() as usize / TIMELINE_MS);
+            }
             g.window_us.set(g.window_us.get().max(us));
+        }
+        {
+            let bucket = (now - run.start.get()).as_millis() as usize / TIMELINE_MS;
+            let mut t = run.gaps.timeline.borrow_mut();
+            if t.len() <= bucket {
+                t.resize(bucket + 1, 0);
+            }
+            t[bucket] += 1;
         }
         self.last_reply = Some(now);
         Stats::bump(&run.stats.received);
@@ -1548,11 +1574,19 @@ fn steady_summary(run: &Run) -> serde_json::Value {
             ms(per.value_at_quantile(q))
         }
     };
+    // Replies per 5 ms over the 300 ms up to the end of the longest gap.
+    let before_max_gap = {
+        let t = g.timeline.borrow();
+        let end = (g.max_end_bucket.get() + 1).min(t.len());
+        t[end.saturating_sub(60)..end].to_vec()
+    };
     serde_json::json!({
         "active": per.len(), "interval_ms": run.a.interval.as_secs_f64() * 1e3,
         "replies": s.received.get(), "closed": s.closed_by_gate.get(), "faulty": s.faulty.get(),
         "missing": s.missing.get(), "disordered": s.disordered.get(),
         "max_gap_ms": ms(g.max_us.get()),
+        "max_gap_end_unix_ms": g.max_end_unix_ms.get(),
+        "replies_per_5ms_before_max_gap_end": before_max_gap,
         "client_max_gap_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
         "max_rtt_ms": ms(run.hist.borrow().max()),
     })

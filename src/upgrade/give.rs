@@ -20,6 +20,8 @@ use crate::shard::{fan_out, ShardInbox, ShardMsg, ShardParcel};
 const STEP: Duration = Duration::from_secs(10);
 /// How long a shard may take to freeze (its own limits are shorter).
 const FREEZE: Duration = Duration::from_secs(10);
+/// The pause before each message of skimmed connections.
+const SKIM_PACE: Duration = Duration::from_micros(300);
 /// Session updates per message (they carry no sockets).
 const SESSIONS_PER_MESSAGE: usize = 1000;
 /// How long the new process may take to take everything up.
@@ -145,8 +147,9 @@ impl Giver {
             other => return Err(format!("expected go, got {}", name(&other))),
         }
         let started = std::time::Instant::now();
-        // Quiet connections go first, while the busy ones serve on.
-        let skimmed = match self.skim(ch) {
+        // The listeners first: the new process starts its shards with them while this one
+        // still serves. Then the quiet connections, while the busy ones serve on.
+        let skimmed = match self.send_head(ch, socket).and_then(|()| self.skim(ch)) {
             Ok(n) => n,
             Err(e) => {
                 self.thaw();
@@ -177,7 +180,7 @@ impl Giver {
             took = ?started.elapsed(),
             "upgrade: frozen, sending"
         );
-        match self.send_all(ch, socket, frozen) {
+        match self.send_rest(ch, frozen) {
             Ok(()) => {}
             Err(e) => {
                 self.thaw();
@@ -249,7 +252,9 @@ impl Giver {
         let mut sent = 0;
         for conns in self.ask_all(ShardMsg::Skim, "skim its connections")? {
             sent += conns.len();
-            send_conns(ch, conns)?;
+            // Paced: the busy connections share these CPUs with the transfer and with the
+            // new process taking each batch up.
+            send_conns(ch, conns, SKIM_PACE)?;
         }
         Ok(sent)
     }
@@ -284,8 +289,8 @@ impl Giver {
         }
     }
 
-    /// Sends the listeners, claims, the upgrade socket and every parcel.
-    fn send_all(&self, ch: &Channel, socket: &Socket, frozen: Frozen) -> Result<(), String> {
+    /// Sends the listeners, claims and the upgrade socket (duplicates: nothing changes here).
+    fn send_head(&self, ch: &Channel, socket: &Socket) -> Result<(), String> {
         for (kind, fds) in &self.listeners {
             for chunk in fds.chunks(MAX_FDS) {
                 send(ch, &Msg::Listeners(*kind), &raw(chunk))?;
@@ -294,7 +299,11 @@ impl Giver {
         let ports: Vec<u16> = self.claims.iter().map(|(p, _)| *p).collect();
         let claim_fds: Vec<RawFd> = self.claims.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         send(ch, &Msg::Claims(ports), &claim_fds)?;
-        send(ch, &Msg::UpgradeSocket, &[socket.as_raw_fd()])?;
+        send(ch, &Msg::UpgradeSocket, &[socket.as_raw_fd()])
+    }
+
+    /// Sends every parcel of the freeze, the session updates, and `done`.
+    fn send_rest(&self, ch: &Channel, frozen: Frozen) -> Result<(), String> {
         let count = self.inboxes.len() as i64;
         let mut cid_bound = 1;
         let mut conns = Vec::new();
@@ -307,7 +316,7 @@ impl Giver {
             sessions.extend(shard.sessions);
             node_links.extend(shard.node_links.into_iter().map(|l| (i as u32, l)));
         }
-        send_conns(ch, conns)?;
+        send_conns(ch, conns, Duration::ZERO)?;
         let mut sessions = sessions.into_iter().peekable();
         while sessions.peek().is_some() {
             let batch = sessions.by_ref().take(SESSIONS_PER_MESSAGE).collect();
@@ -337,9 +346,12 @@ impl Giver {
 
 /// Sends connection parcels, their records moved out batch by batch, not cloned (19,000
 /// records are a few megabytes).
-fn send_conns(ch: &Channel, conns: Vec<ConnParcel<Lent>>) -> Result<(), String> {
+fn send_conns(ch: &Channel, conns: Vec<ConnParcel<Lent>>, pace: Duration) -> Result<(), String> {
     let mut conns = conns.into_iter().peekable();
     while conns.peek().is_some() {
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
         let (records, fds): (Vec<_>, Vec<RawFd>) = conns
             .by_ref()
             .take(MAX_FDS)

@@ -1,13 +1,15 @@
 //! The new process's side of an upgrade: finds the running gate, receives its sockets and state,
 //! and confirms once everything is taken up.
 //!
-//! Nothing received runs before [`Taking::confirm`] returns: until the running gate has
-//! committed, it may still resume, and two processes must never touch one socket.
+//! Connections are spread over the new shards as they arrive ([`Spreader`]), and the shards
+//! rebuild them at once, but nothing received runs before [`Taking::confirm`] returns: until the
+//! running gate has committed, it may still resume, and two processes must never touch one
+//! socket.
 
 use socket2::Socket;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::give::name;
 use super::wire::{Channel, SocketName};
@@ -16,6 +18,8 @@ use crate::connection::record::{ConnParcel, RECORD_VERSION};
 use crate::dispatch::NodeLinkParcel;
 use crate::node_api::LinkParcel;
 use crate::session::SessionRecord;
+use crate::session::{home_of_uid, shard_of_cid, Transport};
+use crate::shard::{Feed, Inherited};
 
 /// How long each message may take to arrive (the freeze is bounded well under it).
 const STEP: Duration = Duration::from_secs(20);
@@ -29,21 +33,16 @@ pub struct Offer {
     pub shards: usize,
 }
 
-/// Everything the running gate handed over.
+/// What the running gate hands over first: its listening sockets, port claims and upgrade
+/// socket.
 #[derive(Debug, Default)]
-pub struct Received {
+pub struct Head {
     pub listeners: Vec<(ListenerKind, Vec<OwnedFd>)>,
     pub claims: Vec<(u16, OwnedFd)>,
     pub upgrade_socket: Option<Socket>,
-    pub conns: Vec<ConnParcel>,
-    pub links: Vec<LinkParcel>,
-    /// Outbound node links with the old shard each came from.
-    pub node_links: Vec<(usize, NodeLinkParcel)>,
-    /// Every cid the old gate made is below it.
-    pub cid_bound: i64,
 }
 
-impl Received {
+impl Head {
     /// The listening sockets of `kind`, in the old process's shard order.
     pub fn take_listeners(&mut self, kind: ListenerKind) -> Vec<OwnedFd> {
         let mut out = Vec::new();
@@ -54,6 +53,17 @@ impl Received {
         }
         out
     }
+}
+
+/// What follows the head, one message at a time, as it arrives.
+pub enum Parcels {
+    /// Client connections (skimmed ones first, then those of the freeze).
+    Conns(Vec<ConnParcel>),
+    /// Sessions of connections sent earlier that changed before the freeze.
+    Sessions(Vec<SessionRecord>),
+    Links(Vec<LinkParcel>),
+    /// Outbound node links with the old shard each came from.
+    NodeLinks(Vec<(usize, NodeLinkParcel)>),
 }
 
 /// An upgrade in progress, from the new process.
@@ -112,82 +122,82 @@ impl Taking {
     }
 
     /// Tells the running gate the upgrade is off (it serves on).
-    pub fn refuse(self, reason: &str) {
+    pub fn refuse(&self, reason: &str) {
         let _ = self.ch.send(&Msg::Refuse(reason.to_string()), &[]);
     }
 
-    /// Asks the running gate to freeze and receives everything it hands over.
-    pub fn receive(&self) -> Result<Received, UpgradeError> {
+    /// Asks the running gate to hand over (`go`) and receives its head: listeners, claims and
+    /// the upgrade socket, which come last.
+    pub fn receive_head(&self) -> Result<Head, UpgradeError> {
         send(&self.ch, &Msg::Go)?;
-        let mut got = Received::default();
-        // When each connection's record arrived: skimmed ones wait through the freeze, and
-        // their liveness is aged by that wait.
-        let mut arrived: Vec<(usize, Instant)> = Vec::new();
-        let mut sessions: Vec<SessionRecord> = Vec::new();
+        let mut head = Head::default();
         loop {
             let (msg, fds) = recv(&self.ch)?;
             let mut fds = fds.into_iter();
-            let mut take = |n: usize, what: &str| -> Result<Vec<OwnedFd>, UpgradeError> {
-                let v: Vec<OwnedFd> = fds.by_ref().take(n).collect();
-                if v.len() != n {
-                    return Err(UpgradeError::Broken(format!(
-                        "{what}: {n} sockets announced, {} attached",
-                        v.len()
-                    )));
-                }
-                Ok(v)
-            };
             match msg {
-                Msg::Listeners(kind) => {
-                    let all: Vec<OwnedFd> = fds.by_ref().collect();
-                    got.listeners.push((kind, all));
-                }
+                Msg::Listeners(kind) => head.listeners.push((kind, fds.collect())),
                 Msg::Claims(ports) => {
-                    let socks = take(ports.len(), "claims")?;
-                    got.claims.extend(ports.into_iter().zip(socks));
+                    let socks = take(&mut fds, ports.len(), "claims")?;
+                    head.claims.extend(ports.into_iter().zip(socks));
                 }
                 Msg::UpgradeSocket => {
-                    let fd = take(1, "upgrade socket")?.pop().expect("one socket");
-                    got.upgrade_socket = Some(Socket::from(fd));
+                    let fd = take(&mut fds, 1, "upgrade socket")?
+                        .pop()
+                        .expect("one socket");
+                    head.upgrade_socket = Some(Socket::from(fd));
+                    return Ok(head);
                 }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Receives every parcel, handing each message to `sink` as it arrives, until `done`;
+    /// returns the cid bound (every cid the running gate made is below it). An `Err` from
+    /// `sink` ends the hand-off (the caller refuses it).
+    pub fn receive_parcels(
+        &self,
+        mut sink: impl FnMut(Parcels) -> Result<(), UpgradeError>,
+    ) -> Result<i64, UpgradeError> {
+        loop {
+            let (msg, fds) = recv(&self.ch)?;
+            let mut fds = fds.into_iter();
+            let parcels = match msg {
                 Msg::Conns(records) => {
-                    let socks = take(records.len(), "connections")?;
-                    arrived.push((got.conns.len() + records.len(), Instant::now()));
-                    got.conns.extend(
+                    let socks = take(&mut fds, records.len(), "connections")?;
+                    Parcels::Conns(
                         records
                             .into_iter()
                             .zip(socks)
-                            .map(|(record, fd)| ConnParcel { record, fd }),
-                    );
+                            .map(|(record, fd)| ConnParcel { record, fd })
+                            .collect(),
+                    )
                 }
+                Msg::Sessions(records) => Parcels::Sessions(records),
                 Msg::Links(records) => {
-                    let socks = take(records.len(), "links")?;
-                    got.links.extend(
+                    let socks = take(&mut fds, records.len(), "links")?;
+                    Parcels::Links(
                         records
                             .into_iter()
                             .zip(socks)
-                            .map(|(record, fd)| LinkParcel { record, fd }),
-                    );
+                            .map(|(record, fd)| LinkParcel { record, fd })
+                            .collect(),
+                    )
                 }
                 Msg::NodeLinks(heads) => {
-                    let socks = take(heads.len(), "node links")?;
-                    got.node_links
-                        .extend(heads.into_iter().zip(socks).map(|(h, fd)| parcel(h, fd)));
+                    let socks = take(&mut fds, heads.len(), "node links")?;
+                    Parcels::NodeLinks(
+                        heads
+                            .into_iter()
+                            .zip(socks)
+                            .map(|(h, fd)| parcel(h, fd))
+                            .collect(),
+                    )
                 }
-                Msg::Sessions(records) => sessions.extend(records),
-                Msg::Done { cid_bound } => {
-                    got.cid_bound = cid_bound;
-                    update(&mut got.conns, sessions, &arrived)?;
-                    return Ok(got);
-                }
-                Msg::Refuse(r) => return Err(UpgradeError::Refused(r)),
-                other => {
-                    return Err(UpgradeError::Broken(format!(
-                        "unexpected {} while receiving",
-                        name(&other)
-                    )))
-                }
-            }
+                Msg::Done { cid_bound } => return Ok(cid_bound),
+                other => return Err(unexpected(other)),
+            };
+            sink(parcels)?;
         }
     }
 
@@ -205,40 +215,28 @@ impl Taking {
     }
 }
 
-/// Ages every record by its wait since it arrived (`arrived`: the end of each batch and when it
-/// came) and puts each updated session in the record of its cid.
-fn update(
-    conns: &mut [ConnParcel],
-    sessions: Vec<SessionRecord>,
-    arrived: &[(usize, Instant)],
-) -> Result<(), UpgradeError> {
-    let now = Instant::now();
-    let mut start = 0;
-    for &(end, at) in arrived {
-        let waited = now.saturating_duration_since(at);
-        for c in &mut conns[start..end] {
-            c.record.liveness = c.record.liveness.aged(waited);
-        }
-        start = end;
+/// `n` sockets out of those attached to a message about `what`.
+fn take(
+    fds: &mut impl Iterator<Item = OwnedFd>,
+    n: usize,
+    what: &str,
+) -> Result<Vec<OwnedFd>, UpgradeError> {
+    let v: Vec<OwnedFd> = fds.by_ref().take(n).collect();
+    if v.len() != n {
+        return Err(UpgradeError::Broken(format!(
+            "{what}: {n} sockets announced, {} attached",
+            v.len()
+        )));
     }
-    if sessions.is_empty() {
-        return Ok(());
+    Ok(v)
+}
+
+/// A message out of place: a refusal passes on, anything else breaks the hand-off.
+fn unexpected(msg: Msg) -> UpgradeError {
+    match msg {
+        Msg::Refuse(r) => UpgradeError::Refused(r),
+        other => UpgradeError::Broken(format!("unexpected {} while receiving", name(&other))),
     }
-    let by_cid: HashMap<i64, usize> = conns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.record.session.cid, i))
-        .collect();
-    for s in sessions {
-        let Some(&i) = by_cid.get(&s.cid) else {
-            return Err(UpgradeError::Broken(format!(
-                "a session update for connection {}, which was not sent",
-                s.cid
-            )));
-        };
-        conns[i].record.session = s;
-    }
-    Ok(())
 }
 
 fn parcel(h: NodeLinkHead, fd: OwnedFd) -> (usize, NodeLinkParcel) {
@@ -267,67 +265,109 @@ fn recv(ch: &Channel) -> Result<(Msg, Vec<OwnedFd>), UpgradeError> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::connection::framing::FramingRecord;
-    use crate::connection::record::ConnRecord;
-    use crate::liveness::LivenessRecord;
-    use crate::session::{ConnState, Transport};
+/// Spreads what arrives over this process's shards as it arrives (`Feed`): each connection to
+/// the shard its cid names under this shard count, so every cid stays valid; then, once all is
+/// in, the links, node links, home index entries and the cid floor.
+pub struct Spreader {
+    feeds: Vec<flume::Sender<Feed>>,
+    /// Transports this configuration serves without TLS (a connection of another is refused).
+    plain: Vec<Transport>,
+    /// The uid of every connection sent to a shard, by cid (for the home index).
+    uids: HashMap<i64, i64>,
+    links: Vec<LinkParcel>,
+    node_links: Vec<(usize, NodeLinkParcel)>,
+}
 
-    fn parcel(cid: i64) -> ConnParcel {
-        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        ConnParcel {
-            record: ConnRecord {
-                version: RECORD_VERSION,
-                session: SessionRecord {
-                    cid,
-                    uid: 0,
-                    ip: [127, 0, 0, 1].into(),
-                    transport: Transport::Tcp,
-                    state: ConnState::Opened,
-                    channels: vec![],
-                    outbox: vec![],
-                    heartbeats_owed: 0,
-                    forced_close: false,
-                    auth_changed: false,
-                },
-                transmit: vec![],
-                input_tail: vec![],
-                liveness: LivenessRecord {
-                    since_last_receive: Duration::from_millis(300),
-                    until_next_tick: Some(Duration::from_millis(50)),
-                    until_authorize: None,
-                },
-                framing: FramingRecord::Tcp,
-            },
-            fd,
+impl Spreader {
+    pub fn new(feeds: Vec<flume::Sender<Feed>>, plain: Vec<Transport>) -> Spreader {
+        Spreader {
+            feeds,
+            plain,
+            uids: HashMap::new(),
+            links: Vec::new(),
+            node_links: Vec::new(),
         }
     }
 
-    #[test]
-    fn skimmed_records_are_aged_and_take_their_session_updates() {
-        let mut conns: Vec<ConnParcel> = (1..=3).map(parcel).collect();
-        let long_ago = Instant::now() - Duration::from_millis(100);
-        // Two came in the skim (long ago), one in the freeze (just now).
-        let arrived = [(2, long_ago), (3, Instant::now())];
-        let mut changed = conns[1].record.session.clone();
-        changed.uid = 42;
-        changed.outbox = vec![b"pushed".to_vec()];
-        update(&mut conns, vec![changed.clone()], &arrived).unwrap();
-        assert_eq!(conns[1].record.session, changed);
-        assert_eq!(conns[0].record.session.uid, 0);
-        let l = &conns[0].record.liveness;
-        assert!(l.since_last_receive >= Duration::from_millis(400));
-        assert_eq!(l.until_next_tick, Some(Duration::ZERO));
-        let fresh = &conns[2].record.liveness;
-        assert!(fresh.since_last_receive < Duration::from_millis(350));
-        // An update for a connection that was never sent breaks the hand-off.
-        let mut stray = changed;
-        stray.cid = 9;
-        assert!(matches!(
-            update(&mut conns, vec![stray], &arrived),
-            Err(UpgradeError::Broken(_))
-        ));
+    /// Takes one message's parcels.
+    pub fn take(&mut self, parcels: Parcels) -> Result<(), UpgradeError> {
+        let count = self.feeds.len();
+        match parcels {
+            Parcels::Conns(conns) => {
+                let mut per: Vec<Vec<ConnParcel>> = (0..count).map(|_| Vec::new()).collect();
+                for c in conns {
+                    let s = &c.record.session;
+                    if !self.plain.contains(&s.transport) {
+                        return Err(UpgradeError::Refused(format!(
+                            "connection {} is {:?}, and this configuration has no such server \
+                             without TLS",
+                            s.cid, s.transport
+                        )));
+                    }
+                    self.uids.insert(s.cid, s.uid);
+                    per[shard_of_cid(s.cid, count)].push(c);
+                }
+                for (i, conns) in per.into_iter().enumerate() {
+                    if !conns.is_empty() {
+                        self.feed(i, Feed::Conns(conns))?;
+                    }
+                }
+            }
+            Parcels::Sessions(sessions) => {
+                for s in sessions {
+                    let Some(uid) = self.uids.get_mut(&s.cid) else {
+                        return Err(UpgradeError::Broken(format!(
+                            "a session update for connection {}, which was not sent",
+                            s.cid
+                        )));
+                    };
+                    *uid = s.uid;
+                    self.feed(shard_of_cid(s.cid, count), Feed::Session(s))?;
+                }
+            }
+            Parcels::Links(links) => self.links.extend(links),
+            Parcels::NodeLinks(l) => self.node_links.extend(l),
+        }
+        Ok(())
     }
+
+    /// Everything arrived (`cid_bound` from `done`): hands each shard the rest. Returns the
+    /// feeds, for `Commit`.
+    pub fn finish(self, cid_bound: i64) -> Result<Vec<flume::Sender<Feed>>, UpgradeError> {
+        let count = self.feeds.len();
+        // New cids start above every old one.
+        let next_seq = cid_bound / count as i64 + 1;
+        let mut rest: Vec<Inherited> = (0..count)
+            .map(|_| Inherited {
+                next_seq,
+                ..Default::default()
+            })
+            .collect();
+        for (cid, uid) in self.uids {
+            if uid != 0 {
+                rest[home_of_uid(uid, count)].users.push((uid, cid));
+            }
+        }
+        for (i, link) in self.links.into_iter().enumerate() {
+            rest[i % count].links.push(link);
+        }
+        for (old_shard, l) in self.node_links {
+            rest[old_shard % count].node_links.push(l);
+        }
+        for (i, r) in rest.into_iter().enumerate() {
+            feed(&self.feeds, i, Feed::Rest(r))?;
+        }
+        Ok(self.feeds)
+    }
+
+    fn feed(&self, shard: usize, f: Feed) -> Result<(), UpgradeError> {
+        feed(&self.feeds, shard, f)
+    }
+}
+
+/// Hands `f` to `shard`; a shard that stopped breaks the hand-off.
+pub fn feed(feeds: &[flume::Sender<Feed>], shard: usize, f: Feed) -> Result<(), UpgradeError> {
+    feeds[shard]
+        .send(f)
+        .map_err(|_| UpgradeError::Broken(format!("shard {shard} stopped")))
 }
