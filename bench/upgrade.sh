@@ -5,7 +5,7 @@
 # 64-byte request every 20 ms); once every connection is open and traffic has run for --before
 # seconds, runs `gatehouse --upgrade` with the same etc, checks the old process exits 0 and the
 # pid file names the new one, lets traffic run on for --after seconds, and prints the hand-off
-# time and freeze (the processes' own logs), the longest gap any client saw between two replies
+# time, skim and freeze (the processes' own logs), the longest gap any client saw between two replies
 # (before the upgrade as a baseline, and across it), and closed/missing/reordered counts.
 #
 # Usage: bench/upgrade.sh [--no-build] [--conns N] [--active K] [--interval SECS] [--size BYTES]
@@ -236,7 +236,11 @@ if [ "$upgrade" = 1 ]; then
                    END { if (m == 0) print "-"; else printf "%.1f", (m - s) * 1000 }'
     }
     echo "new process: busy connections started $(since_serving 'busy connections started') ms after 'serving', idle ones $(since_serving 'idle connections started') ms after"
-    echo "freeze: $(took "$work/gate-old.err" 'upgrade: frozen'), request to commit (old): $(took "$work/gate-old.err" 'upgrade: handed over'), hand-off (new, freeze asked to shards started): $(took "$work/gate-new.err" 'upgrade: serving')"
+    # The old process skims (quiet connections parked and sent while the busy ones serve),
+    # then freezes the rest: the busy clients wait from the freeze to their new shard.
+    skim=$(grep -o 'upgrade: frozen.*' "$work/gate-old.err" | grep -o 'skimmed_in=[0-9.]*[µmn]*s' | head -n 1 | cut -d= -f2)
+    steps=$(grep -o 'upgrade: freeze steps.*' "$work/gate-old.err" | head -n 1 | sed 's/upgrade: freeze steps //')
+    echo "skim: ${skim:--}, freeze steps: ${steps:--}, skim and freeze: $(took "$work/gate-old.err" 'upgrade: frozen'), request to commit (old): $(took "$work/gate-old.err" 'upgrade: handed over'), hand-off (new, go to shards started): $(took "$work/gate-new.err" 'upgrade: serving')"
 else
     echo "baseline longest gap (seconds 2.. of traffic, no upgrade): $(window_gap 2 '$') ms"
 fi
