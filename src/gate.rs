@@ -215,7 +215,13 @@ impl Gate {
             .collect();
         // The shards start now and rebuild each connection as it arrives; none runs before
         // the running gate has committed.
-        let mut gate = Self::run_shards(&cfg, prepared)?;
+        let mut gate = match Self::run_shards(&cfg, prepared) {
+            Ok(g) => g,
+            Err(e) => {
+                taking.refuse(&e.to_string());
+                return Err(e);
+            }
+        };
         let mut spreader = Spreader::new(feeds, plain);
         let mut conns = 0;
         let got = taking.receive_parcels(|p| {

@@ -224,6 +224,11 @@ impl Member {
         }
     }
 
+    /// Whether this task parked in the current hand-off (not in an earlier, thawed one).
+    pub fn parked_now(&self) -> bool {
+        self.parked_in.get() == self.stage.epoch.get()
+    }
+
     /// Whether this task already decided in the current skim (parked or declined).
     pub fn decided(&self) -> bool {
         let epoch = self.stage.epoch.get();

@@ -41,17 +41,6 @@ pub struct LivenessRecord {
     pub until_authorize: Option<Duration>,
 }
 
-impl LivenessRecord {
-    /// The same state `dt` later (a record that waited `dt` before being taken up).
-    pub fn aged(&self, dt: Duration) -> LivenessRecord {
-        LivenessRecord {
-            since_last_receive: self.since_last_receive + dt,
-            until_next_tick: self.until_next_tick.map(|d| d.saturating_sub(dt)),
-            until_authorize: self.until_authorize.map(|d| d.saturating_sub(dt)),
-        }
-    }
-}
-
 /// The state of one connection.
 #[derive(Debug, Clone)]
 pub struct Liveness {

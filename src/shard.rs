@@ -242,6 +242,8 @@ pub struct Shard {
     link_parcels: Collector<LinkParcel<Lent>>,
     /// The session state of each connection skimmed in this hand-off, as it was sent.
     skimmed: RefCell<HashMap<i64, SessionRecord>>,
+    /// Inherited idle connections whose drivers have not started yet (after an upgrade).
+    idle_pending: RefCell<Vec<Adopted>>,
 }
 
 /// A handed-over connection rebuilt and in the table, its driver not started yet.
@@ -319,6 +321,7 @@ impl Shard {
             conn_parcels: Collector::default(),
             link_parcels: Collector::default(),
             skimmed: RefCell::default(),
+            idle_pending: RefCell::default(),
         });
         let inbox = spec.inbox;
         let inherited = spec.inherited;
@@ -331,6 +334,9 @@ impl Shard {
                     None => return,
                 },
             };
+            // The home index first: another shard may already forward a node's command by
+            // uid here (it waits in the inbox).
+            shard.index_inherited(&rest);
             // What reached the inbox before the start (the registry's first node list) is
             // applied before any inherited connection runs: its packets need the routes.
             while let Ok(msg) = inbox.try_recv() {
@@ -411,9 +417,18 @@ impl Shard {
                 self.spawn_control(async move { Shard::stop_loops(&shard.accepting).await })
                     .detach();
             }
-            ShardMsg::CloseAll { graceful } => self.table.borrow().close_all(graceful),
-            ShardMsg::Exit => return false,
+            ShardMsg::CloseAll { graceful } => {
+                self.start_idle_now();
+                self.table.borrow().close_all(graceful)
+            }
+            ShardMsg::Exit => {
+                self.start_idle_now();
+                return false;
+            }
             ShardMsg::Skim(reply) => {
+                self.start_idle_now();
+                // Begun here, not in the task: a thaw handled next must find it begun.
+                self.begin_skim();
                 let shard = self.clone();
                 self.spawn_control(async move {
                     let _ = reply.send(shard.skim().await);
@@ -428,6 +443,7 @@ impl Shard {
                 .detach();
             }
             ShardMsg::FreezeClients(reply) => {
+                self.start_idle_now();
                 let shard = self.clone();
                 self.spawn_control(async move {
                     let _ = reply.send(shard.freeze_clients().await);
@@ -531,13 +547,17 @@ impl Shard {
 
     /// Upgrade step 0: every quiet connection parks and exports itself (each decides once;
     /// bounded by [`SKIM_LIMIT`]); the busy ones serve on. New clients are still accepted.
-    async fn skim(self: Rc<Self>) -> Vec<ConnParcel<Lent>> {
-        let started = Instant::now();
+    fn begin_skim(&self) {
         self.conn_parcels.open(self.clients_stage.live());
         self.clients_stage.set(Phase::Skimming);
         for c in self.table.borrow().conns() {
             c.wake();
         }
+    }
+
+    /// Awaits the skim's decisions and collects the parcels ([`Shard::begin_skim`] began it).
+    async fn skim(self: Rc<Self>) -> Vec<ConnParcel<Lent>> {
+        let started = Instant::now();
         let decided = glommio::timer::timeout(SKIM_LIMIT, async {
             self.clients_stage.all_decided().await;
             Ok(())
@@ -698,17 +718,19 @@ impl Shard {
         }
     }
 
+    /// The cid floor and home index entries the previous process handed to this shard.
+    fn index_inherited(&self, rest: &Inherited) {
+        let mut table = self.table.borrow_mut();
+        table.reserve_below(rest.next_seq);
+        for &(uid, cid) in &rest.users {
+            table.insert_user(uid, cid);
+        }
+    }
+
     /// Starts what the previous process handed to this shard (`--upgrade`), its connections
-    /// already in the table: home index entries, node links, link connections, then the
+    /// and home index already in the table: node links, link connections, then the
     /// connections, busy ones first, each carrying on where it stopped.
     async fn take_over(self: &Rc<Self>, adopted: Vec<Adopted>, rest: Inherited) {
-        {
-            let mut table = self.table.borrow_mut();
-            table.reserve_below(rest.next_seq);
-            for (uid, cid) in rest.users {
-                table.insert_user(uid, cid);
-            }
-        }
         if !rest.node_links.is_empty() {
             self.upstream.adopt(rest.node_links);
         }
@@ -744,15 +766,25 @@ impl Shard {
         // node commands) is served from now on: after the busy ones have worked off what
         // queued up during the hand-off, a batch at a time, with a pause between batches in
         // which the busy ones, the links and IO run.
+        // Another hand-off, a shutdown or a close of everything starts the rest at once
+        // (`start_idle_now`): a connection without a driver could not take part.
         if idle.is_empty() {
             return;
         }
+        *self.idle_pending.borrow_mut() = idle;
         let shard = self.clone();
         self.spawn_control(async move {
             glommio::timer::sleep(IDLE_START_AFTER).await;
-            let mut idle = idle.into_iter().peekable();
-            while idle.peek().is_some() {
-                for a in idle.by_ref().take(IDLE_START_BATCH) {
+            loop {
+                let batch: Vec<Adopted> = {
+                    let mut pending = shard.idle_pending.borrow_mut();
+                    let n = pending.len().min(IDLE_START_BATCH);
+                    pending.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                for a in batch {
                     shard.start_adopted(a);
                 }
                 glommio::timer::sleep(IDLE_START_PAUSE).await;
@@ -765,6 +797,14 @@ impl Shard {
             );
         })
         .detach();
+    }
+
+    /// Starts every inherited idle connection not started yet.
+    fn start_idle_now(self: &Rc<Self>) {
+        let pending = std::mem::take(&mut *self.idle_pending.borrow_mut());
+        for a in pending {
+            self.start_adopted(a);
+        }
     }
 
     /// Starts the driver of an adopted connection on its inherited socket.

@@ -108,9 +108,16 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
     ) -> Option<Poll<End>> {
         let member = self.member.as_ref()?;
         let phase = member.stage().phase();
+        if self.parked.is_some() && phase != Phase::Committed && !member.parked_now() {
+            // Parked in an earlier hand-off that was thawed before this task ran again.
+            self.parked = None;
+            self.machine.conn().set_handed(false);
+        }
         match phase {
             Phase::Serving => {
-                self.parked = None;
+                if self.parked.take() == Some(true) {
+                    self.machine.conn().set_handed(false);
+                }
                 return None;
             }
             Phase::Committed => {
@@ -139,6 +146,7 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
                     return None;
                 }
                 self.parked = Some(true);
+                self.machine.conn().set_handed(true);
                 member.park();
             }
             Phase::Skimming => {}
@@ -153,6 +161,7 @@ impl<F: Framing, S: AsyncRead + AsyncWrite + Transferable + Unpin> Driver<F, S> 
                         None => false,
                     };
                     self.parked = Some(taken);
+                    self.machine.conn().set_handed(taken);
                 }
                 member.park();
             }

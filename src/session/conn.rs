@@ -16,6 +16,12 @@ use std::task::Waker;
 
 use super::SessionError;
 
+thread_local! {
+    /// The queue-full warning's throttle (one per shard thread).
+    static QUEUE_FULL_LOG: crate::logging::Throttle =
+        const { crate::logging::Throttle::new(std::time::Duration::from_secs(1)) };
+}
+
 /// due's connection states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConnState {
@@ -136,6 +142,9 @@ pub struct Conn {
     /// The locator names this gate for `uid`: its bind completed (Reconnect was emitted). Until
     /// then another gate's bind event is older than ours and must not close it.
     located: Cell<bool>,
+    /// Its driver parked and its parcel went to the next process (`--upgrade`): it closes
+    /// there, or here after a thaw, never while parked.
+    handed: Cell<bool>,
     outbox: RefCell<Outbox>,
     /// Heartbeat replies owed to the client. A count, not queue entries: an idle connection's
     /// only traffic is heartbeats, and queueing them would keep a queue allocation alive on
@@ -156,6 +165,7 @@ impl Conn {
             state: Cell::new(ConnState::Opened),
             uid: Cell::new(0),
             located: Cell::new(false),
+            handed: Cell::new(false),
             outbox: RefCell::new(Outbox::default()),
             heartbeats_owed: Cell::new(0),
             queue_limit: queue_limit.max(1),
@@ -253,11 +263,15 @@ impl Conn {
         let mut q = self.outbox.borrow_mut();
         if q.len() >= self.queue_limit {
             drop(q);
-            tracing::warn!(
-                cid = self.cid,
-                limit = self.queue_limit,
-                "write queue full, closing connection"
-            );
+            // A slow client can trigger this at will: at most one line a second per shard.
+            if let Some(suppressed) = QUEUE_FULL_LOG.with(|t| t.allow(std::time::Instant::now())) {
+                tracing::warn!(
+                    cid = self.cid,
+                    limit = self.queue_limit,
+                    suppressed,
+                    "write queue full, closing connection"
+                );
+            }
             crate::metrics::shard().queue_full.inc();
             self.close_forced_as(CloseLabel::QueueFull);
             return Err(SessionError::QueueFull);
@@ -310,9 +324,20 @@ impl Conn {
         }
         self.state.set(ConnState::Hanged);
         if let Some(d) = done {
-            self.orders.borrow_mut().graceful_waiters.push(d);
+            if self.handed.get() {
+                // Parked for a hand-off: the close is carried out by the next process (or by
+                // this one after a thaw), and the node must not wait for it meanwhile.
+                let _ = d.send(Ok(()));
+            } else {
+                self.orders.borrow_mut().graceful_waiters.push(d);
+            }
         }
         self.wake();
+    }
+
+    /// Its driver parked with its parcel taken (`true`), or serves again (`false`).
+    pub(crate) fn set_handed(&self, handed: bool) {
+        self.handed.set(handed);
     }
 
     /// Closes now; queued packets are dropped.
@@ -393,5 +418,31 @@ impl Conn {
 
     pub(crate) fn take_channels(&self) -> Vec<Box<str>> {
         std::mem::take(&mut *self.channels.borrow_mut())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_graceful_close_of_a_handed_connection_is_answered_at_once() {
+        let conn = Conn::new(1, [127, 0, 0, 1].into(), Transport::Tcp, 8);
+        let (tx, rx) = flume::bounded(1);
+        conn.close_graceful(Some(tx));
+        assert!(
+            rx.try_recv().is_err(),
+            "a serving connection answers once closed"
+        );
+        assert_eq!(conn.state(), ConnState::Hanged);
+
+        // Parked for a hand-off: the node is answered now; the state travels with the session.
+        let parked = Conn::new(2, [127, 0, 0, 1].into(), Transport::Tcp, 8);
+        parked.set_handed(true);
+        let (tx, rx) = flume::bounded(1);
+        parked.close_graceful(Some(tx));
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert_eq!(parked.export().state, ConnState::Hanged);
+        assert!(parked.orders.borrow().graceful_waiters.is_empty());
     }
 }
