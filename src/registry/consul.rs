@@ -21,8 +21,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 
 use super::consul_meta::{decode_meta, encode_meta};
-use super::worker::{stopped_within, CallError, Stop, Threads};
-use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
+use super::worker::{self, stopped_within, CallError, Stop};
+#[cfg(test)]
+use super::InstanceState;
+use super::{endpoint_host_port, RegistryError, ServiceInstance};
 use crate::config::ConsulConfig;
 use crate::instance::StateCell;
 use crate::metrics::ControlMetrics;
@@ -421,7 +423,7 @@ fn decode_health(body: &str) -> Result<Vec<ServiceInstance>, String> {
 }
 
 /// State shared by the registrar's handle and its threads.
-struct Shared {
+pub(super) struct Shared {
     client: ConsulClient,
     settings: ConsulConfig,
     /// The record as registered. Held for the whole of every registration (and of the final
@@ -461,10 +463,33 @@ impl Shared {
 /// The gate's registration in Consul plus the node watch: registers on start, keeps the TTL
 /// check passing (re-registering if the agent lost the service), pushes every new `node` list,
 /// and deregisters on stop.
-pub struct Registrar {
-    shared: Arc<Shared>,
-    /// `consul-ttl` (with a heartbeat check) and `consul-watch`.
-    threads: Threads,
+///
+/// Its threads: `consul-ttl` (with a heartbeat check) and `consul-watch`.
+pub(super) type Registrar = worker::Registrar<Shared>;
+
+impl worker::Backend for Shared {
+    const NAME: &'static str = BACKEND;
+    type Registration = ServiceInstance;
+
+    fn registration(&self) -> MutexGuard<'_, ServiceInstance> {
+        self.lock_instance()
+    }
+
+    fn stop_flag(&self) -> &Stop {
+        &self.stop
+    }
+
+    fn state(&self) -> &StateCell {
+        &self.state
+    }
+
+    fn register_locked(&self, inst: &mut ServiceInstance) -> Result<(), RegistryError> {
+        Shared::register_locked(self, inst)
+    }
+
+    fn deregister_quietly(&self) {
+        deregister_quietly(self)
+    }
 }
 
 impl Registrar {
@@ -480,6 +505,7 @@ impl Registrar {
     ///   complete list. Errors are logged and retried after 1 s.
     ///
     /// `on_nodes` runs on the calling thread for the first list, then on the watch thread.
+    #[cfg(test)]
     pub fn start(
         client: ConsulClient,
         instance: ServiceInstance,
@@ -521,72 +547,23 @@ impl Registrar {
         };
         on_nodes(nodes);
 
-        let mut registrar = Registrar {
-            shared: shared.clone(),
-            threads: Threads::new(),
-        };
-        let spawned = (|| {
-            if shared.settings.heartbeat_check {
-                let s = shared.clone();
-                registrar
-                    .threads
-                    .spawn("consul-ttl", move |stop| ttl_loop(&s, &stop))?;
-            }
+        let mut loops: Vec<worker::Loop> = Vec::new();
+        if shared.settings.heartbeat_check {
             let s = shared.clone();
-            registrar.threads.spawn("consul-watch", move |stop| {
-                watch_loop(&s, &stop, index, on_nodes)
-            })
-        })();
-        match spawned {
-            Ok(()) => Ok(registrar),
-            Err(e) => {
-                registrar.stop();
-                Err(e)
-            }
+            loops.push(("consul-ttl", Box::new(move |stop| ttl_loop(&s, &stop))));
         }
-    }
-
-    /// Sets the shared state to `state` and registers again (the gate does it once: `hang` when
-    /// shutdown begins). The state is kept even if the call fails, so a later re-registration
-    /// carries it. (A node's setstate changes the state without re-registering, as in due.)
-    pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
-        let mut inst = self.shared.lock_instance();
-        if self.shared.stopped() {
-            return Err(RegistryError::Stopped { backend: BACKEND });
-        }
-        self.shared.state.set(state);
-        self.shared.register_locked(&mut inst)
+        let s = shared.clone();
+        loops.push((
+            "consul-watch",
+            Box::new(move |stop| watch_loop(&s, &stop, index, on_nodes)),
+        ));
+        worker::Registrar::spawn(shared, loops)
     }
 
     /// A copy of the record as last registered.
+    #[cfg(test)]
     pub fn instance(&self) -> ServiceInstance {
         self.shared.lock_instance().clone()
-    }
-
-    /// Stops the threads and deregisters the instance.
-    ///
-    /// Bounded: each thread is given 1 s to end, then detached. The TTL thread ends at once
-    /// unless it is inside an HTTP call (≤ 5 s); the watch thread usually sits in a blocking
-    /// query and ends by itself when that returns (≤ `WATCH_WAIT` + jitter). Neither can act after
-    /// this returns: registrations check the stop flag under the instance lock, which the
-    /// deregistration holds, and `on_nodes` is never called once `stop` has returned. The
-    /// deregistration itself has the 5 s write timeout; its failure is logged (Consul then
-    /// removes the service once its checks have been critical for
-    /// `deregister_critical_service_after`).
-    pub fn stop(mut self) {
-        self.halt();
-        deregister_quietly(&self.shared);
-    }
-
-    /// Stops the threads and leaves the registration in place: the next process (`--upgrade`)
-    /// registered the same record and keeps it alive.
-    pub fn abandon(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.shared.stop.stop();
-        self.threads.halt();
     }
 }
 

@@ -6,6 +6,7 @@
 //! into the one fan-out to the shards. Adding a backend means one more `start` arm.
 
 use super::consul::{ConsulClient, Registrar};
+use super::worker::{self, Backend};
 use super::{endpoint_url, InstanceState, RegistryError, ServiceInstance};
 use super::{etcd, nacos};
 use crate::config::{RegistryConfig, StaticNode};
@@ -77,57 +78,21 @@ impl Discovery for StaticNodes {
     fn abandon(self: Box<Self>) {}
 }
 
-impl Discovery for Registrar {
+impl<B: Backend> Discovery for worker::Registrar<B> {
     fn name(&self) -> &'static str {
-        "consul"
+        B::NAME
     }
 
     fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
-        Registrar::set_state(self, state)
+        worker::Registrar::set_state(self, state)
     }
 
     fn stop(self: Box<Self>) {
-        Registrar::stop(*self)
+        worker::Registrar::stop(*self)
     }
 
     fn abandon(self: Box<Self>) {
-        Registrar::abandon(*self)
-    }
-}
-
-impl Discovery for etcd::Registrar {
-    fn name(&self) -> &'static str {
-        "etcd"
-    }
-
-    fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
-        etcd::Registrar::set_state(self, state)
-    }
-
-    fn stop(self: Box<Self>) {
-        etcd::Registrar::stop(*self)
-    }
-
-    fn abandon(self: Box<Self>) {
-        etcd::Registrar::abandon(*self)
-    }
-}
-
-impl Discovery for nacos::Registrar {
-    fn name(&self) -> &'static str {
-        "nacos"
-    }
-
-    fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
-        nacos::Registrar::set_state(self, state)
-    }
-
-    fn stop(self: Box<Self>) {
-        nacos::Registrar::stop(*self)
-    }
-
-    fn abandon(self: Box<Self>) {
-        nacos::Registrar::abandon(*self)
+        worker::Registrar::abandon(*self)
     }
 }
 

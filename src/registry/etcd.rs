@@ -28,8 +28,10 @@ use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
 
 use super::etcd_value::{self, range_end};
-use super::worker::{stopped_within, CallError, Stop, Threads};
-use super::{InstanceState, RegistryError, ServiceInstance};
+use super::worker::{self, stopped_within, CallError, Stop};
+#[cfg(test)]
+use super::InstanceState;
+use super::{RegistryError, ServiceInstance};
 use crate::config::EtcdConfig;
 use crate::instance::StateCell;
 use crate::metrics::ControlMetrics;
@@ -433,13 +435,13 @@ impl EtcdClient {
 }
 
 /// The record as registered, with the lease it is on.
-struct Registration {
+pub(super) struct Registration {
     instance: ServiceInstance,
     lease: i64,
 }
 
 /// State shared by the registrar's handle and its threads.
-struct Shared {
+pub(super) struct Shared {
     client: EtcdClient,
     settings: EtcdConfig,
     /// `/<namespace>/gate/<gid>`.
@@ -480,10 +482,31 @@ impl Shared {
 /// The gate's registration in etcd plus the node watch: registers on start, keeps the lease
 /// alive (re-registering whenever etcd lost it, without a limit), pushes every new `node` list,
 /// and deletes the key on stop.
-pub struct Registrar {
-    shared: Arc<Shared>,
-    /// `etcd-lease` and `etcd-watch`.
-    threads: Threads,
+pub(super) type Registrar = worker::Registrar<Shared>;
+
+impl worker::Backend for Shared {
+    const NAME: &'static str = BACKEND;
+    type Registration = Registration;
+
+    fn registration(&self) -> MutexGuard<'_, Registration> {
+        self.lock()
+    }
+
+    fn stop_flag(&self) -> &Stop {
+        &self.stop
+    }
+
+    fn state(&self) -> &StateCell {
+        &self.state
+    }
+
+    fn register_locked(&self, reg: &mut Registration) -> Result<(), RegistryError> {
+        Shared::register_locked(self, reg)
+    }
+
+    fn deregister_quietly(&self) {
+        delete_quietly(self)
+    }
 }
 
 impl Registrar {
@@ -521,68 +544,30 @@ impl Registrar {
         }
         on_nodes(view.list());
 
-        let mut registrar = Registrar {
-            shared: shared.clone(),
-            threads: Threads::new(),
-        };
-        let spawned = (|| {
-            let s = shared.clone();
-            registrar
-                .threads
-                .spawn("etcd-lease", move |stop| lease_loop(&s, &stop))?;
-            let s = shared.clone();
-            registrar.threads.spawn("etcd-watch", move |stop| {
-                watch_loop(&s, &stop, view, on_nodes)
-            })
-        })();
-        match spawned {
-            Ok(()) => Ok(registrar),
-            Err(e) => {
-                registrar.stop();
-                Err(e)
-            }
-        }
-    }
-
-    /// Sets the shared state and registers again, on a new lease (the gate does it once: `hang`
-    /// when shutdown begins). The state is kept even if the call fails, so a later
-    /// re-registration carries it.
-    pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
-        let mut reg = self.shared.lock();
-        if self.shared.stopped() {
-            return Err(RegistryError::Stopped { backend: BACKEND });
-        }
-        self.shared.state.set(state);
-        self.shared.register_locked(&mut reg)
+        let s = shared.clone();
+        let w = shared.clone();
+        worker::Registrar::spawn(
+            shared,
+            vec![
+                ("etcd-lease", Box::new(move |stop| lease_loop(&s, &stop))),
+                (
+                    "etcd-watch",
+                    Box::new(move |stop| watch_loop(&w, &stop, view, on_nodes)),
+                ),
+            ],
+        )
     }
 
     /// The key the gate is registered under.
+    #[cfg(test)]
     pub fn key(&self) -> &str {
         &self.shared.key
     }
 
     /// The lease the record is on now.
+    #[cfg(test)]
     pub fn lease(&self) -> i64 {
         self.shared.lock().lease
-    }
-
-    /// Stops the threads and deletes the key (the lease is left to expire, as due does). The
-    /// deletion has the call timeout; its failure is logged (the key then goes with its lease,
-    /// ≤ TTL later).
-    pub fn stop(mut self) {
-        self.halt();
-        delete_quietly(&self.shared);
-    }
-
-    /// Stops the threads and leaves the key: the next process (`--upgrade`) put the same record
-    /// on its own lease.
-    pub fn abandon(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.shared.stop.stop();
-        self.threads.halt();
     }
 }
 

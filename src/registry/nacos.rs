@@ -28,8 +28,10 @@ use crossbeam_channel::Receiver;
 use serde::Deserialize;
 
 use super::nacos_meta::{self, Host};
-use super::worker::{stopped_within, CallError, Stop, Threads};
-use super::{endpoint_host_port, InstanceState, RegistryError, ServiceInstance};
+use super::worker::{self, stopped_within, CallError, Stop};
+#[cfg(test)]
+use super::InstanceState;
+use super::{endpoint_host_port, RegistryError, ServiceInstance};
 use crate::config::NacosConfig;
 use crate::instance::StateCell;
 use crate::metrics::ControlMetrics;
@@ -360,13 +362,13 @@ impl NacosClient {
 }
 
 /// What is registered: the record and where.
-struct Registration {
+pub(super) struct Registration {
     instance: ServiceInstance,
     at: Address,
 }
 
 /// State shared by the registrar's handle and its threads.
-struct Shared {
+pub(super) struct Shared {
     client: NacosClient,
     /// Held for the whole of every registration (and of the final deregistration), so
     /// registrations never interleave and none can follow the deregistration.
@@ -396,10 +398,31 @@ impl Shared {
 /// The gate's ephemeral instance in Nacos plus the node poll: registers on start, beats (and
 /// registers again whenever Nacos lost it, without a limit), pushes every new `node` list,
 /// deregisters on stop.
-pub struct Registrar {
-    shared: Arc<Shared>,
-    /// `nacos-beat` and `nacos-watch`.
-    threads: Threads,
+pub(super) type Registrar = worker::Registrar<Shared>;
+
+impl worker::Backend for Shared {
+    const NAME: &'static str = BACKEND;
+    type Registration = Registration;
+
+    fn registration(&self) -> MutexGuard<'_, Registration> {
+        self.lock()
+    }
+
+    fn stop_flag(&self) -> &Stop {
+        &self.stop
+    }
+
+    fn state(&self) -> &StateCell {
+        &self.state
+    }
+
+    fn register_locked(&self, reg: &mut Registration) -> Result<(), RegistryError> {
+        Shared::register_locked(self, reg)
+    }
+
+    fn deregister_quietly(&self) {
+        deregister_quietly(self)
+    }
 }
 
 impl Registrar {
@@ -450,61 +473,24 @@ impl Registrar {
         }
         on_nodes(view.list());
 
-        let mut registrar = Registrar {
-            shared: shared.clone(),
-            threads: Threads::new(),
-        };
-        let spawned = (|| {
-            let s = shared.clone();
-            registrar
-                .threads
-                .spawn("nacos-beat", move |stop| beat_loop(&s, &stop))?;
-            let s = shared.clone();
-            registrar.threads.spawn("nacos-watch", move |stop| {
-                watch_loop(&s, &stop, view, on_nodes)
-            })
-        })();
-        match spawned {
-            Ok(()) => Ok(registrar),
-            Err(e) => {
-                registrar.stop();
-                Err(e)
-            }
-        }
-    }
-
-    /// Sets the shared state and registers again (the gate does it once: `hang` when shutdown
-    /// begins). The state is kept even if the call fails, so a later registration carries it.
-    pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
-        let mut reg = self.shared.lock();
-        if self.shared.stopped() {
-            return Err(RegistryError::Stopped { backend: BACKEND });
-        }
-        self.shared.state.set(state);
-        self.shared.register_locked(&mut reg)
+        let s = shared.clone();
+        let w = shared.clone();
+        worker::Registrar::spawn(
+            shared,
+            vec![
+                ("nacos-beat", Box::new(move |stop| beat_loop(&s, &stop))),
+                (
+                    "nacos-watch",
+                    Box::new(move |stop| watch_loop(&w, &stop, view, on_nodes)),
+                ),
+            ],
+        )
     }
 
     /// Where the instance is registered.
+    #[cfg(test)]
     pub fn address(&self) -> Address {
         self.shared.lock().at.clone()
-    }
-
-    /// Stops the threads and deregisters (a failure is logged: the instance then goes 30 s
-    /// after its last beat).
-    pub fn stop(mut self) {
-        self.halt();
-        deregister_quietly(&self.shared);
-    }
-
-    /// Stops the threads and leaves the instance: the next process (`--upgrade`) registered
-    /// the same one (same link address) and beats for it.
-    pub fn abandon(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.shared.stop.stop();
-        self.threads.halt();
     }
 }
 

@@ -1,14 +1,95 @@
 //! The registry backends' background threads and their stop: named std threads joined with a
-//! bound, the stop flag with the delivery lock, and the stop-aware sleep. Shared by Consul, etcd.
+//! bound, the stop flag with the delivery lock, the stop-aware sleep, and the registrar every
+//! backend (Consul, etcd, Nacos) starts, changes the state of, stops or abandons the same way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::RegistryError;
+use super::{InstanceState, RegistryError};
+use crate::instance::StateCell;
+
+/// What a backend's registrar shares with its threads, as far as the common part needs it.
+pub(super) trait Backend: Send + Sync + 'static {
+    /// The backend's name, in errors and on the banner.
+    const NAME: &'static str;
+    /// What the registration lock guards.
+    type Registration;
+    /// The registration lock: held for the whole of every registration and of the final
+    /// deregistration, so registrations never interleave and none follows the deregistration.
+    fn registration(&self) -> MutexGuard<'_, Self::Registration>;
+    fn stop_flag(&self) -> &Stop;
+    /// The instance state, owned with the node API: every registration carries its value.
+    fn state(&self) -> &StateCell;
+    /// Registers the record with the current state. Caller holds the registration lock.
+    fn register_locked(&self, reg: &mut Self::Registration) -> Result<(), RegistryError>;
+    /// Removes the record under the registration lock (after any registration in flight),
+    /// logging a failure.
+    fn deregister_quietly(&self);
+}
+
+/// A thread of a registrar: its name and its body, which gets the stop channel.
+pub(super) type Loop = (&'static str, Box<dyn FnOnce(Receiver<()>) + Send>);
+
+/// A gate's registration in one backend and the threads that keep it and watch the nodes.
+pub(super) struct Registrar<B> {
+    pub(super) shared: Arc<B>,
+    threads: Threads,
+}
+
+impl<B: Backend> Registrar<B> {
+    /// Starts `loops` for a registered `shared`; if one cannot start, what started is stopped
+    /// and the record removed.
+    pub(super) fn spawn(shared: Arc<B>, loops: Vec<Loop>) -> Result<Self, RegistryError> {
+        let mut registrar = Registrar {
+            shared,
+            threads: Threads::new(),
+        };
+        for (name, body) in loops {
+            if let Err(e) = registrar.threads.spawn(name, body) {
+                registrar.stop();
+                return Err(e);
+            }
+        }
+        Ok(registrar)
+    }
+
+    /// Sets the shared state and registers again (the gate does it once: `hang` when shutdown
+    /// begins). The state is kept even if the call fails, so a later registration carries it.
+    pub fn set_state(&self, state: InstanceState) -> Result<(), RegistryError> {
+        let mut reg = self.shared.registration();
+        if self.shared.stop_flag().stopped() {
+            return Err(RegistryError::Stopped { backend: B::NAME });
+        }
+        self.shared.state().set(state);
+        self.shared.register_locked(&mut reg)
+    }
+
+    /// Stops the threads, then removes the record.
+    ///
+    /// Bounded: each thread is given 1 s to end, then detached (its loops check the stop flag
+    /// after every call, and every call has a timeout). None can act after this returns:
+    /// registrations check the stop flag under the registration lock, which the removal holds,
+    /// and no node list is delivered once the stop flag is set.
+    pub fn stop(mut self) {
+        self.halt();
+        self.shared.deregister_quietly();
+    }
+
+    /// Stops the threads and leaves the record: the next process (`--upgrade`) registered the
+    /// same one and keeps it alive.
+    pub fn abandon(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop_flag().stop();
+        self.threads.halt();
+    }
+}
 
 /// How long [`Threads::halt`] waits for each thread before detaching it.
 const JOIN_BOUND: Duration = Duration::from_secs(1);
