@@ -568,13 +568,12 @@ impl Gate {
 
     fn spread_listeners(cfg: &Config, p: &mut Prepared, got: &mut Head) -> Result<(), StartError> {
         let count = p.gate.shard_count;
-        let backlog = cfg.gatehouse.listen_backlog;
         let refuse = |reason: String| StartError::Upgrade(format!("refused: {reason}"));
         for (server, ws_rules) in std::mem::take(&mut p.pending) {
             let kind = kind_of(server.transport);
             let key = addr_key(Some(server.transport));
             let fds = got.take_listeners(kind);
-            let spread = spread(fds, count, backlog).map_err(|e| refuse(format!("{key}: {e}")))?;
+            let spread = spread(fds, count).map_err(|e| refuse(format!("{key}: {e}")))?;
             let bound = same_port(&server.config.addr, &spread, key).map_err(refuse)?;
             p.gate
                 .listening
@@ -597,8 +596,7 @@ impl Gate {
             cfg.gate.addr.as_str()
         };
         let fds = got.take_listeners(ListenerKind::Link);
-        let spread =
-            spread(fds, count, backlog).map_err(|e| refuse(format!("{}: {e}", addr_key(None))))?;
+        let spread = spread(fds, count).map_err(|e| refuse(format!("{}: {e}", addr_key(None))))?;
         same_port(link_cfg, &spread, addr_key(None)).map_err(refuse)?;
         p.gate
             .listening
@@ -671,6 +669,7 @@ impl Gate {
                 link_fds: inputs.link_fds,
                 link: gate.link.clone(),
                 inherited: inputs.inherited,
+                backlog: cfg.gatehouse.listen_backlog,
                 metrics: gate.metrics.clone(),
             };
             let upstream = upstream.clone();
@@ -883,12 +882,12 @@ fn dup_all<'a>(fds: impl IntoIterator<Item = &'a OwnedFd>) -> Result<Vec<OwnedFd
 
 /// Spreads a listener's inherited sockets over `count` shards: one each while they last (a
 /// process with fewer shards accepts on several), then new sockets bound beside them.
-fn spread(fds: Vec<OwnedFd>, count: usize, backlog: i32) -> Result<Vec<Vec<OwnedFd>>, String> {
+fn spread(fds: Vec<OwnedFd>, count: usize) -> Result<Vec<Vec<OwnedFd>>, String> {
     let Some(first) = fds.first() else {
         return Err("the running gate handed over no listening socket".into());
     };
     let extra = count.saturating_sub(fds.len());
-    let more = net::bind_alongside(first, extra, backlog)?;
+    let more = net::bind_alongside(first, extra)?;
     let mut out: Vec<Vec<OwnedFd>> = (0..count).map(|_| Vec::new()).collect();
     for (i, fd) in fds.into_iter().chain(more).enumerate() {
         out[i % count].push(fd);
@@ -956,17 +955,23 @@ mod tests {
         };
         let ids: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         // Fewer shards: one accepts on two inherited sockets.
-        let two = spread(fds, 2, 16).unwrap();
+        let two = spread(fds, 2).unwrap();
         assert_eq!(raw(&two[0]), vec![ids[0], ids[2]]);
         assert_eq!(raw(&two[1]), vec![ids[1]]);
-        // More shards: new sockets are bound beside the inherited ones, on the same port.
+        // More shards: new sockets are bound beside the inherited ones, on the same port, and
+        // listen only once their shard starts accepting (after commit).
         let fds: Vec<_> = two.into_iter().flatten().collect();
-        let five = spread(fds, 5, 16).unwrap();
+        let five = spread(fds, 5).unwrap();
         assert!(five.iter().all(|s| s.len() == 1), "one socket per shard");
-        for s in &five {
+        let listening =
+            |fd: &std::os::fd::OwnedFd| socket2::SockRef::from(fd).is_listener().unwrap();
+        for (i, s) in five.iter().enumerate() {
             assert_eq!(crate::net::listening_addr(&s[0]).unwrap().port(), port);
+            assert_eq!(listening(&s[0]), i < 3, "socket {i}");
         }
-        assert!(spread(Vec::new(), 2, 16).is_err(), "nothing inherited");
+        crate::net::listen(&five[4][0], 16).unwrap();
+        assert!(listening(&five[4][0]));
+        assert!(spread(Vec::new(), 2).is_err(), "nothing inherited");
     }
 
     #[test]

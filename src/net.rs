@@ -200,7 +200,7 @@ impl std::str::FromStr for HostPort {
     }
 }
 
-fn bind_one(addr: SocketAddr, dual: bool, backlog: i32) -> std::io::Result<Socket> {
+fn bind_one(addr: SocketAddr, dual: bool, backlog: Option<i32>) -> std::io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if dual {
         sock.set_only_v6(false)?;
@@ -210,8 +210,15 @@ fn bind_one(addr: SocketAddr, dual: bool, backlog: i32) -> std::io::Result<Socke
     sock.set_nonblocking(true)?;
     sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into())?;
-    sock.listen(backlog)?;
+    if let Some(backlog) = backlog {
+        sock.listen(backlog)?;
+    }
     Ok(sock)
+}
+
+/// Makes a bound socket listen (again: on one that listens already it only sets the backlog).
+pub fn listen(fd: &OwnedFd, backlog: i32) -> std::io::Result<()> {
+    socket2::SockRef::from(fd).listen(backlog)
 }
 
 /// Opens `count` listening sockets on `addr` sharing one port; returns them and the bound
@@ -225,12 +232,12 @@ pub fn bind_shared(
     let (mut sa, dual) = HostPort::parse(addr)
         .and_then(|hp| hp.listen_addr())
         .map_err(|e| e.to_string())?;
-    let first = match bind_one(sa, dual, backlog) {
+    let first = match bind_one(sa, dual, Some(backlog)) {
         Ok(s) => s,
         // A host without IPv6: fall back to the IPv4 wildcard.
         Err(_) if dual => {
             sa = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sa.port());
-            bind_one(sa, false, backlog).map_err(|e| format!("listen on {addr}: {e}"))?
+            bind_one(sa, false, Some(backlog)).map_err(|e| format!("listen on {addr}: {e}"))?
         }
         Err(e) => return Err(format!("listen on {addr}: {e}")),
     };
@@ -242,7 +249,8 @@ pub fn bind_shared(
     let dual = dual && sa.is_ipv6();
     let mut fds = vec![OwnedFd::from(first)];
     for _ in 1..count {
-        let s = bind_one(bound, dual, backlog).map_err(|e| format!("listen on {bound}: {e}"))?;
+        let s =
+            bind_one(bound, dual, Some(backlog)).map_err(|e| format!("listen on {bound}: {e}"))?;
         fds.push(OwnedFd::from(s));
     }
     Ok((fds, bound))
@@ -298,20 +306,18 @@ pub fn listening_addr(fd: &OwnedFd) -> Result<SocketAddr, String> {
         .ok_or_else(|| "an inherited listener has no address".to_string())
 }
 
-/// Opens `count` more listening sockets beside `existing`, on its address and port (an upgrade
-/// to a process with more shards than the one it took the listeners from).
-pub fn bind_alongside(
-    existing: &OwnedFd,
-    count: usize,
-    backlog: i32,
-) -> Result<Vec<OwnedFd>, String> {
+/// Binds `count` more sockets beside `existing`, on its address and port (an upgrade to a
+/// process with more shards than the one it took the listeners from). They do not listen yet:
+/// the kernel would queue connections on them before the new process may accept, and reset
+/// those if the upgrade failed; [`listen`] them once they should take connections.
+pub fn bind_alongside(existing: &OwnedFd, count: usize) -> Result<Vec<OwnedFd>, String> {
     let bound = listening_addr(existing)?;
     let dual = bound.is_ipv6() && !socket2::SockRef::from(existing).only_v6().unwrap_or(true);
     (0..count)
         .map(|_| {
-            bind_one(bound, dual, backlog)
+            bind_one(bound, dual, None)
                 .map(OwnedFd::from)
-                .map_err(|e| format!("listen on {bound}: {e}"))
+                .map_err(|e| format!("bind {bound}: {e}"))
         })
         .collect()
 }

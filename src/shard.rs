@@ -198,6 +198,9 @@ pub struct ShardSpec {
     pub link_fds: Vec<OwnedFd>,
     pub link: Arc<LinkShared>,
     pub inherited: Inheritance,
+    /// `listenBacklog`: sockets an upgrade bound beside the inherited ones listen when the
+    /// shard starts accepting.
+    pub backlog: i32,
     /// The gate's numbers; this shard counts into its own cells.
     pub metrics: Arc<crate::metrics::GateMetrics>,
 }
@@ -223,6 +226,8 @@ pub struct Shard {
     /// loops can stop for an upgrade and start again when it fails.
     listeners: Vec<ClientListener>,
     link_fds: Vec<OwnedFd>,
+    /// `listenBacklog`, for the sockets an upgrade bound without listening yet.
+    backlog: i32,
     link: Arc<LinkShared>,
     /// The running accept loops of clients and of the link; `None` while stopped.
     accepting: RefCell<Option<Accepting>>,
@@ -309,6 +314,7 @@ impl Shard {
             tasks: glommio::sync::Gate::new(),
             listeners: spec.clients,
             link_fds: spec.link_fds,
+            backlog: spec.backlog,
             link: spec.link,
             accepting: RefCell::new(None),
             link_accepting: RefCell::new(None),
@@ -474,6 +480,10 @@ impl Shard {
         let mut loops = Vec::new();
         // KCP's UDP sockets are served for the shard's whole life (`start_kcp`).
         for l in self.listeners.iter().filter(|l| l.kcp.is_none()) {
+            if let Err(e) = crate::net::listen(&l.fd, self.backlog) {
+                tracing::error!(error = %e, "cannot listen on a client socket");
+                continue;
+            }
             match l.fd.try_clone() {
                 Ok(fd) => loops.push(self.spawn_control(listener::accept_loop(
                     self.clone(),
@@ -519,6 +529,10 @@ impl Shard {
         let (stop, accepting) = flume::bounded::<()>(1);
         let mut loops = Vec::new();
         for fd in &self.link_fds {
+            if let Err(e) = crate::net::listen(fd, self.backlog) {
+                tracing::error!(error = %e, "cannot listen on a link socket");
+                continue;
+            }
             match fd.try_clone() {
                 Ok(fd) => loops.push(self.spawn_control(node_api::accept_loop(
                     self.clone(),
